@@ -1,0 +1,12 @@
+//! Compiles the protobuf contracts with a vendored `protoc`, so no system
+//! protobuf compiler is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let model = format!("{proto_dir}/isoflow/v1/model.proto");
+    println!("cargo:rerun-if-changed={model}");
+    prost_build::Config::new().compile_protos(&[model.as_str()], &[proto_dir])?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The feature pipeline: records in, the forest's feature vectors out.
+//!
+//! One implementation serves the trainer and the scorer, so a model sees at
+//! serving time exactly the features it was trained on. Stateless features
+//! are computed here; keyed z-scores are delegated to a [`ZEngine`] (CPU twin
+//! or GPU kernel) after the host has mapped keys to slots in arrival order.
+
+pub mod spec;
+pub mod zscore;
+
+use crate::input::{Columns, Wanted};
+use crate::model::pb::{self, feature::Kind};
+use crate::score::ScoreError;
+use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
+
+/// Default bound on keyed state slots.
+pub const DEFAULT_SLOT_CAPACITY: usize = 1 << 20;
+
+/// Runs z-score entries against resident per-slot state.
+pub trait ZEngine {
+    /// Applies `entries` in order; writes |z| (kernel encoding) per entry.
+    /// `slots` is the number of slots allocated so far.
+    fn run(
+        &mut self,
+        params: &[ZParams],
+        entries: &[ZEntry],
+        slots: usize,
+        out: &mut [f32],
+    ) -> Result<(), ScoreError>;
+}
+
+/// The CPU twin of the z-score kernel.
+#[derive(Debug, Default)]
+pub struct CpuZEngine {
+    states: Vec<ZState>,
+}
+
+impl ZEngine for CpuZEngine {
+    fn run(
+        &mut self,
+        params: &[ZParams],
+        entries: &[ZEntry],
+        slots: usize,
+        out: &mut [f32],
+    ) -> Result<(), ScoreError> {
+        if self.states.len() < slots {
+            self.states.resize(slots, ZState::default());
+        }
+        zscore::run_cpu(&mut self.states, params, entries, out);
+        Ok(())
+    }
+}
+
+enum Op {
+    Field { column: usize, log1p: bool },
+    Zscore { index: usize },
+}
+
+struct ZFeature {
+    column: usize,
+    key: Option<usize>,
+}
+
+/// Feature vectors of a batch of records.
+#[derive(Clone, Debug, Default)]
+pub struct FeatureBatch {
+    /// Records in the batch.
+    pub rows: usize,
+    /// Row-major `rows × dims` matrix the forest scores.
+    pub matrix: Vec<f32>,
+    /// Row-major `rows × z-features` |z| values (+inf kept).
+    pub z: Vec<f32>,
+}
+
+/// Turns record columns into feature vectors, keeping per-key state across batches.
+pub struct FeaturePipeline {
+    ops: Vec<Op>,
+    wanted: Wanted,
+    z_features: Vec<ZFeature>,
+    z_params: Vec<ZParams>,
+    z_names: Vec<String>,
+    z_alert: Vec<f32>,
+    slots: KeySlotTable,
+    entries: Vec<ZEntry>,
+    z_raw: Vec<f32>,
+}
+
+impl FeaturePipeline {
+    /// Builds the pipeline for a (validated) feature spec.
+    pub fn new(spec: &pb::FeatureSpec, slot_capacity: usize) -> Self {
+        let mut wanted = Wanted::default();
+        fn column(list: &mut Vec<String>, name: &str) -> usize {
+            list.iter().position(|n| n == name).unwrap_or_else(|| {
+                list.push(name.to_owned());
+                list.len() - 1
+            })
+        }
+        let mut ops = Vec::new();
+        let mut pipeline_z = Vec::new();
+        let (mut params, mut names, mut alert) = (Vec::new(), Vec::new(), Vec::new());
+        for f in &spec.features {
+            match &f.kind {
+                Some(Kind::Field(field)) => ops.push(Op::Field {
+                    column: column(&mut wanted.numeric, &field.source),
+                    log1p: field.log1p,
+                }),
+                Some(Kind::KeyZscore(z)) => {
+                    let key_field = if z.key_field.is_empty() {
+                        &spec.key_field
+                    } else {
+                        &z.key_field
+                    };
+                    let key = (!key_field.is_empty()).then(|| column(&mut wanted.keys, key_field));
+                    ops.push(Op::Zscore {
+                        index: pipeline_z.len(),
+                    });
+                    pipeline_z.push(ZFeature {
+                        column: column(&mut wanted.numeric, &z.source),
+                        key,
+                    });
+                    params.push(ZParams {
+                        alpha: z.alpha as f32,
+                        warmup: z.warmup,
+                        _pad: [0; 2],
+                    });
+                    names.push(f.name.clone());
+                    alert.push(z.alert_z as f32);
+                }
+                None => {}
+            }
+        }
+        Self {
+            ops,
+            wanted,
+            z_features: pipeline_z,
+            z_params: params,
+            z_names: names,
+            z_alert: alert,
+            slots: KeySlotTable::new(slot_capacity),
+            entries: Vec::new(),
+            z_raw: Vec::new(),
+        }
+    }
+
+    /// Fields the input must provide.
+    pub fn wanted(&self) -> &Wanted {
+        &self.wanted
+    }
+
+    /// Names of the z-features, in output column order.
+    pub fn z_names(&self) -> &[String] {
+        &self.z_names
+    }
+
+    /// Per z-feature |z| alert thresholds (0 = no z rule).
+    pub fn z_alert(&self) -> &[f32] {
+        &self.z_alert
+    }
+
+    /// Forest input width.
+    pub fn dims(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Keys that lost their state slot so far.
+    pub fn evictions(&self) -> u64 {
+        self.slots.evictions()
+    }
+
+    /// Computes the feature vectors of `cols` (read with [`Self::wanted`]),
+    /// records in order, z-scores on `engine`.
+    pub fn compute(
+        &mut self,
+        cols: &Columns,
+        engine: &mut dyn ZEngine,
+    ) -> Result<FeatureBatch, ScoreError> {
+        let rows = cols.rows;
+        let nz = self.z_features.len();
+        let mut z = vec![0f32; rows * nz];
+        if nz > 0 {
+            self.entries.clear();
+            self.entries.reserve(rows * nz);
+            for row in 0..rows {
+                for (index, zf) in self.z_features.iter().enumerate() {
+                    let key = zf.key.map_or("", |k| {
+                        let column = &cols.keys[k];
+                        column.names[column.ids[row] as usize].as_str()
+                    });
+                    let entry = self
+                        .slots
+                        .entry(index as u32, key, cols.numeric[zf.column][row]);
+                    self.entries.push(entry);
+                }
+            }
+            self.z_raw.resize(self.entries.len(), 0.0);
+            engine.run(
+                &self.z_params,
+                &self.entries,
+                self.slots.allocated(),
+                &mut self.z_raw,
+            )?;
+            for (out, &raw) in z.iter_mut().zip(&self.z_raw) {
+                *out = zscore::reported(raw);
+            }
+        }
+        let dims = self.ops.len();
+        let mut matrix = vec![0f32; rows * dims];
+        for (j, op) in self.ops.iter().enumerate() {
+            match *op {
+                Op::Field { column, log1p } => {
+                    for (row, &x) in cols.numeric[column].iter().enumerate() {
+                        matrix[row * dims + j] = if log1p { signed_log1p(x) } else { x } as f32;
+                    }
+                }
+                Op::Zscore { index } => {
+                    for row in 0..rows {
+                        matrix[row * dims + j] = z[row * nz + index];
+                    }
+                }
+            }
+        }
+        Ok(FeatureBatch { rows, matrix, z })
+    }
+}
+
+/// sign(x)·ln(1 + |x|): compresses heavy tails (amounts, byte counts) symmetrically.
+pub fn signed_log1p(x: f64) -> f64 {
+    x.signum() * x.abs().ln_1p()
+}

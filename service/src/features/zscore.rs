@@ -1,0 +1,280 @@
+//! Per-key EWMA z-scores: the CPU twin of `shaders/zscore.wgsl`.
+//!
+//! Each (z-feature, key) pair owns a slot of [`ZState`]. The host assigns
+//! slots, shifts each value by the first value its slot saw (computed in f64,
+//! so f32 state keeps its precision when a series sits far from zero), and
+//! flags the record that (re)starts a slot. Records of one slot are applied in
+//! arrival order; slots are independent, which is what lets the GPU run one
+//! invocation per slot.
+
+use bytemuck::{Pod, Zeroable};
+use std::collections::HashMap;
+
+/// Entry flag: this record starts its slot (first sighting or slot reuse).
+pub const FLAG_RESET: u32 = 1;
+
+/// Written instead of +inf (a nonzero deviation against zero variance):
+/// kernels cannot produce infinities portably, so the host maps it back.
+pub const Z_INFINITE: f32 = -1.0;
+
+/// One record for one z-feature, as uploaded to the GPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ZEntry {
+    /// State slot.
+    pub slot: u32,
+    /// [`FLAG_RESET`] or 0.
+    pub flags: u32,
+    /// Value minus the slot's origin.
+    pub value: f32,
+    /// Index into the per-feature parameter table.
+    pub param: u32,
+}
+
+/// EWMA parameters of one z-feature.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ZParams {
+    /// Weight of the newest record.
+    pub alpha: f32,
+    /// Records before z is reported.
+    pub warmup: u32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 2],
+}
+
+/// State of one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ZState {
+    /// EWMA mean (shifted by the slot origin).
+    pub mean: f32,
+    /// EWMA variance.
+    pub var: f32,
+    /// Records seen by this slot.
+    pub count: u32,
+    /// Padding to 16 bytes.
+    pub _pad: u32,
+}
+
+/// Applies one record to its slot and returns |z| before the update
+/// (0 in warm-up, [`Z_INFINITE`] for a deviation against zero variance).
+/// Mirrors `zscore.wgsl` operation for operation.
+#[inline]
+pub fn step(state: &mut ZState, params: &ZParams, entry: &ZEntry) -> f32 {
+    if entry.flags & FLAG_RESET != 0 {
+        *state = ZState {
+            mean: entry.value,
+            var: 0.0,
+            count: 1,
+            _pad: 0,
+        };
+        return 0.0;
+    }
+    let d = entry.value - state.mean;
+    let z = if state.count < params.warmup {
+        0.0
+    } else if state.var > 0.0 {
+        d.abs() / state.var.sqrt()
+    } else if d == 0.0 {
+        0.0
+    } else {
+        Z_INFINITE
+    };
+    let incr = params.alpha * d;
+    state.mean += incr;
+    state.var = (1.0 - params.alpha) * (state.var + d * incr);
+    state.count = state.count.saturating_add(1);
+    z
+}
+
+/// Maps a kernel |z| to the reported value (+inf for [`Z_INFINITE`]).
+#[inline]
+pub fn reported(z: f32) -> f32 {
+    if z < 0.0 {
+        f32::INFINITY
+    } else {
+        z
+    }
+}
+
+/// Bounded map from (z-feature, key) to state slot, with the slot's origin.
+///
+/// When full, the least recently used key loses its slot; the eviction is
+/// counted and the next record of that key restarts from scratch.
+#[derive(Debug)]
+pub struct KeySlotTable {
+    capacity: usize,
+    /// Per z-feature: key to slot. Looked up by `&str`, so hits allocate nothing.
+    slots: Vec<HashMap<String, u32>>,
+    /// Per slot: owning key, origin value, last use tick.
+    owner: Vec<Option<(u32, String)>>,
+    origin: Vec<f64>,
+    last_used: Vec<u64>,
+    tick: u64,
+    evictions: u64,
+}
+
+impl KeySlotTable {
+    /// A table of at most `capacity` slots (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            slots: Vec::new(),
+            owner: Vec::new(),
+            origin: Vec::new(),
+            last_used: Vec::new(),
+            tick: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Slots in use.
+    pub fn len(&self) -> usize {
+        self.slots.iter().map(HashMap::len).sum()
+    }
+
+    /// True when no key holds a slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots allocated so far (state arrays must be at least this long).
+    pub fn allocated(&self) -> usize {
+        self.owner.len()
+    }
+
+    /// Keys that lost their slot to make room.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Maps one record to an entry: its slot, reset flag and shifted value.
+    pub fn entry(&mut self, feature: u32, key: &str, value: f64) -> ZEntry {
+        self.tick += 1;
+        let f = feature as usize;
+        if self.slots.len() <= f {
+            self.slots.resize_with(f + 1, HashMap::new);
+        }
+        if let Some(&slot) = self.slots[f].get(key) {
+            self.last_used[slot as usize] = self.tick;
+            let shifted = (value - self.origin[slot as usize]) as f32;
+            return ZEntry {
+                slot,
+                flags: 0,
+                value: shifted,
+                param: feature,
+            };
+        }
+        let slot = if self.owner.len() < self.capacity {
+            self.owner.push(None);
+            self.origin.push(0.0);
+            self.last_used.push(0);
+            (self.owner.len() - 1) as u32
+        } else {
+            // O(capacity) scan, paid only on eviction.
+            let victim = (0..self.owner.len())
+                .min_by_key(|&i| self.last_used[i])
+                .unwrap_or(0);
+            if let Some((old_feature, old_key)) = self.owner[victim].take() {
+                self.slots[old_feature as usize].remove(&old_key);
+            }
+            self.evictions += 1;
+            victim as u32
+        };
+        let i = slot as usize;
+        self.owner[i] = Some((feature, key.to_owned()));
+        self.slots[f].insert(key.to_owned(), slot);
+        self.origin[i] = value;
+        self.last_used[i] = self.tick;
+        ZEntry {
+            slot,
+            flags: FLAG_RESET,
+            value: 0.0,
+            param: feature,
+        }
+    }
+}
+
+/// Runs entries through state on the CPU, in order; writes |z| per entry.
+pub fn run_cpu(states: &mut Vec<ZState>, params: &[ZParams], entries: &[ZEntry], out: &mut [f32]) {
+    for (entry, z) in entries.iter().zip(out.iter_mut()) {
+        let slot = entry.slot as usize;
+        if slot >= states.len() {
+            states.resize(slot + 1, ZState::default());
+        }
+        *z = step(&mut states[slot], &params[entry.param as usize], entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_f64_definition_on_a_simple_series() {
+        let xs = [10.0, 12.0, 9.0, 11.0, 30.0, 10.0];
+        let params = ZParams {
+            alpha: 0.5,
+            warmup: 2,
+            _pad: [0; 2],
+        };
+        let mut table = KeySlotTable::new(4);
+        let mut states = Vec::new();
+        let entries: Vec<_> = xs.iter().map(|&x| table.entry(0, "k", x)).collect();
+        let mut z = vec![0.0; xs.len()];
+        run_cpu(&mut states, &[params], &entries, &mut z);
+        // Reference: the f64 recurrence of shared/data/README.md.
+        let (mut mean, mut var) = (xs[0], 0.0f64);
+        let mut want = vec![0.0];
+        for (t, &x) in xs.iter().enumerate().skip(1) {
+            let d = x - mean;
+            want.push(if t < 2 { 0.0 } else { d.abs() / var.sqrt() });
+            let incr = 0.5 * d;
+            mean += incr;
+            var = 0.5 * (var + d * incr);
+        }
+        for (g, w) in z.iter().zip(&want) {
+            assert!(
+                (*g as f64 - w).abs() < 1e-5 * w.max(1.0),
+                "{z:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_variance_gives_infinite_or_zero() {
+        let params = [ZParams {
+            alpha: 0.1,
+            warmup: 1,
+            _pad: [0; 2],
+        }];
+        let mut table = KeySlotTable::new(4);
+        let entries: Vec<_> = [5.0, 5.0, 6.0]
+            .iter()
+            .map(|&x| table.entry(0, "k", x))
+            .collect();
+        let mut z = vec![0.0; 3];
+        run_cpu(&mut Vec::new(), &params, &entries, &mut z);
+        assert_eq!(z[1], 0.0);
+        assert_eq!(reported(z[2]), f32::INFINITY);
+    }
+
+    #[test]
+    fn keys_are_independent_and_evictions_counted() {
+        let mut table = KeySlotTable::new(2);
+        let a = table.entry(0, "a", 1.0);
+        let b = table.entry(0, "b", 2.0);
+        assert_ne!(a.slot, b.slot);
+        assert_eq!(table.entry(0, "a", 3.0).flags, 0);
+        // "b" is least recently used: "c" takes its slot.
+        let c = table.entry(0, "c", 4.0);
+        assert_eq!(c.slot, b.slot);
+        assert_eq!(c.flags, FLAG_RESET);
+        assert_eq!(table.evictions(), 1);
+        assert_eq!(table.entry(0, "b", 2.0).flags, FLAG_RESET);
+        assert_eq!(table.evictions(), 2);
+        // Same key under another feature is another slot.
+        assert_ne!(table.entry(1, "a", 1.0).slot, table.entry(0, "a", 1.0).slot);
+    }
+}

@@ -1,0 +1,193 @@
+//! Isolation-forest maths and the packed node layout every scorer walks.
+//!
+//! The model stores trees as parallel arrays; scoring wants one flat array of
+//! 16-byte nodes with absolute child indices and each leaf's whole path-length
+//! contribution precomputed, so the CPU loop and the WGSL kernel do the same
+//! few operations in the same order and agree to the last bit of a sum.
+
+use crate::model::{self, pb, ModelError};
+use bytemuck::{Pod, Zeroable};
+
+/// Euler–Mascheroni constant, for the harmonic-number estimate H(i) ≈ ln i + γ.
+pub const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+
+/// `feature` value marking a leaf in a [`PackedNode`].
+pub const LEAF: u32 = u32::MAX;
+
+/// c(n) = 2H(n−1) − 2(n−1)/n: the average path length of an unsuccessful
+/// search in a binary search tree of n points (Liu, Ting & Zhou 2008), with
+/// H(i) estimated as ln i + γ and c(2) = 1, c(n ≤ 1) = 0 as in scikit-learn.
+pub fn average_path_length(n: f64) -> f64 {
+    if n <= 1.0 {
+        0.0
+    } else if n <= 2.0 {
+        1.0
+    } else {
+        2.0 * ((n - 1.0).ln() + EULER_GAMMA) - 2.0 * (n - 1.0) / n
+    }
+}
+
+/// Path length credited to a point that stops in a leaf at `depth` holding
+/// `leaf_size` training samples: the edges walked plus c(leaf_size) for the
+/// subtree that was never grown.
+pub fn leaf_path_length(depth: usize, leaf_size: u32) -> f64 {
+    depth as f64 + average_path_length(leaf_size as f64)
+}
+
+/// Anomaly score 2^(−E[h(x)] / c(ψ)) from the mean path length. Near 1 is
+/// anomalous, well under 0.5 is normal; equal to scikit-learn's
+/// `-score_samples`.
+#[inline]
+pub fn score_from_mean_path(mean_path: f32, normaliser: f32) -> f32 {
+    (-mean_path / normaliser).exp2()
+}
+
+/// One node, laid out identically in Rust and in `shaders/iforest.wgsl`.
+///
+/// Internal node: go to `left` when `x[feature] <= threshold`, else `right`.
+/// Leaf (`feature == LEAF`): `threshold` holds the leaf's path length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct PackedNode {
+    /// Feature column, or [`LEAF`].
+    pub feature: u32,
+    /// Split threshold, or the leaf's path length.
+    pub threshold: f32,
+    /// Absolute index of the left child.
+    pub left: u32,
+    /// Absolute index of the right child.
+    pub right: u32,
+}
+
+/// A validated forest flattened for scoring.
+#[derive(Clone, Debug)]
+pub struct PackedForest {
+    /// All nodes of all trees.
+    pub nodes: Vec<PackedNode>,
+    /// Index of each tree's root in `nodes`.
+    pub roots: Vec<u32>,
+    /// Feature columns a row must have.
+    pub dims: usize,
+    /// c(ψ), the path-length normaliser.
+    pub normaliser: f32,
+    /// Deepest leaf over all trees (bounds the kernel's walk).
+    pub max_depth: u32,
+}
+
+impl PackedForest {
+    /// Validates `model` and packs its forest.
+    pub fn from_model(model: &pb::Model) -> Result<Self, ModelError> {
+        model::validate(model)?;
+        let dims = model.feature_spec.as_ref().map_or(0, |s| s.features.len());
+        let forest = model.forest.as_ref().expect("validated model has a forest");
+        Ok(Self::pack(forest, dims))
+    }
+
+    /// Packs a forest that has already been validated against `dims` features.
+    fn pack(forest: &pb::Forest, dims: usize) -> Self {
+        let total: usize = forest.trees.iter().map(|t| t.feature.len()).sum();
+        let mut nodes = Vec::with_capacity(total);
+        let mut roots = Vec::with_capacity(forest.trees.len());
+        let mut max_depth = 0u32;
+        for tree in &forest.trees {
+            let offset = nodes.len() as u32;
+            roots.push(offset);
+            let mut depth = vec![0usize; tree.feature.len()];
+            // Parents may follow children in a valid file, so depths are
+            // assigned by a walk from the root, not by index order.
+            let mut stack = vec![0usize];
+            while let Some(i) = stack.pop() {
+                let (l, r) = (tree.left[i] as usize, tree.right[i] as usize);
+                if l != 0 || r != 0 {
+                    depth[l] = depth[i] + 1;
+                    depth[r] = depth[i] + 1;
+                    stack.push(l);
+                    stack.push(r);
+                }
+            }
+            for i in 0..tree.feature.len() {
+                let (l, r) = (tree.left[i], tree.right[i]);
+                nodes.push(if l == 0 && r == 0 {
+                    max_depth = max_depth.max(depth[i] as u32);
+                    PackedNode {
+                        feature: LEAF,
+                        threshold: leaf_path_length(depth[i], tree.leaf_size[i]) as f32,
+                        left: 0,
+                        right: 0,
+                    }
+                } else {
+                    PackedNode {
+                        feature: tree.feature[i],
+                        threshold: tree.threshold[i],
+                        left: offset + l,
+                        right: offset + r,
+                    }
+                });
+            }
+        }
+        Self {
+            nodes,
+            roots,
+            dims,
+            normaliser: average_path_length(forest.sample_size as f64) as f32,
+            max_depth,
+        }
+    }
+
+    /// Number of trees.
+    pub fn trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// Path length of `row` in the tree rooted at `root`.
+    #[inline]
+    pub fn path_length(&self, root: u32, row: &[f32]) -> f32 {
+        let mut node = self.nodes[root as usize];
+        while node.feature != LEAF {
+            let next = if row[node.feature as usize] <= node.threshold {
+                node.left
+            } else {
+                node.right
+            };
+            node = self.nodes[next as usize];
+        }
+        node.threshold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_path_length_matches_definition() {
+        assert_eq!(average_path_length(0.0), 0.0);
+        assert_eq!(average_path_length(1.0), 0.0);
+        assert_eq!(average_path_length(2.0), 1.0);
+        // c(3) = 2(ln 2 + γ) − 4/3
+        let c3 = 2.0 * (2f64.ln() + EULER_GAMMA) - 4.0 / 3.0;
+        assert!((average_path_length(3.0) - c3).abs() < 1e-15);
+        // c(256) as printed by scikit-learn's _average_path_length([256]).
+        assert!((average_path_length(256.0) - 10.244_770_920_119_917).abs() < 1e-12);
+        // Exact harmonic numbers converge to the estimate for large n.
+        let n = 100_000.0;
+        let h: f64 = (1..100_000).map(|i| 1.0 / i as f64).sum();
+        let exact = 2.0 * h - 2.0 * (n - 1.0) / n;
+        assert!((average_path_length(n) - exact).abs() < 1e-4);
+    }
+
+    #[test]
+    fn leaf_path_length_adds_unbuilt_subtree() {
+        assert_eq!(leaf_path_length(3, 1), 3.0);
+        assert_eq!(leaf_path_length(2, 2), 3.0);
+        assert!((leaf_path_length(1, 3) - (1.0 + average_path_length(3.0))).abs() < 1e-15);
+    }
+
+    #[test]
+    fn score_is_half_at_average_depth() {
+        let c = average_path_length(256.0) as f32;
+        assert!((score_from_mean_path(c, c) - 0.5).abs() < 1e-7);
+        assert_eq!(score_from_mean_path(0.0, c), 1.0);
+        assert!(score_from_mean_path(2.0 * c, c) < 0.26);
+    }
+}

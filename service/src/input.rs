@@ -1,0 +1,357 @@
+//! Reading records from CSV or JSON lines into the columns a model needs.
+//!
+//! Only the fields the feature spec names are read; everything else in a
+//! record is ignored. Numbers are parsed without per-field allocation and every
+//! failure names the row and the column, because "parse error" is useless to
+//! someone holding a 600K-row file.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read};
+
+/// Why input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// I/O failure reading the input.
+    #[error("cannot read input: {0}")]
+    Io(#[from] std::io::Error),
+    /// Malformed CSV.
+    #[error("CSV error: {0}")]
+    Csv(#[from] csv::Error),
+    /// A required column is absent from the CSV header.
+    #[error("input has no column '{column}' (needed by the model's feature spec); columns present: {present}")]
+    MissingColumn {
+        /// Column the spec needs.
+        column: String,
+        /// Header of the input.
+        present: String,
+    },
+    /// A JSON record lacks a required field.
+    #[error("row {row}: field '{field}' is missing")]
+    MissingField {
+        /// 1-based data row.
+        row: usize,
+        /// Dotted path the spec needs.
+        field: String,
+    },
+    /// A value is not a number.
+    #[error("row {row}, column '{column}': '{value}' is not a number")]
+    NotANumber {
+        /// 1-based data row.
+        row: usize,
+        /// Column or dotted path.
+        column: String,
+        /// The offending text.
+        value: String,
+    },
+    /// A value is NaN or infinite.
+    #[error("row {row}, column '{column}': value {value} is not finite")]
+    NonFinite {
+        /// 1-based data row.
+        row: usize,
+        /// Column or dotted path.
+        column: String,
+        /// The value as read.
+        value: String,
+    },
+    /// A line is not a JSON object.
+    #[error("row {row}: not a JSON object: {message}")]
+    Json {
+        /// 1-based data row.
+        row: usize,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// Which fields to read.
+#[derive(Clone, Debug, Default)]
+pub struct Wanted {
+    /// Numeric fields, in the order their columns appear in [`Columns::numeric`].
+    pub numeric: Vec<String>,
+    /// Key fields, in the order their columns appear in [`Columns::keys`].
+    pub keys: Vec<String>,
+}
+
+/// Key values of one key field, interned: `ids[row]` indexes `names`.
+#[derive(Clone, Debug, Default)]
+pub struct KeyColumn {
+    /// Per-row key id.
+    pub ids: Vec<u32>,
+    /// Distinct key values in order of first appearance.
+    pub names: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl KeyColumn {
+    fn push(&mut self, key: &str) {
+        let id = match self.index.get(key) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                self.names.push(key.to_owned());
+                self.index.insert(key.to_owned(), id);
+                id
+            }
+        };
+        self.ids.push(id);
+    }
+}
+
+/// The wanted fields of every record, column by column.
+#[derive(Clone, Debug, Default)]
+pub struct Columns {
+    /// Number of records read.
+    pub rows: usize,
+    /// One vector per [`Wanted::numeric`] field.
+    pub numeric: Vec<Vec<f64>>,
+    /// One column per [`Wanted::keys`] field.
+    pub keys: Vec<KeyColumn>,
+}
+
+impl Columns {
+    fn new(wanted: &Wanted) -> Self {
+        Self {
+            rows: 0,
+            numeric: vec![Vec::new(); wanted.numeric.len()],
+            keys: vec![KeyColumn::default(); wanted.keys.len()],
+        }
+    }
+}
+
+/// Parses a decimal number, naming row and column on failure.
+pub fn parse_number(text: &[u8], row: usize, column: &str) -> Result<f64, InputError> {
+    let trimmed = text.trim_ascii();
+    let value: f64 = fast_float2::parse(trimmed).map_err(|_| InputError::NotANumber {
+        row,
+        column: column.to_owned(),
+        value: String::from_utf8_lossy(text).into_owned(),
+    })?;
+    if !value.is_finite() {
+        return Err(InputError::NonFinite {
+            row,
+            column: column.to_owned(),
+            value: String::from_utf8_lossy(trimmed).into_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads a CSV with a header row.
+pub fn read_csv(reader: impl Read, wanted: &Wanted) -> Result<Columns, InputError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
+    let header = csv.byte_headers()?.clone();
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_owned())
+        .collect();
+    let find = |column: &String| {
+        names
+            .iter()
+            .position(|n| n == column)
+            .ok_or_else(|| InputError::MissingColumn {
+                column: column.clone(),
+                present: names.join(","),
+            })
+    };
+    let numeric_at: Vec<usize> = wanted.numeric.iter().map(find).collect::<Result<_, _>>()?;
+    let keys_at: Vec<usize> = wanted.keys.iter().map(find).collect::<Result<_, _>>()?;
+    let mut cols = Columns::new(wanted);
+    let mut record = csv::ByteRecord::new();
+    while csv.read_byte_record(&mut record)? {
+        let row = cols.rows + 1;
+        for ((&at, name), out) in numeric_at
+            .iter()
+            .zip(&wanted.numeric)
+            .zip(&mut cols.numeric)
+        {
+            out.push(parse_number(record.get(at).unwrap_or_default(), row, name)?);
+        }
+        for (&at, out) in keys_at.iter().zip(&mut cols.keys) {
+            out.push(&String::from_utf8_lossy(record.get(at).unwrap_or_default()));
+        }
+        cols.rows += 1;
+    }
+    Ok(cols)
+}
+
+/// Looks up a dotted path (`a.b.c`) in a JSON object.
+pub fn lookup<'v>(value: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    if let Some(v) = value.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(value, |v, part| v.get(part))
+}
+
+/// Reads the numeric value at `path` of one JSON record.
+pub fn json_number(record: &serde_json::Value, path: &str, row: usize) -> Result<f64, InputError> {
+    match lookup(record, path) {
+        None | Some(serde_json::Value::Null) => Err(InputError::MissingField {
+            row,
+            field: path.to_owned(),
+        }),
+        Some(serde_json::Value::Number(n)) => n.as_f64().ok_or_else(|| InputError::NotANumber {
+            row,
+            column: path.to_owned(),
+            value: n.to_string(),
+        }),
+        Some(serde_json::Value::String(s)) => parse_number(s.as_bytes(), row, path),
+        Some(other) => Err(InputError::NotANumber {
+            row,
+            column: path.to_owned(),
+            value: other.to_string(),
+        }),
+    }
+}
+
+/// Reads the key at `path` of one JSON record (strings as is, other scalars as JSON text).
+pub fn json_key(record: &serde_json::Value, path: &str, row: usize) -> Result<String, InputError> {
+    match lookup(record, path) {
+        None | Some(serde_json::Value::Null) => Err(InputError::MissingField {
+            row,
+            field: path.to_owned(),
+        }),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(other) => Ok(other.to_string()),
+    }
+}
+
+/// Reads JSON lines (one object per line; blank lines are skipped).
+pub fn read_jsonl(reader: impl BufRead, wanted: &Wanted) -> Result<Columns, InputError> {
+    let mut cols = Columns::new(wanted);
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = cols.rows + 1;
+        let record: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| InputError::Json {
+                row,
+                message: e.to_string(),
+            })?;
+        if !record.is_object() {
+            return Err(InputError::Json {
+                row,
+                message: "line is not an object".into(),
+            });
+        }
+        for (name, out) in wanted.numeric.iter().zip(&mut cols.numeric) {
+            out.push(json_number(&record, name, row)?);
+        }
+        for (name, out) in wanted.keys.iter().zip(&mut cols.keys) {
+            out.push(&json_key(&record, name, row)?);
+        }
+        cols.rows += 1;
+    }
+    Ok(cols)
+}
+
+/// Input formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Comma-separated values with a header.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+impl Format {
+    /// Guesses the format from a path's extension (`.jsonl`, `.json`, `.ndjson`
+    /// are JSON lines) or, for `-` (stdin), from the first non-blank byte.
+    pub fn detect(path: &str, first_byte: Option<u8>) -> Format {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+            Format::JsonLines
+        } else if path == "-" && first_byte == Some(b'{') {
+            Format::JsonLines
+        } else {
+            Format::Csv
+        }
+    }
+}
+
+/// Reads `path` (or stdin for `-`) in the detected format.
+pub fn read_path(path: &str, wanted: &Wanted) -> Result<Columns, InputError> {
+    let reader: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?,
+        )
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let first = reader
+        .fill_buf()?
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace());
+    match Format::detect(path, first) {
+        Format::Csv => read_csv(reader, wanted),
+        Format::JsonLines => read_jsonl(reader, wanted),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(numeric: &[&str], keys: &[&str]) -> Wanted {
+        Wanted {
+            numeric: numeric.iter().map(|s| s.to_string()).collect(),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn csv_reads_wanted_columns_in_spec_order() {
+        let data = "b,a,k,extra\n1,2,x,zzz\n3.5,-4e2,y,q\n5,6,x,\n";
+        let cols = read_csv(data.as_bytes(), &wanted(&["a", "b"], &["k"])).unwrap();
+        assert_eq!(cols.rows, 3);
+        assert_eq!(cols.numeric[0], vec![2.0, -400.0, 6.0]);
+        assert_eq!(cols.numeric[1], vec![1.0, 3.5, 5.0]);
+        assert_eq!(cols.keys[0].ids, vec![0, 1, 0]);
+        assert_eq!(cols.keys[0].names, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn csv_errors_name_row_and_column() {
+        let err = read_csv("a,b\n1,2\n3,oops\n".as_bytes(), &wanted(&["a", "b"], &[])).unwrap_err();
+        assert_eq!(err.to_string(), "row 2, column 'b': 'oops' is not a number");
+        let err = read_csv("a,b\n1,2\n".as_bytes(), &wanted(&["c"], &[])).unwrap_err();
+        assert!(err.to_string().contains("no column 'c'"), "{err}");
+        assert!(err.to_string().contains("a,b"), "{err}");
+        let err = read_csv("a\n1\nNaN\n".as_bytes(), &wanted(&["a"], &[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "row 2, column 'a': value NaN is not finite"
+        );
+    }
+
+    #[test]
+    fn jsonl_reads_dotted_paths_and_reports_missing_fields() {
+        let data = "{\"v\":{\"x\":1.5},\"dev\":\"d1\"}\n\n{\"v\":{\"x\":2},\"dev\":7}\n";
+        let cols = read_jsonl(data.as_bytes(), &wanted(&["v.x"], &["dev"])).unwrap();
+        assert_eq!(cols.numeric[0], vec![1.5, 2.0]);
+        assert_eq!(cols.keys[0].names, vec!["d1", "7"]);
+        let err = read_jsonl("{\"y\":1}\n".as_bytes(), &wanted(&["v.x"], &[])).unwrap_err();
+        assert_eq!(err.to_string(), "row 1: field 'v.x' is missing");
+        let err = read_jsonl("{\"v\":\"abc\"}\n".as_bytes(), &wanted(&["v"], &[])).unwrap_err();
+        assert!(err.to_string().contains("'abc' is not a number"), "{err}");
+        let err = read_jsonl("not json\n".as_bytes(), &wanted(&["v"], &[])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("row 1: not a JSON object"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(Format::detect("a.jsonl", None), Format::JsonLines);
+        assert_eq!(Format::detect("a.csv", Some(b'{')), Format::Csv);
+        assert_eq!(Format::detect("-", Some(b'{')), Format::JsonLines);
+        assert_eq!(Format::detect("-", Some(b'a')), Format::Csv);
+    }
+}

@@ -1,0 +1,26 @@
+//! isoflow: streaming anomaly detection with isolation forests and per-key
+//! z-scores, on the GPU (wgpu) or, with identical numbers, on the CPU.
+//!
+//! Map of the crate:
+//! - [`model`]: the protobuf model file and its validation; nothing reaches a
+//!   scorer unvalidated.
+//! - [`forest`]: path-length maths and the packed 16-byte node layout that the
+//!   CPU loop and the WGSL kernel both walk.
+//! - [`input`]: CSV / JSON lines to columns, reading only what the spec names.
+//! - [`features`]: the one feature pipeline shared by trainer and scorer;
+//!   keyed z-scores run on a CPU twin or the GPU kernel.
+//! - [`score`]: the [`score::Scorer`] trait; `cpu` is the reference twin.
+//! - [`gpu`]: the wgpu context, kernels and buffers — the only module that
+//!   knows about the GPU.
+//! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
+//! - [`commands`]: the work behind each CLI command.
+
+pub mod commands;
+pub mod decision;
+pub mod features;
+pub mod forest;
+pub mod gpu;
+pub mod input;
+pub mod model;
+pub mod output;
+pub mod score;

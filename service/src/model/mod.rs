@@ -1,0 +1,112 @@
+//! The model file format and its validation.
+//!
+//! A model file is the protobuf encoding of [`pb::Model`]. Nothing reaches a
+//! scorer without passing [`validate`]: a forest with a cycle, an index out of
+//! range or an unbounded depth could hang a GPU kernel, so it is refused here
+//! with a message that names the tree and node at fault.
+
+mod validate;
+
+pub use validate::{validate, ModelError, MAX_TREE_DEPTH};
+
+use prost::Message;
+use std::path::Path;
+
+/// Generated protobuf types of `proto/isoflow/v1/model.proto`.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/isoflow.v1.rs"));
+}
+
+pub use pb::Model;
+
+/// Decodes and validates a model from its protobuf bytes.
+pub fn decode(bytes: &[u8]) -> Result<Model, ModelError> {
+    let model = Model::decode(bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
+    validate(&model)?;
+    Ok(model)
+}
+
+/// Reads, decodes and validates a model file.
+pub fn load(path: &Path) -> Result<Model, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    decode(&bytes).map_err(|e| ModelError::InFile {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    })
+}
+
+/// Validates a model and writes its protobuf encoding to `path`.
+pub fn save(model: &Model, path: &Path) -> Result<(), ModelError> {
+    validate(model)?;
+    std::fs::write(path, model.encode_to_vec()).map_err(|source| ModelError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Names of the model's features, in forest column order.
+pub fn feature_names(model: &Model) -> Vec<String> {
+    model
+        .feature_spec
+        .as_ref()
+        .map(|s| s.features.iter().map(|f| f.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The model's metadata as JSON (everything but the tree arrays).
+pub fn metadata_json(model: &Model) -> serde_json::Value {
+    use pb::feature::Kind;
+    let spec = model.feature_spec.clone().unwrap_or_default();
+    let features: Vec<serde_json::Value> = spec
+        .features
+        .iter()
+        .map(|f| match &f.kind {
+            Some(Kind::Field(field)) => serde_json::json!({
+                "name": f.name, "kind": "field", "source": field.source, "log1p": field.log1p,
+            }),
+            Some(Kind::KeyZscore(z)) => serde_json::json!({
+                "name": f.name, "kind": "key_zscore", "source": z.source,
+                "key_field": z.key_field, "alpha": z.alpha, "warmup": z.warmup, "alert_z": z.alert_z,
+            }),
+            None => serde_json::json!({ "name": f.name, "kind": null }),
+        })
+        .collect();
+    let forest = model.forest.clone().unwrap_or_default();
+    let nodes: usize = forest.trees.iter().map(|t| t.feature.len()).sum();
+    let max_depth = forest
+        .trees
+        .iter()
+        .map(validate::tree_depth)
+        .max()
+        .unwrap_or(0);
+    let training = model.training.clone().unwrap_or_default();
+    serde_json::json!({
+        "name": model.name,
+        "version": model.version,
+        "created_at_unix_ms": model.created_at_unix_ms,
+        "threshold": model.threshold,
+        "feature_spec": {
+            "key_field": spec.key_field,
+            "time_field": spec.time_field,
+            "features": features,
+        },
+        "forest": {
+            "trees": forest.trees.len(),
+            "sample_size": forest.sample_size,
+            "nodes": nodes,
+            "max_depth": max_depth,
+        },
+        "training": {
+            "rows": training.rows,
+            "seed": training.seed,
+            "data_fingerprint": training.data_fingerprint,
+            "training_auc": training.training_auc,
+            "contamination": training.contamination,
+            "source": training.source,
+            "trainer_version": training.trainer_version,
+        },
+    })
+}

@@ -1,0 +1,1 @@
+//! Shared fixtures for isoflow's end-to-end tests and benchmarks.

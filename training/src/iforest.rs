@@ -1,0 +1,359 @@
+//! Isolation-forest training (Liu, Ting & Zhou 2008, as in scikit-learn).
+//!
+//! Each tree draws ψ rows without replacement, then splits recursively on a
+//! random non-constant feature at a uniform threshold between the node's min
+//! and max, up to depth ⌈log₂ ψ⌉. Trees are grown in parallel, each from its
+//! own ChaCha stream derived from (seed, tree index), so a seed gives the same
+//! forest on any number of threads.
+//!
+//! Data are cast to f32 (as scikit-learn does) and thresholds are stored as the
+//! largest f32 not above the drawn f64 value, so `x <= threshold` in f32 sends
+//! every f32 input the same way the f64 comparison would.
+
+use crate::TrainError;
+use isoflow::forest::PackedForest;
+use isoflow::model::pb;
+use isoflow::score::{cpu::CpuScorer, RowScore, Scorer};
+use linfa::dataset::{DatasetBase, Records};
+use linfa::traits::{Fit, PredictInplace};
+use ndarray::{Array1, Array2, ArrayView2};
+use rand::seq::index;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Hyper-parameters of an isolation forest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IsolationForestParams {
+    /// Number of trees.
+    pub trees: usize,
+    /// ψ: rows drawn per tree (capped at the number of rows).
+    pub sample_size: usize,
+    /// Seed for reproducible forests.
+    pub seed: u64,
+}
+
+impl Default for IsolationForestParams {
+    fn default() -> Self {
+        Self {
+            trees: 100,
+            sample_size: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// A fitted forest: the model-format trees plus a packed copy for scoring.
+#[derive(Clone, Debug)]
+pub struct IsolationForest {
+    /// Trees in model-file form.
+    pub forest: pb::Forest,
+    packed: PackedForest,
+}
+
+impl IsolationForest {
+    /// Scores row-major f32 rows (`dims` columns) on all cores.
+    pub fn score_rows(&self, rows: &[f32]) -> Vec<RowScore> {
+        let mut out = vec![RowScore::default(); rows.len() / self.packed.dims.max(1)];
+        CpuScorer::new(self.packed.clone())
+            .score(rows, &mut out)
+            .expect("rows shaped by the caller match the forest");
+        out
+    }
+
+    /// The packed forest used for scoring.
+    pub fn packed(&self) -> &PackedForest {
+        &self.packed
+    }
+}
+
+impl IsolationForestParams {
+    /// Checks the parameters against the data's shape.
+    fn check(&self, rows: usize, dims: usize) -> Result<(), TrainError> {
+        if self.trees == 0 {
+            return Err(TrainError::Params("--trees must be at least 1".into()));
+        }
+        if self.sample_size < 2 {
+            return Err(TrainError::Params(format!(
+                "--sample-size must be at least 2, got {}",
+                self.sample_size
+            )));
+        }
+        if rows < 2 {
+            return Err(TrainError::Data(format!(
+                "need at least 2 rows to train, got {rows}"
+            )));
+        }
+        if dims == 0 {
+            return Err(TrainError::Data("no feature columns to train on".into()));
+        }
+        Ok(())
+    }
+
+    /// Fits on a row-major f32 matrix (`rows × dims`).
+    pub fn fit_rows(&self, data: &[f32], dims: usize) -> Result<IsolationForest, TrainError> {
+        self.fit_rows_with_progress(data, dims, &|| {})
+    }
+
+    /// [`Self::fit_rows`], calling `on_tree` as each tree finishes.
+    pub fn fit_rows_with_progress(
+        &self,
+        data: &[f32],
+        dims: usize,
+        on_tree: &(dyn Fn() + Sync),
+    ) -> Result<IsolationForest, TrainError> {
+        let rows = if dims == 0 { 0 } else { data.len() / dims };
+        self.check(rows, dims)?;
+        let psi = self.sample_size.min(rows);
+        let max_depth = (psi.max(2) as f64).log2().ceil() as usize;
+        let trees: Vec<pb::Tree> = (0..self.trees)
+            .into_par_iter()
+            .map(|t| {
+                let mut rng = ChaCha8Rng::seed_from_u64(tree_seed(self.seed, t as u64));
+                let tree = grow_tree(data, rows, dims, psi, max_depth, &mut rng);
+                on_tree();
+                tree
+            })
+            .collect();
+        let forest = pb::Forest {
+            sample_size: psi as u32,
+            trees,
+        };
+        let packed = PackedForest::from_model(&placeholder_model(&forest, dims))?;
+        Ok(IsolationForest { forest, packed })
+    }
+
+    /// Fits on an ndarray view (any float layout; cast to f32).
+    pub fn fit_array(&self, data: ArrayView2<f64>) -> Result<IsolationForest, TrainError> {
+        let dims = data.ncols();
+        let flat: Vec<f32> = data
+            .rows()
+            .into_iter()
+            .flat_map(|r| r.into_iter().map(|&x| x as f32))
+            .collect();
+        self.fit_rows(&flat, dims)
+    }
+}
+
+/// SplitMix64 of (seed, tree): decorrelated per-tree streams.
+fn tree_seed(seed: u64, tree: u64) -> u64 {
+    let mut z = seed ^ tree.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A model wrapper so a bare forest can be validated and packed.
+fn placeholder_model(forest: &pb::Forest, dims: usize) -> pb::Model {
+    let names: Vec<String> = (0..dims).map(|i| format!("f{i}")).collect();
+    pb::Model {
+        feature_spec: Some(isoflow::features::spec::fields_spec(&names)),
+        forest: Some(forest.clone()),
+        ..Default::default()
+    }
+}
+
+struct TreeBuilder<'a> {
+    sample: &'a [f32],
+    dims: usize,
+    max_depth: usize,
+    tree: pb::Tree,
+    features: Vec<usize>,
+}
+
+fn grow_tree(
+    data: &[f32],
+    rows: usize,
+    dims: usize,
+    psi: usize,
+    max_depth: usize,
+    rng: &mut ChaCha8Rng,
+) -> pb::Tree {
+    let picked = index::sample(rng, rows, psi);
+    let mut sample = Vec::with_capacity(psi * dims);
+    for r in picked.iter() {
+        sample.extend_from_slice(&data[r * dims..(r + 1) * dims]);
+    }
+    let mut builder = TreeBuilder {
+        sample: &sample,
+        dims,
+        max_depth,
+        tree: pb::Tree::default(),
+        features: (0..dims).collect(),
+    };
+    let mut idx: Vec<u32> = (0..psi as u32).collect();
+    builder.build(&mut idx, 0, rng);
+    builder.tree
+}
+
+impl TreeBuilder<'_> {
+    fn value(&self, row: u32, feature: usize) -> f32 {
+        self.sample[row as usize * self.dims + feature]
+    }
+
+    fn push(&mut self, feature: u32, threshold: f32, leaf_size: u32) -> usize {
+        let t = &mut self.tree;
+        t.feature.push(feature);
+        t.threshold.push(threshold);
+        t.left.push(0);
+        t.right.push(0);
+        t.leaf_size.push(leaf_size);
+        t.feature.len() - 1
+    }
+
+    /// Draws features without replacement until one is not constant on
+    /// `idx` (constant draws do not count, as in scikit-learn's splitter).
+    fn pick_split(&mut self, idx: &[u32], rng: &mut ChaCha8Rng) -> Option<(usize, f32)> {
+        for k in 0..self.dims {
+            let j = rng.gen_range(k..self.dims);
+            self.features.swap(k, j);
+            let f = self.features[k];
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for &r in idx {
+                let x = self.value(r, f);
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+            if hi > lo {
+                let (lo64, hi64) = (lo as f64, hi as f64);
+                let mut t = lo64 + rng.gen::<f64>() * (hi64 - lo64);
+                if t >= hi64 {
+                    t = lo64;
+                }
+                let mut t32 = t as f32;
+                if t32 as f64 > t {
+                    t32 = t32.next_down();
+                }
+                return Some((f, t32));
+            }
+        }
+        None
+    }
+
+    fn build(&mut self, idx: &mut [u32], depth: usize, rng: &mut ChaCha8Rng) -> usize {
+        let split = if idx.len() <= 1 || depth >= self.max_depth {
+            None
+        } else {
+            self.pick_split(idx, rng)
+        };
+        let Some((feature, threshold)) = split else {
+            return self.push(0, 0.0, idx.len() as u32);
+        };
+        let node = self.push(feature as u32, threshold, 0);
+        let mut mid = 0;
+        for i in 0..idx.len() {
+            if self.value(idx[i], feature) <= threshold {
+                idx.swap(i, mid);
+                mid += 1;
+            }
+        }
+        let (left, right) = idx.split_at_mut(mid);
+        let l = self.build(left, depth + 1, rng);
+        let r = self.build(right, depth + 1, rng);
+        self.tree.left[node] = l as u32;
+        self.tree.right[node] = r as u32;
+        node
+    }
+}
+
+impl<T> Fit<Array2<f64>, T, TrainError> for IsolationForestParams {
+    type Object = IsolationForest;
+
+    /// Fits on the dataset's records; targets, if any, are ignored (the
+    /// method is unsupervised).
+    fn fit(&self, dataset: &DatasetBase<Array2<f64>, T>) -> Result<IsolationForest, TrainError> {
+        let records = dataset.records();
+        if records.nsamples() == 0 {
+            return Err(TrainError::Data("dataset has no records".into()));
+        }
+        self.fit_array(records.view())
+    }
+}
+
+impl PredictInplace<Array2<f64>, Array1<f64>> for IsolationForest {
+    /// Writes the anomaly score (scikit-learn's `-score_samples`) of each row.
+    fn predict_inplace(&self, x: &Array2<f64>, y: &mut Array1<f64>) {
+        let flat: Vec<f32> = x
+            .rows()
+            .into_iter()
+            .flat_map(|r| r.into_iter().map(|&v| v as f32))
+            .collect();
+        for (out, s) in y.iter_mut().zip(self.score_rows(&flat)) {
+            *out = s.score as f64;
+        }
+    }
+
+    fn default_target(&self, x: &Array2<f64>) -> Array1<f64> {
+        Array1::zeros(x.nrows())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linfa::traits::Predict;
+    use linfa::Dataset;
+
+    fn blob(rows: usize) -> Array2<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        Array2::from_shape_fn((rows, 3), |_| rng.gen::<f64>())
+    }
+
+    #[test]
+    fn deterministic_per_seed_and_depth_bounded() {
+        let data = blob(1000);
+        let p = IsolationForestParams {
+            trees: 20,
+            sample_size: 64,
+            seed: 3,
+        };
+        let a = p.fit_array(data.view()).unwrap();
+        let b = p.fit_array(data.view()).unwrap();
+        assert_eq!(a.forest, b.forest);
+        let c = IsolationForestParams {
+            seed: 4,
+            ..p.clone()
+        }
+        .fit_array(data.view())
+        .unwrap();
+        assert_ne!(a.forest, c.forest);
+        assert_eq!(a.forest.sample_size, 64);
+        assert!(a.packed().max_depth <= 6);
+        // Leaves hold every sampled row exactly once.
+        for t in &a.forest.trees {
+            assert_eq!(t.leaf_size.iter().sum::<u32>(), 64);
+        }
+    }
+
+    #[test]
+    fn outlier_scores_higher_through_linfa_traits() {
+        let mut data = blob(500);
+        data.row_mut(0).fill(10.0);
+        let dataset = Dataset::from(data.clone());
+        let model = IsolationForestParams::default().fit(&dataset).unwrap();
+        let scores: Array1<f64> = model.predict(&data);
+        let max_other = scores.iter().skip(1).cloned().fold(f64::MIN, f64::max);
+        assert!(scores[0] > max_other, "{} vs {max_other}", scores[0]);
+        assert!(scores[0] > 0.6);
+    }
+
+    #[test]
+    fn sample_size_caps_at_rows_and_constant_data_gives_leaves() {
+        let data = Array2::from_elem((10, 2), 1.0);
+        let model = IsolationForestParams::default()
+            .fit_array(data.view())
+            .unwrap();
+        assert_eq!(model.forest.sample_size, 10);
+        assert!(model
+            .forest
+            .trees
+            .iter()
+            .all(|t| t.feature.len() == 1 && t.leaf_size[0] == 10));
+        let bad = IsolationForestParams {
+            trees: 0,
+            ..Default::default()
+        }
+        .fit_array(data.view());
+        assert!(bad.unwrap_err().to_string().contains("--trees"));
+    }
+}

@@ -1,0 +1,49 @@
+//! isoflow-train: offline training and evaluation of isoflow models.
+//!
+//! Map of the crate:
+//! - [`iforest`]: isolation-forest growth (parallel, seeded per tree) behind
+//!   linfa's `Fit` / `Predict` traits.
+//! - [`data`]: training matrices from numeric CSV columns, or any input
+//!   replayed through the service's own feature pipeline (no train/serve skew).
+//! - [`eval`]: ROC AUC (tie-aware ranks), PR AUC, precision/recall, and the
+//!   contamination threshold.
+//! - [`report`]: `report.json` and PNG plots.
+//! - [`train`]: the whole `fit` command as a library call.
+
+pub mod data;
+pub mod eval;
+pub mod iforest;
+pub mod report;
+pub mod train;
+
+/// Why training or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Bad hyper-parameters.
+    #[error("invalid parameters: {0}")]
+    Params(String),
+    /// Unusable training data.
+    #[error("training data: {0}")]
+    Data(String),
+    /// Input could not be read.
+    #[error(transparent)]
+    Input(#[from] isoflow::input::InputError),
+    /// Feature spec refused.
+    #[error(transparent)]
+    Spec(#[from] isoflow::features::spec::SpecError),
+    /// Model refused or unwritable.
+    #[error(transparent)]
+    Model(#[from] isoflow::model::ModelError),
+    /// Scoring failed.
+    #[error(transparent)]
+    Score(#[from] isoflow::score::ScoreError),
+    /// Scoring pipeline failed.
+    #[error(transparent)]
+    Command(#[from] isoflow::commands::CommandError),
+    /// Report could not be written.
+    #[error("report: {0}")]
+    Report(String),
+    /// linfa refused the dataset.
+    #[error("linfa: {0}")]
+    Linfa(#[from] linfa::Error),
+}
