@@ -222,3 +222,170 @@ pub(crate) fn tree_depth(tree: &pb::Tree) -> usize {
     }
     max
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::spec::fields_spec;
+    use prost::Message;
+
+    /// Root splits f0 at 0.5; left is a leaf, right splits f1 into two leaves.
+    fn model() -> pb::Model {
+        pb::Model {
+            name: "t".into(),
+            version: 1,
+            feature_spec: Some(fields_spec(&["a".into(), "b".into()])),
+            forest: Some(pb::Forest {
+                sample_size: 8,
+                trees: vec![pb::Tree {
+                    feature: vec![0, 0, 1, 0, 0],
+                    threshold: vec![0.5, 0.0, 2.0, 0.0, 0.0],
+                    left: vec![1, 0, 3, 0, 0],
+                    right: vec![2, 0, 4, 0, 0],
+                    leaf_size: vec![0, 4, 0, 2, 2],
+                }],
+            }),
+            threshold: 0.6,
+            ..Default::default()
+        }
+    }
+
+    fn refused(edit: impl FnOnce(&mut pb::Model)) -> String {
+        let mut m = model();
+        edit(&mut m);
+        validate(&m)
+            .expect_err("model should be refused")
+            .to_string()
+    }
+
+    fn tree(m: &mut pb::Model) -> &mut pb::Tree {
+        &mut m.forest.as_mut().unwrap().trees[0]
+    }
+
+    #[test]
+    fn valid_model_round_trips() {
+        let m = model();
+        validate(&m).unwrap();
+        let bytes = m.encode_to_vec();
+        assert_eq!(crate::model::decode(&bytes).unwrap(), m);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.isoflow");
+        crate::model::save(&m, &path).unwrap();
+        assert_eq!(crate::model::load(&path).unwrap(), m);
+    }
+
+    #[test]
+    fn garbage_bytes_are_not_a_model() {
+        let err = crate::model::decode(b"\xff\xff\xff\xff not protobuf")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an isoflow model"), "{err}");
+    }
+
+    #[test]
+    fn child_index_out_of_range() {
+        let e = refused(|m| tree(m).right[2] = 9);
+        assert_eq!(
+            e,
+            "invalid model: tree 0: node 2 has child index 9 out of range (tree has 5 nodes)"
+        );
+    }
+
+    #[test]
+    fn cycles_and_shared_nodes() {
+        let e = refused(|m| tree(m).left[2] = 0);
+        assert!(e.contains("cycle or shared node"), "{e}");
+        let e = refused(|m| tree(m).left[2] = 1);
+        assert!(e.contains("node 2 points to node 1"), "{e}");
+    }
+
+    #[test]
+    fn unreachable_nodes() {
+        let e = refused(|m| {
+            let t = tree(m);
+            for v in [&mut t.feature, &mut t.left, &mut t.right] {
+                v.push(0);
+            }
+            t.threshold.push(0.0);
+            t.leaf_size.push(1);
+        });
+        assert!(e.contains("node 5 is not reachable"), "{e}");
+    }
+
+    #[test]
+    fn depth_over_limit() {
+        let e = refused(|m| {
+            // A chain of MAX_TREE_DEPTH + 1 splits.
+            let t = tree(m);
+            *t = pb::Tree::default();
+            let splits = MAX_TREE_DEPTH + 1;
+            for i in 0..splits {
+                let (l, r) = (2 * i + 1, 2 * i + 2);
+                t.feature.push(0);
+                t.threshold.push(0.0);
+                t.left.push(l as u32);
+                t.right.push(r as u32);
+                t.leaf_size.push(0);
+                // Left child is a leaf; right child is the next split.
+                t.feature.push(0);
+                t.threshold.push(0.0);
+                t.left.push(0);
+                t.right.push(0);
+                t.leaf_size.push(1);
+            }
+            // Fix indices: node order is split, leaf, split, leaf, ...
+            let n = t.feature.len();
+            for i in 0..splits {
+                let node = 2 * i;
+                t.left[node] = (node + 1) as u32;
+                t.right[node] = if node + 2 < n { (node + 2) as u32 } else { 0 };
+            }
+            let last = 2 * (splits - 1);
+            t.feature.push(0);
+            t.threshold.push(0.0);
+            t.left.push(0);
+            t.right.push(0);
+            t.leaf_size.push(1);
+            t.right[last] = (t.feature.len() - 1) as u32;
+        });
+        assert!(e.contains("depth exceeds the limit of 32"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_threshold() {
+        let e = refused(|m| tree(m).threshold[2] = f32::NAN);
+        assert_eq!(
+            e,
+            "invalid model: tree 0: node 2 has non-finite threshold NaN"
+        );
+        let e = refused(|m| m.threshold = f64::INFINITY);
+        assert!(e.contains("alert threshold inf is not finite"), "{e}");
+    }
+
+    #[test]
+    fn feature_spec_forest_mismatch() {
+        let e = refused(|m| tree(m).feature[2] = 2);
+        assert!(
+            e.contains("splits on feature index 2, but the feature spec has 2 features"),
+            "{e}"
+        );
+        let e = refused(|m| m.feature_spec = None);
+        assert_eq!(e, "invalid model: no feature spec");
+        let e = refused(|m| m.feature_spec.as_mut().unwrap().features[1].name = "a".into());
+        assert!(e.contains("'a' appears twice"), "{e}");
+    }
+
+    #[test]
+    fn malformed_arrays_and_leaves() {
+        let e = refused(|m| {
+            tree(m).threshold.pop();
+        });
+        assert!(e.contains("threshold has 4"), "{e}");
+        let e = refused(|m| tree(m).leaf_size[1] = 0);
+        assert!(e.contains("leaf node 1 has leaf_size 0"), "{e}");
+        let e = refused(|m| m.forest.as_mut().unwrap().trees.clear());
+        assert!(e.contains("no trees"), "{e}");
+        let e = refused(|m| m.forest.as_mut().unwrap().sample_size = 0);
+        assert!(e.contains("sample_size is 0"), "{e}");
+    }
+}

@@ -67,3 +67,79 @@ impl Scorer for CpuScorer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::spec::fields_spec;
+    use crate::forest::average_path_length;
+    use crate::model::pb;
+
+    /// Two hand-built trees over features (a, b), ψ = 8.
+    /// Tree 0: a <= 0.5 → leaf(4) at depth 1; else b <= 2 → leaf(1) / leaf(3) at depth 2.
+    /// Tree 1: b <= 1 → leaf(2) at depth 1; else leaf(6) at depth 1.
+    fn model() -> pb::Model {
+        pb::Model {
+            feature_spec: Some(fields_spec(&["a".into(), "b".into()])),
+            forest: Some(pb::Forest {
+                sample_size: 8,
+                trees: vec![
+                    pb::Tree {
+                        feature: vec![0, 0, 1, 0, 0],
+                        threshold: vec![0.5, 0.0, 2.0, 0.0, 0.0],
+                        left: vec![1, 0, 3, 0, 0],
+                        right: vec![2, 0, 4, 0, 0],
+                        leaf_size: vec![0, 4, 0, 1, 3],
+                    },
+                    pb::Tree {
+                        feature: vec![1, 0, 0],
+                        threshold: vec![1.0, 0.0, 0.0],
+                        left: vec![1, 0, 0],
+                        right: vec![2, 0, 0],
+                        leaf_size: vec![0, 2, 6],
+                    },
+                ],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scores_agree_with_hand_computation() {
+        let forest = PackedForest::from_model(&model()).unwrap();
+        let c = average_path_length;
+        let rows = [0.0f32, 0.0, 1.0, 1.5, 1.0, 5.0];
+        // Row (0,0): tree0 → leaf(4) depth 1; tree1 → leaf(2) depth 1.
+        // Row (1,1.5): tree0 → b<=2 → leaf(1) depth 2; tree1 → leaf(6) depth 1.
+        // Row (1,5): tree0 → leaf(3) depth 2; tree1 → leaf(6) depth 1.
+        let paths = [
+            ((1.0 + c(4.0)) + (1.0 + c(2.0))) / 2.0,
+            ((2.0 + c(1.0)) + (1.0 + c(6.0))) / 2.0,
+            ((2.0 + c(3.0)) + (1.0 + c(6.0))) / 2.0,
+        ];
+        let mut out = vec![RowScore::default(); 3];
+        CpuScorer::new(forest).score(&rows, &mut out).unwrap();
+        for (o, &p) in out.iter().zip(&paths) {
+            let want = 2f64.powf(-p / c(8.0));
+            assert!((o.mean_path as f64 - p).abs() < 1e-6, "{o:?} vs path {p}");
+            assert!(
+                (o.score as f64 - want).abs() < 1e-6,
+                "{o:?} vs score {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_an_error() {
+        let forest = PackedForest::from_model(&model()).unwrap();
+        let mut out = vec![RowScore::default(); 2];
+        let err = CpuScorer::new(forest)
+            .score(&[1.0, 2.0, 3.0], &mut out)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a whole number of 2-feature rows"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests need (only what is missing), then runs formatting,
+# lint and the whole test suite in release mode (accuracy and GPU parity
+# tests are compute-heavy; debug builds would crawl on software Vulkan).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# Software Vulkan (Mesa lavapipe) so GPU tests run on a real Vulkan driver.
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+ldconfig -p | grep -q 'libvulkan.so.1' || need_apt+=(libvulkan1)
+# plotters renders text through fontconfig/freetype.
+pkg-config --exists fontconfig 2>/dev/null || need_apt+=(libfontconfig1-dev pkg-config)
+ls /usr/share/fonts/truetype/dejavu >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo test --release --workspace --all-targets

@@ -1,0 +1,344 @@
+//! CLI contracts of `isoflow` and `isoflow-train`: the exact command forms
+//! and output formats that users, scripts and benchmarks depend on.
+
+mod util;
+
+use util::{data, fails, ok, parse_scores};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    model: String,
+}
+
+fn fit(dataset: &str, extra: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.isoflow").display().to_string();
+    let input = data(&format!("tabular/{dataset}.csv"))
+        .display()
+        .to_string();
+    let mut args = vec!["fit", "--input", &input, "--out", &model, "--seed", "1"];
+    args.extend_from_slice(extra);
+    ok("isoflow-train", &args);
+    Fixture { dir, model }
+}
+
+#[test]
+fn fit_score_inspect_eval_round_trip() {
+    let fx = fit(
+        "thyroid",
+        &["--name", "thyroid-test", "--contamination", "0.05"],
+    );
+    let input = data("tabular/thyroid.csv").display().to_string();
+    let out_path = fx.dir.path().join("scores.csv").display().to_string();
+    ok(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            &input,
+            "--output",
+            &out_path,
+            "--backend",
+            "cpu",
+        ],
+    );
+    let (header, rows) = parse_scores(&std::fs::read_to_string(&out_path).unwrap());
+    assert_eq!(header, ["score", "alert"]);
+    assert_eq!(rows.len(), 3772, "one output row per input row");
+    assert!(rows
+        .iter()
+        .all(|r| r[0] > 0.0 && r[0] < 1.0 && (r[1] == 0.0 || r[1] == 1.0)));
+    // The threshold comes from contamination: about 5% of training rows alert,
+    // and every alert scores above every non-alert.
+    let alerts = rows.iter().filter(|r| r[1] == 1.0).count();
+    assert!((180..=200).contains(&alerts), "{alerts} alerts");
+    let min_alert = rows
+        .iter()
+        .filter(|r| r[1] == 1.0)
+        .map(|r| r[0])
+        .fold(f64::MAX, f64::min);
+    let max_quiet = rows
+        .iter()
+        .filter(|r| r[1] == 0.0)
+        .map(|r| r[0])
+        .fold(f64::MIN, f64::max);
+    assert!(min_alert >= max_quiet);
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&ok("isoflow", &["model", "inspect", &fx.model])).unwrap();
+    assert_eq!(meta["name"], "thyroid-test");
+    assert_eq!(meta["forest"]["trees"], 100);
+    assert_eq!(meta["forest"]["sample_size"], 256);
+    assert_eq!(meta["training"]["rows"], 3772);
+    assert_eq!(meta["training"]["seed"], 1);
+    assert_eq!(
+        meta["feature_spec"]["features"].as_array().unwrap().len(),
+        6
+    );
+    assert!(meta["training"]["training_auc"].as_f64().unwrap() > 0.9);
+    assert!(meta["training"]["data_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("fnv1a64:"));
+
+    let eval = ok(
+        "isoflow-train",
+        &["eval", "--model", &fx.model, "--input", &input],
+    );
+    let field = |name: &str| -> f64 {
+        eval.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("roc_auc") > 0.9, "{eval}");
+    assert!(field("pr_auc") > 0.2, "{eval}");
+    assert!(field("recall") > 0.5, "{eval}");
+    assert_eq!(field("alerts") as usize, alerts);
+}
+
+#[test]
+fn same_seed_same_model_file() {
+    let a = fit("wbc", &[]);
+    let b = fit("wbc", &[]);
+    let strip = |p: &str| {
+        let mut m: serde_json::Value =
+            serde_json::from_str(&ok("isoflow", &["model", "inspect", p])).unwrap();
+        m["created_at_unix_ms"] = 0.into();
+        m
+    };
+    assert_eq!(strip(&a.model), strip(&b.model));
+    let input = data("tabular/wbc.csv").display().to_string();
+    let sa = ok(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &a.model,
+            "--input",
+            &input,
+            "--backend",
+            "cpu",
+        ],
+    );
+    let sb = ok(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &b.model,
+            "--input",
+            &input,
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert_eq!(sa, sb);
+}
+
+#[test]
+fn json_lines_and_stdin_score_like_csv() {
+    let fx = fit("wbc", &[]);
+    let csv_path = data("tabular/wbc.csv");
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    // JSON lines with the columns in reverse order and an extra field.
+    let jsonl: String = lines
+        .map(|l| {
+            let mut fields: Vec<String> = header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, v)| format!("\"{h}\":{v}"))
+                .collect();
+            fields.reverse();
+            format!("{{\"extra\":\"x\",{}}}\n", fields.join(","))
+        })
+        .collect();
+    let jsonl_path = fx.dir.path().join("wbc.jsonl");
+    std::fs::write(&jsonl_path, jsonl).unwrap();
+    let from_csv = ok(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            csv_path.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+    );
+    let from_jsonl = ok(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            jsonl_path.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert_eq!(from_csv, from_jsonl);
+
+    let mut child = std::process::Command::new(util::bin("isoflow"))
+        .args([
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            "-",
+            "--output",
+            "-",
+            "--backend",
+            "cpu",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), from_csv);
+}
+
+#[test]
+fn input_errors_name_row_and_column() {
+    let fx = fit("wbc", &[]);
+    let bad = fx.dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "f0,f1,f2,f3,f4,f5,f6,f7,f8\n1,2,3,4,5,6,7,8,9\n1,2,3,x7,5,6,7,8,9\n",
+    )
+    .unwrap();
+    let err = fails(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            bad.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert!(
+        err.contains("row 2, column 'f3': 'x7' is not a number"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "f0,f1,f2\n1,2,3\n").unwrap();
+    let err = fails(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            &fx.model,
+            "--input",
+            bad.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert!(err.contains("no column 'f3'"), "{err}");
+
+    let err = fails(
+        "isoflow",
+        &["score", "--model", &fx.model, "--input", "/nonexistent.csv"],
+    );
+    assert!(err.contains("/nonexistent.csv"), "{err}");
+}
+
+#[test]
+fn bad_models_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.isoflow");
+    std::fs::write(&junk, b"\x08\x96\x01 this is not a model").unwrap();
+    let input = data("tabular/wbc.csv").display().to_string();
+    let err = fails(
+        "isoflow",
+        &[
+            "score",
+            "--model",
+            junk.to_str().unwrap(),
+            "--input",
+            &input,
+        ],
+    );
+    assert!(err.contains("junk.isoflow"), "{err}");
+    assert!(
+        err.contains("not an isoflow model") || err.contains("invalid model"),
+        "{err}"
+    );
+    let err = fails("isoflow", &["model", "inspect", "/no/such/model"]);
+    assert!(
+        err.contains("cannot read model file /no/such/model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_arguments_say_what_was_expected() {
+    let err = fails("isoflow", &["score", "--input", "x.csv"]);
+    assert!(err.contains("--model"), "{err}");
+    let err = fails(
+        "isoflow",
+        &["score", "--model", "m", "--input", "x", "--backend", "tpu"],
+    );
+    assert!(err.contains("expected auto, gpu or cpu"), "{err}");
+    let input = data("tabular/wbc.csv").display().to_string();
+    let err = fails(
+        "isoflow-train",
+        &[
+            "fit",
+            "--input",
+            &input,
+            "--out",
+            "/tmp/x",
+            "--contamination",
+            "0.9",
+        ],
+    );
+    assert!(err.contains("--contamination must be in (0, 0.5]"), "{err}");
+    let err = fails(
+        "isoflow-train",
+        &[
+            "fit", "--input", &input, "--out", "/tmp/x", "--trees", "many",
+        ],
+    );
+    assert!(err.contains("--trees"), "{err}");
+}
+
+#[test]
+fn report_writes_json_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let fx = fit("cardio", &["--report", report.to_str().unwrap()]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert!(json["evaluation"]["roc_auc"].as_f64().unwrap() > 0.85);
+    assert_eq!(json["forest"]["trees"], 100);
+    for png in ["score_histogram.png", "roc_curve.png"] {
+        let bytes = std::fs::read(report.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG");
+        assert!(bytes.len() > 5_000, "{png} has content");
+    }
+    drop(fx);
+}
