@@ -73,7 +73,7 @@ fn sample(rng: &mut ChaCha8Rng, grid: bool) -> f32 {
 
 fn random_forest(seed: u64, dims: usize, trees: usize, max_depth: usize) -> (PackedForest, bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let grid = seed % 2 == 0;
+    let grid = seed.is_multiple_of(2);
     let names: Vec<String> = (0..dims).map(|i| format!("f{i}")).collect();
     let model = pb::Model {
         name: "parity".into(),
@@ -293,8 +293,35 @@ fn zscores_match_cpu_across_batches() {
 fn adapters_are_listed() {
     let ctx = context();
     let adapters = list_adapters();
+    for adapter in &adapters {
+        println!("{adapter}");
+    }
     assert!(!adapters.is_empty());
     let name = &ctx.adapter_info().name;
     assert!(adapters.iter().any(|a| &a.name == name), "{adapters:?}");
     assert!(ctx.summary().to_string().contains(name.as_str()));
+}
+
+#[test]
+fn bench_report_shows_agreement() {
+    context();
+    // ISOFLOW_BENCH_ROWS lets a developer run the full-size report here:
+    // cargo test --release --test gpu_parity bench_report -- --nocapture
+    let rows = std::env::var("ISOFLOW_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let report = isoflow::bench::run(&isoflow::bench::BenchOptions {
+        rows,
+        trees: 20,
+        keys: Some(50),
+        ..Default::default()
+    })
+    .expect("bench");
+    println!("{report}");
+    let diff = report.max_abs_diff.expect("both backends ran");
+    assert!(diff <= SCORE_TOLERANCE, "{report}");
+    let z = report.zscore.expect("z-score bench ran");
+    // |z| reaches the hundreds here; 1e-3 absolute is ~1e-5 relative.
+    assert!(z.max_abs_diff.is_some_and(|d| d <= 1e-3), "{z:?}");
 }

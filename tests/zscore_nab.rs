@@ -3,8 +3,8 @@
 //! on every shared NAB series, on each backend.
 //!
 //! Tolerance: state is kept in f32 with values shifted by the key's first
-//! value (in f64), so |z_f32 − z_f64| ≤ 1e-3·max(1, |z_f64|); an infinite
-//! reference z must be infinite here too.
+//! value (in f64), so |z_f32 − z_f64| ≤ 1e-4·max(1, |z_f64|) (measured:
+//! 2.0e-5 on CPU and lavapipe); an infinite reference z must be infinite here too.
 
 mod util;
 
@@ -103,7 +103,7 @@ fn check_backend(backend: &str) {
             }
             let err = (got - w).abs() / w.abs().max(1.0);
             worst = worst.max(err);
-            assert!(err <= 1e-3, "{input} t={t}: z {got} vs reference {w}");
+            assert!(err <= 1e-4, "{input} t={t}: z {got} vs reference {w}");
         }
     }
     println!("{backend}: worst relative z error {worst:.2e}");
@@ -112,4 +112,9 @@ fn check_backend(backend: &str) {
 #[test]
 fn z_column_matches_ewma_definition_cpu() {
     check_backend("cpu");
+}
+
+#[test]
+fn z_column_matches_ewma_definition_gpu() {
+    check_backend("gpu");
 }

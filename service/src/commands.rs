@@ -59,9 +59,12 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
     let model = model::load(&opts.model)?;
     let spec = model.feature_spec.clone().unwrap_or_default();
     let mut pipeline = FeaturePipeline::new(&spec, DEFAULT_SLOT_CAPACITY);
+    let started = std::time::Instant::now();
     let columns = input::read_path(&opts.input, pipeline.wanted())?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let engine = Engine::select(opts.backend)?;
     let scored = score_columns(&model, &mut pipeline, &columns, &engine)?;
+    let score_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
     let write_err = |source| CommandError::Output {
         path: opts.output.clone(),
         source,
@@ -81,6 +84,14 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
     )
     .map_err(write_err)?;
     sink.flush().map_err(write_err)?;
+    tracing::info!(
+        rows = scored.scores.len(),
+        read_ms,
+        score_ms,
+        write_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms - score_ms,
+        backend = engine.name(),
+        "scored file"
+    );
     Ok(ScoreSummary {
         rows: scored.scores.len(),
         alerts: scored.alerts.iter().filter(|&&a| a).count(),

@@ -105,13 +105,13 @@ impl PackedForest {
                     stack.push(r);
                 }
             }
-            for i in 0..tree.feature.len() {
+            for (i, &node_depth) in depth.iter().enumerate() {
                 let (l, r) = (tree.left[i], tree.right[i]);
                 nodes.push(if l == 0 && r == 0 {
-                    max_depth = max_depth.max(depth[i] as u32);
+                    max_depth = max_depth.max(node_depth as u32);
                     PackedNode {
                         feature: LEAF,
-                        threshold: leaf_path_length(depth[i], tree.leaf_size[i]) as f32,
+                        threshold: leaf_path_length(node_depth, tree.leaf_size[i]) as f32,
                         left: 0,
                         right: 0,
                     }

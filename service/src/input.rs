@@ -262,9 +262,10 @@ impl Format {
     /// are JSON lines) or, for `-` (stdin), from the first non-blank byte.
     pub fn detect(path: &str, first_byte: Option<u8>) -> Format {
         let lower = path.to_ascii_lowercase();
-        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
-            Format::JsonLines
-        } else if path == "-" && first_byte == Some(b'{') {
+        let json_ext = [".jsonl", ".ndjson", ".json"]
+            .iter()
+            .any(|e| lower.ends_with(e));
+        if json_ext || (path == "-" && first_byte == Some(b'{')) {
             Format::JsonLines
         } else {
             Format::Csv

@@ -15,6 +15,7 @@
 //! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
 //! - [`commands`]: the work behind each CLI command.
 
+pub mod bench;
 pub mod commands;
 pub mod decision;
 pub mod features;

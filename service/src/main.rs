@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use isoflow::bench::{self, BenchBackend, BenchOptions};
 use isoflow::commands::{self, ScoreOptions};
 use isoflow::score::Backend;
 use std::path::PathBuf;
@@ -31,6 +32,32 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = parse_backend)]
         backend: Backend,
     },
+    /// List the GPU adapters found (name, backend, type, limits that matter).
+    Info,
+    /// Measure scoring throughput on synthetic data, CPU and GPU side by side.
+    Bench {
+        /// Which backends to measure: cpu, gpu, or both.
+        #[arg(long, default_value = "both", value_parser = parse_bench_backend)]
+        backend: BenchBackend,
+        /// Rows scored.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Features per row.
+        #[arg(long, default_value_t = 16)]
+        dims: usize,
+        /// Trees in the forest.
+        #[arg(long, default_value_t = 100)]
+        trees: usize,
+        /// Sub-sample size ψ the trees are grown from.
+        #[arg(long, default_value_t = 256)]
+        sample_size: usize,
+        /// Also measure per-key z-scores with this many distinct keys.
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Seed of the synthetic data and forest.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Model file operations.
     Model {
         #[command(subcommand)]
@@ -48,6 +75,10 @@ enum ModelCommand {
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
+}
+
+fn parse_bench_backend(s: &str) -> Result<BenchBackend, String> {
     s.parse()
 }
 
@@ -79,6 +110,40 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Info => {
+            let adapters = isoflow::gpu::list_adapters();
+            if adapters.is_empty() {
+                println!(
+                    "no GPU adapters found; scoring runs on the CPU. For a software Vulkan \
+                     adapter: apt-get install mesa-vulkan-drivers libvulkan1"
+                );
+            }
+            for adapter in adapters {
+                println!("{adapter}");
+            }
+            println!("cpu: {} threads", rayon_threads());
+        }
+        Command::Bench {
+            backend,
+            rows,
+            dims,
+            trees,
+            sample_size,
+            keys,
+            seed,
+        } => {
+            let report = bench::run(&BenchOptions {
+                backend,
+                rows,
+                dims,
+                trees,
+                sample_size,
+                keys,
+                seed,
+            })
+            .context("isoflow bench failed")?;
+            println!("{report}");
+        }
         Command::Model {
             command: ModelCommand::Inspect { model },
         } => {
@@ -86,4 +151,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -96,6 +96,10 @@ pub fn roc_curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
         .map(|&(tp, fp)| (1.0 - fp as f64, 1.0 - tp as f64))
         .collect();
     curve.reverse();
+    // The loosest threshold (everything flagged) is implicit in linfa's curve.
+    if curve.last() != Some(&(1.0, 1.0)) {
+        curve.push((1.0, 1.0));
+    }
     curve
 }
 

@@ -102,7 +102,7 @@ impl IsolationForestParams {
         dims: usize,
         on_tree: &(dyn Fn() + Sync),
     ) -> Result<IsolationForest, TrainError> {
-        let rows = if dims == 0 { 0 } else { data.len() / dims };
+        let rows = data.len().checked_div(dims).unwrap_or(0);
         self.check(rows, dims)?;
         let psi = self.sample_size.min(rows);
         let max_depth = (psi.max(2) as f64).log2().ceil() as usize;

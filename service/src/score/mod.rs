@@ -74,7 +74,7 @@ pub trait Scorer: Send {
 
 /// Checks that `rows` and `out` describe the same number of `dims`-wide rows.
 pub(crate) fn check_shape(dims: usize, rows: &[f32], out: &[RowScore]) -> Result<(), ScoreError> {
-    if dims == 0 || rows.len() % dims != 0 {
+    if dims == 0 || !rows.len().is_multiple_of(dims) {
         return Err(ScoreError::Shape(format!(
             "{} values is not a whole number of {dims}-feature rows",
             rows.len()
