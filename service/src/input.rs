@@ -70,6 +70,8 @@ pub struct Wanted {
     pub numeric: Vec<String>,
     /// Key fields, in the order their columns appear in [`Columns::keys`].
     pub keys: Vec<String>,
+    /// Event-time field (epoch seconds), read into [`Columns::time`].
+    pub time: Option<String>,
 }
 
 /// Key values of one key field, interned: `ids[row]` indexes `names`.
@@ -106,15 +108,64 @@ pub struct Columns {
     pub numeric: Vec<Vec<f64>>,
     /// One column per [`Wanted::keys`] field.
     pub keys: Vec<KeyColumn>,
+    /// Event time per record (seconds) when [`Wanted::time`] is set or the
+    /// caller supplies one (broker timestamps); otherwise empty.
+    pub time: Vec<f64>,
+    scratch_numbers: Vec<f64>,
+    scratch_keys: Vec<String>,
 }
 
 impl Columns {
-    fn new(wanted: &Wanted) -> Self {
+    /// Empty columns for `wanted`.
+    pub fn new(wanted: &Wanted) -> Self {
         Self {
             rows: 0,
             numeric: vec![Vec::new(); wanted.numeric.len()],
             keys: vec![KeyColumn::default(); wanted.keys.len()],
+            ..Default::default()
         }
+    }
+
+    /// Appends one JSON record as data row `row` (1-based, for messages).
+    /// `fallback_time` is used when [`Wanted::time`] is unset (e.g. the
+    /// broker timestamp). On error nothing is appended, so a bad record can
+    /// be set aside without disturbing the batch.
+    pub fn push_json(
+        &mut self,
+        wanted: &Wanted,
+        record: &serde_json::Value,
+        row: usize,
+        fallback_time: Option<f64>,
+    ) -> Result<(), InputError> {
+        if !record.is_object() {
+            return Err(InputError::Json {
+                row,
+                message: "record is not a JSON object".into(),
+            });
+        }
+        self.scratch_numbers.clear();
+        self.scratch_keys.clear();
+        for name in &wanted.numeric {
+            self.scratch_numbers.push(json_number(record, name, row)?);
+        }
+        for name in &wanted.keys {
+            self.scratch_keys.push(json_key(record, name, row)?);
+        }
+        let time = match &wanted.time {
+            Some(field) => Some(json_number(record, field, row)?),
+            None => fallback_time,
+        };
+        for (out, &v) in self.numeric.iter_mut().zip(&self.scratch_numbers) {
+            out.push(v);
+        }
+        for (out, k) in self.keys.iter_mut().zip(&self.scratch_keys) {
+            out.push(k);
+        }
+        if let Some(t) = time {
+            self.time.push(t);
+        }
+        self.rows += 1;
+        Ok(())
     }
 }
 
@@ -157,6 +208,7 @@ pub fn read_csv(reader: impl Read, wanted: &Wanted) -> Result<Columns, InputErro
     };
     let numeric_at: Vec<usize> = wanted.numeric.iter().map(find).collect::<Result<_, _>>()?;
     let keys_at: Vec<usize> = wanted.keys.iter().map(find).collect::<Result<_, _>>()?;
+    let time_at = wanted.time.as_ref().map(find).transpose()?;
     let mut cols = Columns::new(wanted);
     let mut record = csv::ByteRecord::new();
     while csv.read_byte_record(&mut record)? {
@@ -170,6 +222,10 @@ pub fn read_csv(reader: impl Read, wanted: &Wanted) -> Result<Columns, InputErro
         }
         for (&at, out) in keys_at.iter().zip(&mut cols.keys) {
             out.push(&String::from_utf8_lossy(record.get(at).unwrap_or_default()));
+        }
+        if let (Some(at), Some(name)) = (time_at, &wanted.time) {
+            cols.time
+                .push(parse_number(record.get(at).unwrap_or_default(), row, name)?);
         }
         cols.rows += 1;
     }
@@ -231,21 +287,38 @@ pub fn read_jsonl(reader: impl BufRead, wanted: &Wanted) -> Result<Columns, Inpu
                 row,
                 message: e.to_string(),
             })?;
-        if !record.is_object() {
-            return Err(InputError::Json {
-                row,
-                message: "line is not an object".into(),
-            });
-        }
-        for (name, out) in wanted.numeric.iter().zip(&mut cols.numeric) {
-            out.push(json_number(&record, name, row)?);
-        }
-        for (name, out) in wanted.keys.iter().zip(&mut cols.keys) {
-            out.push(&json_key(&record, name, row)?);
-        }
-        cols.rows += 1;
+        cols.push_json(wanted, &record, row, None)?;
     }
     Ok(cols)
+}
+
+/// Reads JSON lines, setting aside records that cannot be read (the same
+/// records the service would dead-letter) instead of failing on them.
+pub fn read_jsonl_lenient(
+    reader: impl BufRead,
+    wanted: &Wanted,
+) -> Result<(Columns, Vec<InputError>), InputError> {
+    let mut cols = Columns::new(wanted);
+    let mut rejected = Vec::new();
+    for (line_no, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = line_no + 1;
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(record) => {
+                if let Err(e) = cols.push_json(wanted, &record, row, None) {
+                    rejected.push(e);
+                }
+            }
+            Err(e) => rejected.push(InputError::Json {
+                row,
+                message: e.to_string(),
+            }),
+        }
+    }
+    Ok((cols, rejected))
 }
 
 /// Input formats.
@@ -303,6 +376,7 @@ mod tests {
         Wanted {
             numeric: numeric.iter().map(|s| s.to_string()).collect(),
             keys: keys.iter().map(|s| s.to_string()).collect(),
+            time: None,
         }
     }
 

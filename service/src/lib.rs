@@ -13,15 +13,28 @@
 //! - [`gpu`]: the wgpu context, kernels and buffers — the only module that
 //!   knows about the GPU.
 //! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
-//! - [`commands`]: the work behind each CLI command.
+//! - [`commands`]: the work behind each CLI command; [`bench`] measures.
+//! - [`pipeline`]: the streaming service — Kafka batches in, alerts/DLQ out,
+//!   offsets committed only after the broker acknowledged the output
+//!   ([`kafka`], [`alerts`], [`dlq`], [`metrics`], [`config`]).
+//! - [`gen`]: labelled synthetic scenarios; [`demo`]: everything in one process.
 
+pub mod alerts;
 pub mod bench;
 pub mod commands;
+pub mod config;
 pub mod decision;
+pub mod demo;
+pub mod dlq;
 pub mod features;
 pub mod forest;
+pub mod gen;
 pub mod gpu;
 pub mod input;
+pub mod kafka;
+pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod score;
+pub mod service;

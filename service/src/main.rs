@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isoflow::bench::{self, BenchBackend, BenchOptions};
 use isoflow::commands::{self, ScoreOptions};
+use isoflow::gen::Scenario;
 use isoflow::score::Backend;
 use std::path::PathBuf;
 
@@ -58,6 +59,74 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Run the streaming service: consume records, score, publish alerts and DLQ.
+    Run {
+        /// Service configuration (TOML).
+        #[arg(long, env = "ISOFLOW_CONFIG")]
+        config: PathBuf,
+        /// Override kafka.brokers.
+        #[arg(long, env = "ISOFLOW_BROKERS")]
+        brokers: Option<String>,
+        /// Override kafka.group_id.
+        #[arg(long, env = "ISOFLOW_GROUP")]
+        group: Option<String>,
+        /// Override service.backend (auto, gpu, cpu).
+        #[arg(long, env = "ISOFLOW_BACKEND")]
+        backend: Option<String>,
+        /// Override service.metrics_listen (e.g. 127.0.0.1:9898).
+        #[arg(long, env = "ISOFLOW_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
+    },
+    /// Produce a labelled synthetic stream (to Kafka, or to a JSON-lines file).
+    Gen {
+        /// Bootstrap servers (omit with --out).
+        #[arg(long, env = "ISOFLOW_BROKERS")]
+        brokers: Option<String>,
+        /// Topic; for `mixed`, a prefix: records go to TOPIC.transactions, TOPIC.metrics, TOPIC.auth, TOPIC.events.
+        #[arg(long, default_value = "isoflow")]
+        topic: String,
+        /// fraud, iot, security, quality or mixed.
+        #[arg(long, value_parser = parse_scenario)]
+        scenario: Scenario,
+        /// Number of records.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Records per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seed; the same seed gives the same stream.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write `id,label,type` per record here.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Share of records corrupted (malformed JSON, missing or non-numeric fields).
+        #[arg(long, default_value_t = 0.0)]
+        corrupt_rate: f64,
+        /// Partitions for topics that do not exist yet.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Write JSON lines to this file instead of producing to Kafka.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Everything in one process: an in-process Kafka cluster, the mixed
+    /// scenario, the service with the shipped models, a live view, and
+    /// precision/recall per anomaly type at the end.
+    Demo {
+        /// Use this broker instead of the in-process cluster.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Records to generate.
+        #[arg(long, default_value_t = 40_000)]
+        count: usize,
+        /// Seed of the generated stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Scoring backend: auto, gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
     /// Model file operations.
     Model {
         #[command(subcommand)]
@@ -78,18 +147,30 @@ fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
 
+fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
 fn parse_bench_backend(s: &str) -> Result<BenchBackend, String> {
     s.parse()
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The service logs its lifecycle; one-shot commands stay quiet.
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Score {
             model,
             input,
@@ -109,6 +190,87 @@ fn main() -> anyhow::Result<()> {
                     summary.rows, summary.backend, summary.alerts
                 );
             }
+        }
+        Command::Run {
+            config,
+            brokers,
+            group,
+            backend,
+            metrics_listen,
+        } => {
+            let mut config = isoflow::config::Config::read(&config)?;
+            if let Some(b) = brokers {
+                config.kafka.brokers = b;
+            }
+            if let Some(g) = group {
+                config.kafka.group_id = g;
+            }
+            if let Some(b) = backend {
+                config.service.backend = b;
+            }
+            if let Some(m) = metrics_listen {
+                config.service.metrics_listen = m;
+            }
+            config.validate()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                isoflow::service::cancel_on_signals(shutdown.clone());
+                let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
+                isoflow::service::run(config, registry, shutdown).await
+            })?;
+        }
+        Command::Gen {
+            brokers,
+            topic,
+            scenario,
+            count,
+            rate,
+            seed,
+            truth,
+            corrupt_rate,
+            partitions,
+            out,
+        } => {
+            let opts = isoflow::gen::GenOptions {
+                scenario,
+                count,
+                seed,
+                corrupt_rate,
+                start_ts: 1_767_225_600.0,
+            };
+            let summary = match (out, brokers) {
+                (Some(path), _) => commands::gen_to_file(&opts, &path, truth.as_deref())?,
+                (None, Some(brokers)) => {
+                    let runtime = tokio::runtime::Runtime::new()?;
+                    runtime.block_on(commands::gen_to_kafka(
+                        &opts,
+                        &brokers,
+                        &topic,
+                        partitions,
+                        rate,
+                        truth.as_deref(),
+                    ))?
+                }
+                (None, None) => {
+                    anyhow::bail!("isoflow gen needs --brokers HOST:PORT (or --out FILE.jsonl)")
+                }
+            };
+            eprintln!("{summary}");
+        }
+        Command::Demo {
+            brokers,
+            count,
+            seed,
+            backend,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(isoflow::demo::run(isoflow::demo::DemoOptions {
+                brokers,
+                count,
+                seed,
+                backend,
+            }))?;
         }
         Command::Info => {
             let adapters = isoflow::gpu::list_adapters();

@@ -19,6 +19,8 @@ pub struct TrainingData {
     pub labels: Option<Vec<bool>>,
     /// Columns skipped because they were not numeric.
     pub skipped: Vec<String>,
+    /// Records set aside because they could not be read (JSON lines input).
+    pub rejected: Vec<String>,
 }
 
 impl TrainingData {
@@ -128,6 +130,7 @@ pub fn load_numeric_csv(
         rows,
         labels,
         skipped,
+        rejected: Vec::new(),
     })
 }
 
@@ -139,13 +142,21 @@ pub fn load_with_spec(
     label: &str,
 ) -> Result<TrainingData, TrainError> {
     let mut pipeline = FeaturePipeline::new(&spec, DEFAULT_SLOT_CAPACITY);
-    let columns = input::read_path(path, pipeline.wanted())?;
+    let (columns, rejected) = if input::Format::detect(path, None) == input::Format::JsonLines {
+        let file = std::fs::File::open(path)
+            .map_err(|e| TrainError::Data(format!("cannot open {path}: {e}")))?;
+        input::read_jsonl_lenient(std::io::BufReader::new(file), pipeline.wanted())?
+    } else {
+        (input::read_path(path, pipeline.wanted())?, Vec::new())
+    };
+    let skipped: Vec<String> = rejected.iter().map(|e| e.to_string()).collect();
     let batch = pipeline.compute(&columns, &mut CpuZEngine::default())?;
     let labels = match input::read_path(
         path,
         &Wanted {
             numeric: vec![label.to_owned()],
             keys: vec![],
+            time: None,
         },
     ) {
         Ok(c) => Some(c.numeric[0].iter().map(|&v| v != 0.0).collect()),
@@ -157,5 +168,6 @@ pub fn load_with_spec(
         rows: batch.rows,
         labels,
         skipped: Vec::new(),
+        rejected: skipped,
     })
 }

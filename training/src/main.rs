@@ -123,6 +123,13 @@ fn main() -> anyhow::Result<()> {
                 outcome.fit_seconds
             );
             println!("features: {}", isoflow::model::feature_names(m).join(","));
+            if !outcome.rejected.is_empty() {
+                println!(
+                    "set aside {} unreadable records (the service would dead-letter them), e.g. {}",
+                    outcome.rejected.len(),
+                    outcome.rejected[0]
+                );
+            }
             if !outcome.skipped.is_empty() {
                 println!("skipped non-numeric columns: {}", outcome.skipped.join(","));
             }

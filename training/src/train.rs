@@ -43,6 +43,8 @@ pub struct FitOutcome {
     pub report_files: Vec<String>,
     /// Non-numeric columns that were skipped.
     pub skipped: Vec<String>,
+    /// Unreadable records set aside (count and the reasons).
+    pub rejected: Vec<String>,
     /// Wall time of growing the forest.
     pub fit_seconds: f64,
 }
@@ -127,6 +129,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         evaluation,
         report_files,
         skipped: data.skipped,
+        rejected: data.rejected,
         fit_seconds,
     })
 }
@@ -147,6 +150,7 @@ pub fn evaluate_file(
         &Wanted {
             numeric: vec![label.to_owned()],
             keys: vec![],
+            time: None,
         },
     )?
     .numeric[0]

@@ -5,19 +5,22 @@
 //! are computed here; keyed z-scores are delegated to a [`ZEngine`] (CPU twin
 //! or GPU kernel) after the host has mapped keys to slots in arrival order.
 
+pub mod keyed;
+pub mod slots;
 pub mod spec;
 pub mod zscore;
 
 use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
+use keyed::{KeyedFeature, KeyedKind};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
 pub const DEFAULT_SLOT_CAPACITY: usize = 1 << 20;
 
 /// Runs z-score entries against resident per-slot state.
-pub trait ZEngine {
+pub trait ZEngine: Send {
     /// Applies `entries` in order; writes |z| (kernel encoding) per entry.
     /// `slots` is the number of slots allocated so far.
     fn run(
@@ -54,6 +57,15 @@ impl ZEngine for CpuZEngine {
 enum Op {
     Field { column: usize, log1p: bool },
     Zscore { index: usize },
+    Keyed { index: usize },
+}
+
+struct Keyed {
+    feature: KeyedFeature,
+    key: Option<usize>,
+    /// Key columns whose values must also match (repeat).
+    fields: Vec<usize>,
+    name: String,
 }
 
 struct ZFeature {
@@ -72,6 +84,18 @@ pub struct FeatureBatch {
     pub z: Vec<f32>,
 }
 
+/// A threshold rule on one feature: the record alerts when the feature's
+/// value (as the forest sees it) is at or above `limit`, whatever its score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Feature name.
+    pub name: String,
+    /// Column in the feature vector.
+    pub column: usize,
+    /// Alert at or above this value.
+    pub limit: f32,
+}
+
 /// Turns record columns into feature vectors, keeping per-key state across batches.
 pub struct FeaturePipeline {
     ops: Vec<Op>,
@@ -79,7 +103,8 @@ pub struct FeaturePipeline {
     z_features: Vec<ZFeature>,
     z_params: Vec<ZParams>,
     z_names: Vec<String>,
-    z_alert: Vec<f32>,
+    keyed: Vec<Keyed>,
+    rules: Vec<Rule>,
     slots: KeySlotTable,
     entries: Vec<ZEntry>,
     z_raw: Vec<f32>,
@@ -88,7 +113,18 @@ pub struct FeaturePipeline {
 impl FeaturePipeline {
     /// Builds the pipeline for a (validated) feature spec.
     pub fn new(spec: &pb::FeatureSpec, slot_capacity: usize) -> Self {
-        let mut wanted = Wanted::default();
+        let mut wanted = Wanted {
+            time: (!spec.time_field.is_empty()).then(|| spec.time_field.clone()),
+            ..Wanted::default()
+        };
+        let key_of = |field: &str| {
+            if field.is_empty() {
+                spec.key_field.clone()
+            } else {
+                field.to_owned()
+            }
+        };
+        let mut keyed = Vec::new();
         fn column(list: &mut Vec<String>, name: &str) -> usize {
             list.iter().position(|n| n == name).unwrap_or_else(|| {
                 list.push(name.to_owned());
@@ -97,7 +133,7 @@ impl FeaturePipeline {
         }
         let mut ops = Vec::new();
         let mut pipeline_z = Vec::new();
-        let (mut params, mut names, mut alert) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut params, mut names) = (Vec::new(), Vec::new());
         for f in &spec.features {
             match &f.kind {
                 Some(Kind::Field(field)) => ops.push(Op::Field {
@@ -124,18 +160,67 @@ impl FeaturePipeline {
                         _pad: [0; 2],
                     });
                     names.push(f.name.clone());
-                    alert.push(z.alert_z as f32);
+                }
+                Some(Kind::KeyRate(r)) => {
+                    let kind = KeyedKind::Rate {
+                        window_s: r.window_s,
+                    };
+                    ops.push(Op::Keyed { index: keyed.len() });
+                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), Vec::new()));
+                }
+                Some(Kind::KeyGap(g)) => {
+                    ops.push(Op::Keyed { index: keyed.len() });
+                    keyed.push((
+                        f.name.clone(),
+                        KeyedKind::Gap,
+                        key_of(&g.key_field),
+                        Vec::new(),
+                    ));
+                }
+                Some(Kind::KeyRepeat(r)) => {
+                    let kind = KeyedKind::Repeat {
+                        window_s: r.window_s,
+                    };
+                    ops.push(Op::Keyed { index: keyed.len() });
+                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), r.fields.clone()));
                 }
                 None => {}
             }
         }
+        let mut rules = Vec::new();
+        for (column, f) in spec.features.iter().enumerate() {
+            let limit = match &f.kind {
+                Some(Kind::KeyZscore(z)) => z.alert_z,
+                Some(Kind::KeyRate(r)) => r.alert_above,
+                Some(Kind::KeyGap(g)) => g.alert_above,
+                Some(Kind::KeyRepeat(r)) => r.alert_above,
+                _ => 0.0,
+            };
+            if limit > 0.0 {
+                rules.push(Rule {
+                    name: f.name.clone(),
+                    column,
+                    limit: limit as f32,
+                });
+            }
+        }
+        let keyed = keyed
+            .into_iter()
+            .map(|(name, kind, key_field, fields)| Keyed {
+                feature: KeyedFeature::new(kind, slot_capacity),
+                key: (!key_field.is_empty()).then(|| column(&mut wanted.keys, &key_field)),
+                fields: fields.iter().map(|f| column(&mut wanted.keys, f)).collect(),
+                name,
+            })
+            .collect();
         Self {
             ops,
             wanted,
             z_features: pipeline_z,
             z_params: params,
             z_names: names,
-            z_alert: alert,
+            keyed,
+            rules,
             slots: KeySlotTable::new(slot_capacity),
             entries: Vec::new(),
             z_raw: Vec::new(),
@@ -152,9 +237,9 @@ impl FeaturePipeline {
         &self.z_names
     }
 
-    /// Per z-feature |z| alert thresholds (0 = no z rule).
-    pub fn z_alert(&self) -> &[f32] {
-        &self.z_alert
+    /// Threshold rules on features (|z|, rates, gaps, repeats).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// Forest input width.
@@ -162,9 +247,19 @@ impl FeaturePipeline {
         self.ops.len()
     }
 
-    /// Keys that lost their state slot so far.
+    /// Keys that lost their state slot so far, over all keyed features.
     pub fn evictions(&self) -> u64 {
         self.slots.evictions()
+            + self
+                .keyed
+                .iter()
+                .map(|k| k.feature.evictions())
+                .sum::<u64>()
+    }
+
+    /// True when some feature needs event times ([`Columns::time`]).
+    pub fn needs_time(&self) -> bool {
+        !self.keyed.is_empty()
     }
 
     /// Computes the feature vectors of `cols` (read with [`Self::wanted`]),
@@ -175,6 +270,13 @@ impl FeaturePipeline {
         engine: &mut dyn ZEngine,
     ) -> Result<FeatureBatch, ScoreError> {
         let rows = cols.rows;
+        if self.needs_time() && cols.time.len() != rows {
+            let names: Vec<&str> = self.keyed.iter().map(|k| k.name.as_str()).collect();
+            return Err(ScoreError::Features(format!(
+                "features {} need event times: set time_field in the feature spec (epoch seconds)",
+                names.join(", ")
+            )));
+        }
         let nz = self.z_features.len();
         let mut z = vec![0f32; rows * nz];
         if nz > 0 {
@@ -203,6 +305,28 @@ impl FeaturePipeline {
                 *out = zscore::reported(raw);
             }
         }
+        let mut keyed_values = vec![0f32; rows * self.keyed.len()];
+        let nk = self.keyed.len();
+        let mut composite = String::new();
+        for row in 0..rows {
+            for (index, k) in self.keyed.iter_mut().enumerate() {
+                let name = |c: usize| {
+                    let column = &cols.keys[c];
+                    column.names[column.ids[row] as usize].as_str()
+                };
+                composite.clear();
+                if let Some(c) = k.key {
+                    composite.push_str(name(c));
+                }
+                for &c in &k.fields {
+                    // Unit separator: cannot collide with ordinary text.
+                    composite.push('\u{1f}');
+                    composite.push_str(name(c));
+                }
+                keyed_values[row * nk + index] =
+                    k.feature.observe(&composite, cols.time[row]) as f32;
+            }
+        }
         let dims = self.ops.len();
         let mut matrix = vec![0f32; rows * dims];
         for (j, op) in self.ops.iter().enumerate() {
@@ -215,6 +339,11 @@ impl FeaturePipeline {
                 Op::Zscore { index } => {
                     for row in 0..rows {
                         matrix[row * dims + j] = z[row * nz + index];
+                    }
+                }
+                Op::Keyed { index } => {
+                    for row in 0..rows {
+                        matrix[row * dims + j] = keyed_values[row * nk + index];
                     }
                 }
             }

@@ -15,7 +15,25 @@
 //! alpha = 0.02                  # or: half_life = 34.3 (records)
 //! warmup = 100
 //! alert_z = 6.0                 # optional: alert on |z| alone
+//!
+//! [[feature]]
+//! name = "rate_60s"
+//! kind = "key_rate"             # decayed count of this key's records
+//! window_s = 60.0
+//!
+//! [[feature]]
+//! name = "gap_s"
+//! kind = "key_gap"              # seconds since this key's previous record
+//!
+//! [[feature]]
+//! name = "dup"
+//! kind = "key_repeat"           # identical (key, fields) seen recently
+//! fields = ["amount", "merchant"]
+//! window_s = 300.0
 //! ```
+//!
+//! Keyed rate/gap/repeat features need event times: `time_field = "ts"`
+//! (epoch seconds) at the top, or broker timestamps when streaming.
 
 use crate::model::pb::{self, feature::Kind};
 use serde::Deserialize;
@@ -92,6 +110,45 @@ pub enum FeatureEntry {
         /// Alert when |z| is at least this (0 = never on z alone).
         #[serde(default)]
         alert_z: f64,
+    },
+    /// Decayed count of this key's records over a window.
+    KeyRate {
+        /// Feature name.
+        name: String,
+        /// Key field; defaults to the file's `key_field`.
+        #[serde(default)]
+        key_field: String,
+        /// Window (decay time constant) in seconds.
+        window_s: f64,
+        /// Alert when the rate is at least this (0 = no rule).
+        #[serde(default)]
+        alert_above: f64,
+    },
+    /// Seconds since this key's previous record.
+    KeyGap {
+        /// Feature name.
+        name: String,
+        /// Key field; defaults to the file's `key_field`.
+        #[serde(default)]
+        key_field: String,
+        /// Alert when the gap is at least this many seconds (0 = no rule).
+        #[serde(default)]
+        alert_above: f64,
+    },
+    /// Decayed count of identical earlier records (same key and `fields`).
+    KeyRepeat {
+        /// Feature name.
+        name: String,
+        /// Key field; defaults to the file's `key_field`.
+        #[serde(default)]
+        key_field: String,
+        /// Fields whose values must match.
+        fields: Vec<String>,
+        /// Window (decay time constant) in seconds.
+        window_s: f64,
+        /// Alert when the repeat count is at least this (0 = no rule).
+        #[serde(default)]
+        alert_above: f64,
     },
 }
 
@@ -176,6 +233,45 @@ impl SpecFile {
                         })),
                     }
                 }
+                FeatureEntry::KeyRate {
+                    name,
+                    key_field,
+                    window_s,
+                    alert_above,
+                } => pb::Feature {
+                    name: name.clone(),
+                    kind: Some(Kind::KeyRate(pb::KeyRateFeature {
+                        key_field: key_field.clone(),
+                        window_s: *window_s,
+                        alert_above: *alert_above,
+                    })),
+                },
+                FeatureEntry::KeyGap {
+                    name,
+                    key_field,
+                    alert_above,
+                } => pb::Feature {
+                    name: name.clone(),
+                    kind: Some(Kind::KeyGap(pb::KeyGapFeature {
+                        key_field: key_field.clone(),
+                        alert_above: *alert_above,
+                    })),
+                },
+                FeatureEntry::KeyRepeat {
+                    name,
+                    key_field,
+                    fields,
+                    window_s,
+                    alert_above,
+                } => pb::Feature {
+                    name: name.clone(),
+                    kind: Some(Kind::KeyRepeat(pb::KeyRepeatFeature {
+                        key_field: key_field.clone(),
+                        fields: fields.clone(),
+                        window_s: *window_s,
+                        alert_above: *alert_above,
+                    })),
+                },
             });
         }
         Ok(pb::FeatureSpec {

@@ -7,7 +7,7 @@
 
 mod validate;
 
-pub use validate::{validate, ModelError, MAX_TREE_DEPTH};
+pub use validate::{validate, validate_spec, ModelError, MAX_TREE_DEPTH};
 
 use prost::Message;
 use std::path::Path;
@@ -70,6 +70,16 @@ pub fn metadata_json(model: &Model) -> serde_json::Value {
             Some(Kind::KeyZscore(z)) => serde_json::json!({
                 "name": f.name, "kind": "key_zscore", "source": z.source,
                 "key_field": z.key_field, "alpha": z.alpha, "warmup": z.warmup, "alert_z": z.alert_z,
+            }),
+            Some(Kind::KeyRate(r)) => serde_json::json!({
+                "name": f.name, "kind": "key_rate", "key_field": r.key_field, "window_s": r.window_s,
+            }),
+            Some(Kind::KeyGap(g)) => serde_json::json!({
+                "name": f.name, "kind": "key_gap", "key_field": g.key_field,
+            }),
+            Some(Kind::KeyRepeat(r)) => serde_json::json!({
+                "name": f.name, "kind": "key_repeat", "key_field": r.key_field,
+                "fields": r.fields, "window_s": r.window_s,
             }),
             None => serde_json::json!({ "name": f.name, "kind": null }),
         })

@@ -88,7 +88,8 @@ pub fn validate(model: &pb::Model) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
+/// Checks a feature spec on its own: unique non-empty names, sane parameters.
+pub fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
     if spec.features.is_empty() {
         return Err(invalid("feature spec lists no features"));
     }
@@ -128,10 +129,32 @@ fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
                     )));
                 }
             }
-            Some(Kind::Field(_)) => {}
+            Some(Kind::Field(_)) | Some(Kind::KeyGap(_)) => {}
+            Some(Kind::KeyRate(pb::KeyRateFeature { window_s, .. })) => {
+                check_window(&f.name, *window_s)?
+            }
+            Some(Kind::KeyRepeat(r)) => {
+                check_window(&f.name, r.window_s)?;
+                if r.fields.is_empty() {
+                    return Err(invalid(format!(
+                        "key_repeat feature '{}' lists no fields to compare",
+                        f.name
+                    )));
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn check_window(name: &str, window_s: f64) -> Result<(), ModelError> {
+    if window_s.is_finite() && window_s > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "feature '{name}': window_s {window_s} must be a positive number of seconds"
+        )))
+    }
 }
 
 fn validate_tree(tree: &pb::Tree, num_features: usize) -> Result<(), String> {

@@ -27,6 +27,9 @@ pub enum ScoreError {
     /// the output slice has the wrong length.
     #[error("batch shape mismatch: {0}")]
     Shape(String),
+    /// The records cannot produce the model's features (e.g. no event time).
+    #[error("{0}")]
+    Features(String),
     /// No usable GPU adapter.
     #[error("{0}")]
     NoAdapter(String),

@@ -1,0 +1,110 @@
+//! Alert messages: what an operator at 3 a.m. needs in one JSON object.
+//!
+//! `alert_id` is `topic/partition/offset/model@version`: the same record
+//! scored by the same model version always gets the same id, so consumers
+//! can drop duplicates after an at-least-once replay.
+
+use crate::features::FeaturePipeline;
+use crate::forest::PackedForest;
+use crate::model::pb;
+use serde_json::{json, Value};
+
+/// Where a record came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The stable id of an alert for `source` under `model`.
+pub fn alert_id(source: &Source, model: &pb::Model) -> String {
+    format!(
+        "{}/{}/{}/{}@{}",
+        source.topic, source.partition, source.offset, model.name, model.version
+    )
+}
+
+/// Everything known about one scored record.
+pub struct Scored<'a> {
+    /// Source coordinates.
+    pub source: Source<'a>,
+    /// Entity key (may be empty).
+    pub key: &'a str,
+    /// Event time, epoch seconds.
+    pub event_time: f64,
+    /// Forest score.
+    pub score: f32,
+    /// Feature vector the forest saw.
+    pub features: &'a [f32],
+    /// |z| per z-feature.
+    pub z: &'a [f32],
+    /// The original record.
+    pub record: &'a Value,
+}
+
+/// Builds the alert JSON for a record that alerted.
+pub fn build(
+    model: &pb::Model,
+    forest: &PackedForest,
+    pipeline: &FeaturePipeline,
+    s: &Scored,
+) -> Value {
+    let names = crate::model::feature_names(model);
+    let mut reasons = Vec::new();
+    if s.score as f64 >= model.threshold {
+        reasons.push(format!(
+            "forest score {:.4} >= threshold {:.4}",
+            s.score, model.threshold
+        ));
+    }
+    let mut z = serde_json::Map::new();
+    for (name, &value) in pipeline.z_names().iter().zip(s.z) {
+        z.insert(name.clone(), finite_or_string(value));
+    }
+    for rule in pipeline.rules() {
+        let value = s.features[rule.column];
+        if value >= rule.limit {
+            reasons.push(format!("{} = {value:.2} >= {}", rule.name, rule.limit));
+        }
+    }
+    let shares = forest.attribution(s.features);
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]));
+    let top: Vec<Value> = order
+        .iter()
+        .take(3)
+        .filter(|&&i| shares[i] > 0.0)
+        .map(|&i| json!({ "feature": names[i], "value": finite_or_string(s.features[i]), "share": round4(shares[i]) }))
+        .collect();
+    json!({
+        "alert_id": alert_id(&s.source, model),
+        "key": s.key,
+        "event_time": s.event_time,
+        "model": format!("{}@{}", model.name, model.version),
+        "score": round4(s.score),
+        "forest_score": s.score,
+        "threshold": model.threshold,
+        "z": z,
+        "reasons": reasons,
+        "top_features": top,
+        "source": { "topic": s.source.topic, "partition": s.source.partition, "offset": s.source.offset },
+        "record": s.record,
+    })
+}
+
+fn round4(x: f32) -> f64 {
+    (x as f64 * 1e4).round() / 1e4
+}
+
+/// JSON has no infinities: report them as the string "inf".
+fn finite_or_string(x: f32) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        json!(x.to_string())
+    }
+}

@@ -1,0 +1,270 @@
+//! Typed configuration of `isoflow run` (TOML; flags and `ISOFLOW_*`
+//! environment variables override the file's runtime knobs).
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "127.0.0.1:9092"
+//! group_id = "isoflow"
+//!
+//! [service]
+//! backend = "auto"
+//! metrics_listen = "127.0.0.1:9898"
+//!
+//! [[pipeline]]
+//! name = "fraud"
+//! input_topic = "transactions"
+//! model = "models/fraud.isoflow"
+//! alerts_topic = "alerts"
+//! dlq_topic = "isoflow-dlq"
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// Path given.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or an unknown/missing field (named by the parser).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// Path given.
+        path: String,
+        /// Parser message.
+        message: String,
+    },
+    /// A value out of range; names the field.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Broker connection.
+    pub kafka: KafkaConfig,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// One entry per input topic to score.
+    #[serde(rename = "pipeline")]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// Broker connection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group prefix: pipeline `p` consumes as group `<group_id>.<p>`,
+    /// and replicas with the same groups share the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// How long the group waits for a dead member before reassigning its
+    /// partitions. Short by default so a killed replica's partitions move on
+    /// quickly (librdkafka's 45 s default stalls recovery).
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties, passed through as is.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Process-wide settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Scoring backend: auto, gpu or cpu.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Address for Prometheus `/metrics` (empty: no endpoint).
+    #[serde(default)]
+    pub metrics_listen: String,
+    /// Keys with per-key state per keyed feature before the least recently
+    /// used are evicted (evictions are counted in metrics).
+    #[serde(default = "default_slot_capacity")]
+    pub slot_capacity: usize,
+    /// Messages larger than this many bytes go to the DLQ as oversized.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Seconds to finish in-flight work after SIGTERM before giving up.
+    #[serde(default = "default_drain_timeout_s")]
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            metrics_listen: String::new(),
+            slot_capacity: default_slot_capacity(),
+            max_message_bytes: default_max_message_bytes(),
+            drain_timeout_s: default_drain_timeout_s(),
+        }
+    }
+}
+
+/// One scored topic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name used in logs, metrics and alerts.
+    pub name: String,
+    /// Topic of JSON records to score.
+    pub input_topic: String,
+    /// Model file.
+    pub model: PathBuf,
+    /// Topic alerts are published to.
+    pub alerts_topic: String,
+    /// Dead-letter topic for records that cannot be scored.
+    pub dlq_topic: String,
+    /// Optional topic with one message per scored record.
+    #[serde(default)]
+    pub scores_topic: String,
+    /// Flush a batch at this many records...
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// ...or this many milliseconds after its first record, whichever first.
+    #[serde(default = "default_batch_max_ms")]
+    pub batch_max_ms: u64,
+}
+
+fn default_group() -> String {
+    "isoflow".into()
+}
+fn default_session_timeout_ms() -> u32 {
+    6000
+}
+fn default_backend() -> String {
+    "auto".into()
+}
+fn default_slot_capacity() -> usize {
+    crate::features::DEFAULT_SLOT_CAPACITY
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+fn default_drain_timeout_s() -> u64 {
+    30
+}
+fn default_batch_max_records() -> usize {
+    4096
+}
+fn default_batch_max_ms() -> u64 {
+    100
+}
+
+impl Config {
+    /// Parses TOML text (`path` only names it in messages).
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn read(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers is empty".into());
+        }
+        if self
+            .service
+            .backend
+            .parse::<crate::score::Backend>()
+            .is_err()
+        {
+            return bad(format!(
+                "service.backend '{}': expected auto, gpu or cpu",
+                self.service.backend
+            ));
+        }
+        if self.pipelines.is_empty() {
+            return bad("no [[pipeline]] entries".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pipelines {
+            if !names.insert(&p.name) {
+                return bad(format!("pipeline name '{}' appears twice", p.name));
+            }
+            if p.batch_max_records == 0 || p.batch_max_ms == 0 {
+                return bad(format!(
+                    "pipeline '{}': batch_max_records and batch_max_ms must be > 0",
+                    p.name
+                ));
+            }
+            for (field, topic) in [
+                ("input_topic", &p.input_topic),
+                ("alerts_topic", &p.alerts_topic),
+                ("dlq_topic", &p.dlq_topic),
+            ] {
+                if topic.is_empty() {
+                    return bad(format!("pipeline '{}': {field} is empty", p.name));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[[pipeline]]
+name = "fraud"
+input_topic = "transactions"
+model = "models/fraud.isoflow"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+"#;
+
+    #[test]
+    fn defaults_fill_runtime_knobs() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.kafka.group_id, "isoflow");
+        assert_eq!(c.kafka.session_timeout_ms, 6000);
+        assert_eq!(c.service.backend, "auto");
+        assert_eq!(c.pipelines[0].batch_max_records, 4096);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_named() {
+        let err = Config::parse(&GOOD.replace("dlq_topic", "dead_topic"), "t.toml").unwrap_err();
+        assert!(err.to_string().contains("dead_topic"), "{err}");
+        let err =
+            Config::parse(&format!("{GOOD}[service]\nbackend = \"tpu\"\n"), "t.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("expected auto, gpu or cpu"),
+            "{err}"
+        );
+        let err = Config::parse(&GOOD.replace("\"alerts\"", "\"\""), "t.toml").unwrap_err();
+        assert!(err.to_string().contains("alerts_topic is empty"), "{err}");
+    }
+}

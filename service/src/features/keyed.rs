@@ -1,0 +1,158 @@
+//! Keyed behavioural features: rate, gap and repeat, per entity key.
+//!
+//! Each keeps a little state per key in a bounded [`SlotTable`], updated in
+//! arrival order; the same code runs in the trainer and the service. Times are
+//! event times in seconds. Counts are kept as of each key's latest event
+//! time, so a late record adds its decayed weight and never a negative gap.
+
+use super::slots::SlotTable;
+
+/// What a keyed feature measures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeyedKind {
+    /// Decayed count of this key's records over `window_s`, this one included.
+    Rate {
+        /// Decay time constant (seconds).
+        window_s: f64,
+    },
+    /// Seconds since this key's previous record (0 for its first).
+    Gap,
+    /// Decayed count of identical earlier records (same key and fields) over `window_s`.
+    Repeat {
+        /// Decay time constant (seconds).
+        window_s: f64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyState {
+    last_t: f64,
+    count: f64,
+}
+
+/// One keyed feature's state across records.
+#[derive(Debug)]
+pub struct KeyedFeature {
+    kind: KeyedKind,
+    slots: SlotTable,
+    state: Vec<KeyState>,
+}
+
+impl KeyedFeature {
+    /// A feature of `kind` holding state for at most `capacity` keys.
+    pub fn new(kind: KeyedKind, capacity: usize) -> Self {
+        Self {
+            kind,
+            slots: SlotTable::new(capacity),
+            state: Vec::new(),
+        }
+    }
+
+    /// Keys that lost their state to make room.
+    pub fn evictions(&self) -> u64 {
+        self.slots.evictions()
+    }
+
+    /// The feature value of a record of `key` at time `t`, updating the state.
+    /// For [`KeyedKind::Repeat`], `key` must already include the compared fields.
+    pub fn observe(&mut self, key: &str, t: f64) -> f64 {
+        let (slot, fresh) = self.slots.slot(0, key);
+        let i = slot as usize;
+        if i >= self.state.len() {
+            self.state.resize(i + 1, KeyState::default());
+        }
+        let s = &mut self.state[i];
+        if fresh {
+            *s = KeyState {
+                last_t: t,
+                count: 1.0,
+            };
+            return match self.kind {
+                KeyedKind::Rate { .. } => 1.0,
+                KeyedKind::Gap | KeyedKind::Repeat { .. } => 0.0,
+            };
+        }
+        // Decayed counts are kept as of the key's latest time. A record from
+        // the past (keys spread over partitions arrive interleaved) adds its
+        // own decayed weight instead of pretending to be new.
+        let dt = t - s.last_t;
+        let window = match self.kind {
+            KeyedKind::Rate { window_s } | KeyedKind::Repeat { window_s } => window_s,
+            KeyedKind::Gap => 1.0,
+        };
+        let (decay, weight) = if dt >= 0.0 {
+            (dt, 1.0)
+        } else {
+            (0.0, (dt / window).exp())
+        };
+        if dt > 0.0 {
+            s.last_t = t;
+        }
+        match self.kind {
+            KeyedKind::Rate { .. } => {
+                s.count = s.count * (-decay / window).exp() + weight;
+                s.count
+            }
+            KeyedKind::Gap => dt.max(0.0),
+            KeyedKind::Repeat { .. } => {
+                let before = s.count * (-decay / window).exp();
+                s.count = before + weight;
+                before
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_counts_recent_events_per_key() {
+        let mut f = KeyedFeature::new(KeyedKind::Rate { window_s: 60.0 }, 16);
+        assert_eq!(f.observe("a", 0.0), 1.0);
+        assert_eq!(f.observe("a", 0.0), 2.0);
+        assert_eq!(f.observe("b", 0.0), 1.0);
+        // One window later the old two have decayed by e.
+        let r = f.observe("a", 60.0);
+        assert!((r - (2.0 / std::f64::consts::E + 1.0)).abs() < 1e-12, "{r}");
+        // A record from the past adds its decayed weight, not a full count.
+        let late = f.observe("a", 0.0);
+        assert!((late - (r + (-1.0f64).exp())).abs() < 1e-12, "{late}");
+        // A burst climbs fast.
+        let burst: Vec<f64> = (0..10).map(|i| f.observe("c", 100.0 + i as f64)).collect();
+        assert!(burst[9] > 9.0);
+    }
+
+    #[test]
+    fn gap_is_time_since_previous_record_of_the_key() {
+        let mut f = KeyedFeature::new(KeyedKind::Gap, 16);
+        assert_eq!(f.observe("d", 100.0), 0.0);
+        assert_eq!(f.observe("d", 160.0), 60.0);
+        assert_eq!(f.observe("e", 170.0), 0.0);
+        assert_eq!(f.observe("d", 3760.0), 3600.0);
+        // A late record does not produce a negative gap.
+        assert_eq!(f.observe("d", 3000.0), 0.0);
+        assert_eq!(f.observe("d", 3770.0), 10.0);
+    }
+
+    #[test]
+    fn repeat_flags_duplicates_within_the_window() {
+        let mut f = KeyedFeature::new(KeyedKind::Repeat { window_s: 300.0 }, 16);
+        assert_eq!(f.observe("card1|9.99|m1", 0.0), 0.0);
+        let dup = f.observe("card1|9.99|m1", 5.0);
+        assert!(dup > 0.98 && dup <= 1.0, "{dup}");
+        assert_eq!(f.observe("card1|10.00|m1", 6.0), 0.0);
+        // Long after, the same values are no longer a duplicate.
+        assert!(f.observe("card1|9.99|m1", 5.0 + 3000.0) < 0.01);
+    }
+
+    #[test]
+    fn bounded_state_counts_evictions() {
+        let mut f = KeyedFeature::new(KeyedKind::Gap, 2);
+        f.observe("a", 0.0);
+        f.observe("b", 0.0);
+        f.observe("c", 0.0);
+        assert_eq!(f.evictions(), 1);
+    }
+}

@@ -1,0 +1,280 @@
+//! Prometheus metrics: counters and histograms per pipeline, rendered in the
+//! text exposition format and served on `/metrics` by a small HTTP endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// A fixed-bucket histogram.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if value <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+const SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const SIZES: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0, 16384.0,
+];
+
+/// Metrics of one pipeline.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    /// Messages consumed.
+    pub records_in: AtomicU64,
+    /// Records scored.
+    pub scored: AtomicU64,
+    /// Alerts published.
+    pub alerts: AtomicU64,
+    /// DLQ messages by reason class.
+    pub dlq: Mutex<BTreeMap<&'static str, u64>>,
+    /// Batches completed.
+    pub batches: AtomicU64,
+    /// Records per batch.
+    pub batch_size: Histogram,
+    /// Seconds from batch flush to offsets stored (scoring + publishing).
+    pub batch_latency: Histogram,
+    /// Seconds from a record's timestamp to its batch being acknowledged.
+    pub end_to_end_latency: Histogram,
+    /// Sum over assigned partitions of high watermark minus position.
+    pub consumer_lag: AtomicI64,
+    /// Keys evicted from bounded per-key state.
+    pub state_evictions: AtomicU64,
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        Self {
+            records_in: AtomicU64::new(0),
+            scored: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            dlq: Mutex::new(BTreeMap::new()),
+            batches: AtomicU64::new(0),
+            batch_size: Histogram::new(SIZES),
+            batch_latency: Histogram::new(SECONDS),
+            end_to_end_latency: Histogram::new(SECONDS),
+            consumer_lag: AtomicI64::new(0),
+            state_evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PipelineMetrics {
+    /// Counts one DLQ message.
+    pub fn dlq_inc(&self, class: &'static str) {
+        *self
+            .dlq
+            .lock()
+            .expect("metrics lock")
+            .entry(class)
+            .or_default() += 1;
+    }
+
+    /// DLQ messages over all classes.
+    pub fn dlq_total(&self) -> u64 {
+        self.dlq.lock().expect("metrics lock").values().sum()
+    }
+}
+
+/// Reads one counter of a pipeline.
+type CounterOf = fn(&PipelineMetrics) -> u64;
+/// Picks one histogram of a pipeline.
+type HistogramOf = fn(&PipelineMetrics) -> &Histogram;
+
+/// All metrics of the process.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Backend in use ("cpu" / "gpu").
+    pub backend: Mutex<String>,
+    /// Per pipeline, in configuration order.
+    pub pipelines: Mutex<Vec<(String, Arc<PipelineMetrics>)>>,
+}
+
+impl Registry {
+    /// Registers a pipeline and returns its metrics.
+    pub fn pipeline(&self, name: &str) -> Arc<PipelineMetrics> {
+        let m = Arc::new(PipelineMetrics::default());
+        self.pipelines
+            .lock()
+            .expect("metrics lock")
+            .push((name.to_owned(), m.clone()));
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let backend = self.backend.lock().expect("metrics lock").clone();
+        let _ = writeln!(
+            out,
+            "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
+        );
+        let pipelines = self.pipelines.lock().expect("metrics lock");
+        let counters: [(&str, &str, CounterOf); 5] = [
+            ("isoflow_records_in_total", "counter", |m| {
+                m.records_in.load(Relaxed)
+            }),
+            ("isoflow_records_scored_total", "counter", |m| {
+                m.scored.load(Relaxed)
+            }),
+            ("isoflow_alerts_total", "counter", |m| {
+                m.alerts.load(Relaxed)
+            }),
+            ("isoflow_batches_total", "counter", |m| {
+                m.batches.load(Relaxed)
+            }),
+            ("isoflow_state_evictions_total", "counter", |m| {
+                m.state_evictions.load(Relaxed)
+            }),
+        ];
+        for (name, kind, get) in counters {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (p, m) in pipelines.iter() {
+                let _ = writeln!(out, "{name}{{pipeline=\"{p}\"}} {}", get(m));
+            }
+        }
+        let _ = writeln!(out, "# TYPE isoflow_dlq_total counter");
+        for (p, m) in pipelines.iter() {
+            for (class, n) in m.dlq.lock().expect("metrics lock").iter() {
+                let _ = writeln!(
+                    out,
+                    "isoflow_dlq_total{{pipeline=\"{p}\",reason=\"{class}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE isoflow_consumer_lag gauge");
+        for (p, m) in pipelines.iter() {
+            let _ = writeln!(
+                out,
+                "isoflow_consumer_lag{{pipeline=\"{p}\"}} {}",
+                m.consumer_lag.load(Relaxed)
+            );
+        }
+        let histograms: [(&str, HistogramOf); 3] = [
+            ("isoflow_batch_size", |m| &m.batch_size),
+            ("isoflow_batch_latency_seconds", |m| &m.batch_latency),
+            ("isoflow_end_to_end_latency_seconds", |m| {
+                &m.end_to_end_latency
+            }),
+        ];
+        for (name, get) in histograms {
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (p, m) in pipelines.iter() {
+                get(m).render(&mut out, name, &format!("pipeline=\"{p}\""));
+            }
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", registry.render()),
+                "/health" => ("200 OK", "ok\n".to_owned()),
+                _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let r = Registry::default();
+        *r.backend.lock().unwrap() = "cpu".into();
+        let m = r.pipeline("fraud");
+        m.records_in.fetch_add(10, Relaxed);
+        m.dlq_inc("malformed_json");
+        m.batch_latency.observe(0.02);
+        let text = r.render();
+        assert!(
+            text.contains("isoflow_records_in_total{pipeline=\"fraud\"} 10"),
+            "{text}"
+        );
+        assert!(text.contains("isoflow_dlq_total{pipeline=\"fraud\",reason=\"malformed_json\"} 1"));
+        assert!(text
+            .contains("isoflow_batch_latency_seconds_bucket{pipeline=\"fraud\",le=\"0.025\"} 1"));
+        assert!(
+            text.contains("isoflow_batch_latency_seconds_bucket{pipeline=\"fraud\",le=\"0.01\"} 0")
+        );
+        assert!(text.contains("isoflow_backend_info{backend=\"cpu\"} 1"));
+    }
+}

@@ -1,0 +1,314 @@
+//! One batch: parse, score, publish, wait for acknowledgements, commit.
+
+use super::{PipelineContext, PipelineError, ScoringState};
+use crate::alerts::{self, Source};
+use crate::dlq::{self, Rejection};
+use crate::input::Columns;
+use crate::kafka::Record;
+use crate::score::RowScore;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// Output of the scoring step, computed on a blocking thread.
+struct ScoredBatch {
+    scores: Vec<RowScore>,
+    matrix: Vec<f32>,
+    z: Vec<f32>,
+    alerts: Vec<bool>,
+}
+
+pub(super) async fn process(
+    ctx: &PipelineContext,
+    consumer: &StreamConsumer,
+    state_slot: &mut Option<Box<ScoringState>>,
+    batch: Vec<Record>,
+) -> Result<(), PipelineError> {
+    let started = Instant::now();
+    let name = &ctx.config.name;
+    let topic = ctx.config.input_topic.as_str();
+    ctx.metrics
+        .records_in
+        .fetch_add(batch.len() as u64, Relaxed);
+    let mut state = state_slot
+        .take()
+        .expect("scoring state is returned after every batch");
+    let wanted = state.features.wanted().clone();
+    let key_field = state
+        .model
+        .feature_spec
+        .as_ref()
+        .map(|s| s.key_field.clone())
+        .unwrap_or_default();
+
+    // Parse; anything that cannot become a feature row is rejected with a reason.
+    let mut columns = Columns::new(&wanted);
+    let mut accepted: Vec<(usize, serde_json::Value)> = Vec::with_capacity(batch.len());
+    let mut rejected: Vec<(usize, Rejection)> = Vec::new();
+    for (i, record) in batch.iter().enumerate() {
+        let value = record.value.as_deref().unwrap_or_default();
+        if value.len() > ctx.max_message_bytes {
+            rejected.push((
+                i,
+                Rejection {
+                    class: "oversized",
+                    reason: format!(
+                        "message of {} bytes exceeds max_message_bytes {}",
+                        value.len(),
+                        ctx.max_message_bytes
+                    ),
+                },
+            ));
+            continue;
+        }
+        let parsed: serde_json::Value = match serde_json::from_slice(value) {
+            Ok(v) => v,
+            Err(e) => {
+                rejected.push((
+                    i,
+                    Rejection {
+                        class: "malformed_json",
+                        reason: format!("not JSON: {e}"),
+                    },
+                ));
+                continue;
+            }
+        };
+        let broker_time = record.timestamp_ms.map(|ms| ms as f64 / 1e3);
+        match columns.push_json(&wanted, &parsed, i + 1, broker_time) {
+            Ok(()) => accepted.push((i, parsed)),
+            Err(e) => rejected.push((i, Rejection::from_input(&e))),
+        }
+    }
+
+    // Score on a blocking thread: the GPU readback or the CPU loop must not
+    // stall the runtime.
+    let (state_back, scored) = tokio::task::spawn_blocking(move || {
+        let result = score(&mut state, &columns);
+        (state, result)
+    })
+    .await
+    .expect("scoring does not panic");
+    state = state_back;
+    let scored = match scored {
+        Ok(s) => s,
+        Err(source) => {
+            *state_slot = Some(state);
+            return Err(PipelineError::Score {
+                pipeline: name.clone(),
+                source,
+            });
+        }
+    };
+
+    // Publish everything, then wait for every acknowledgement.
+    let dims = state.forest.dims;
+    let nz = state.features.z_names().len();
+    let mut deliveries = Vec::new();
+    let mut alert_count = 0u64;
+    for (row, (i, record_json)) in accepted.iter().enumerate() {
+        let record = &batch[*i];
+        let source = Source {
+            topic,
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let key = entity_key(record_json, &key_field, record);
+        let event_time = event_time(record_json, &wanted.time, record);
+        if scored.alerts[row] {
+            alert_count += 1;
+            let alert = alerts::build(
+                &state.model,
+                &state.forest,
+                &state.features,
+                &alerts::Scored {
+                    source: source.clone(),
+                    key: &key,
+                    event_time,
+                    score: scored.scores[row].score,
+                    features: &scored.matrix[row * dims..(row + 1) * dims],
+                    z: &scored.z[row * nz..(row + 1) * nz],
+                    record: record_json,
+                },
+            );
+            let payload = serde_json::to_vec(&alert).expect("alert serializes");
+            deliveries.push((
+                ctx.config.alerts_topic.as_str(),
+                send(
+                    ctx,
+                    &ctx.config.alerts_topic,
+                    key.as_bytes(),
+                    &payload,
+                    None,
+                )
+                .await,
+            ));
+        }
+        if !ctx.config.scores_topic.is_empty() {
+            let line = serde_json::json!({
+                "id": format!("{}/{}/{}", topic, record.partition, record.offset),
+                "key": key,
+                "score": scored.scores[row].score,
+                "alert": scored.alerts[row],
+                "model": format!("{}@{}", state.model.name, state.model.version),
+            });
+            let payload = serde_json::to_vec(&line).expect("score serializes");
+            deliveries.push((
+                ctx.config.scores_topic.as_str(),
+                send(
+                    ctx,
+                    &ctx.config.scores_topic,
+                    key.as_bytes(),
+                    &payload,
+                    None,
+                )
+                .await,
+            ));
+        }
+    }
+    for (i, rejection) in &rejected {
+        let record = &batch[*i];
+        ctx.metrics.dlq_inc(rejection.class);
+        let headers = dlq::headers(
+            &record.headers,
+            rejection,
+            topic,
+            record.partition,
+            record.offset,
+        );
+        let key = record.key.as_deref().unwrap_or_default();
+        let value = record.value.as_deref().unwrap_or_default();
+        deliveries.push((
+            ctx.config.dlq_topic.as_str(),
+            send(ctx, &ctx.config.dlq_topic, key, value, Some(headers)).await,
+        ));
+    }
+    for (out_topic, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                *state_slot = Some(state);
+                return Err(PipelineError::Delivery {
+                    pipeline: name.clone(),
+                    topic: out_topic.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                *state_slot = Some(state);
+                return Err(PipelineError::Delivery {
+                    pipeline: name.clone(),
+                    topic: out_topic.to_owned(),
+                    message: "producer dropped the message".into(),
+                });
+            }
+        }
+    }
+
+    // Everything acknowledged: the batch's offsets may advance.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &batch {
+        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in &next {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .expect("valid offset");
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        // Not fatal: the next commit carries later offsets; a crash before it
+        // replays this batch, which at-least-once allows.
+        tracing::warn!(pipeline = %name, error = %e, "offset commit failed");
+    }
+
+    let m = &ctx.metrics;
+    m.scored.fetch_add(accepted.len() as u64, Relaxed);
+    m.alerts.fetch_add(alert_count, Relaxed);
+    m.batches.fetch_add(1, Relaxed);
+    m.batch_size.observe(batch.len() as f64);
+    m.batch_latency.observe(started.elapsed().as_secs_f64());
+    m.state_evictions.store(state.features.evictions(), Relaxed);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let Some(oldest) = batch.iter().filter_map(|r| r.timestamp_ms).min() {
+        m.end_to_end_latency
+            .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
+    }
+    tracing::debug!(pipeline = %name, records = batch.len(), scored = accepted.len(), dlq = rejected.len(), alerts = alert_count, "batch done");
+    *state_slot = Some(state);
+    Ok(())
+}
+
+fn score(
+    state: &mut ScoringState,
+    columns: &Columns,
+) -> Result<ScoredBatch, crate::score::ScoreError> {
+    let features = state.features.compute(columns, state.z_engine.as_mut())?;
+    let mut scores = vec![RowScore::default(); features.rows];
+    if features.rows > 0 {
+        state.scorer.score(&features.matrix, &mut scores)?;
+    }
+    let alerts = crate::decision::decide(
+        &scores,
+        &features.matrix,
+        state.model.threshold,
+        state.features.rules(),
+    );
+    Ok(ScoredBatch {
+        scores,
+        matrix: features.matrix,
+        z: features.z,
+        alerts,
+    })
+}
+
+async fn send(
+    ctx: &PipelineContext,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> rdkafka::producer::DeliveryFuture {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    // send_result only fails when the local queue is full: wait and retry,
+    // which is the producer pushing back on us.
+    let mut record = record;
+    loop {
+        match ctx.producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((e, back)) => {
+                tracing::debug!(error = %e, "producer queue full; waiting");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                record = back;
+            }
+        }
+    }
+}
+
+fn entity_key(record: &serde_json::Value, key_field: &str, raw: &Record) -> String {
+    if !key_field.is_empty() {
+        if let Ok(k) = crate::input::json_key(record, key_field, 0) {
+            return k;
+        }
+    }
+    raw.key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default()
+}
+
+fn event_time(record: &serde_json::Value, time_field: &Option<String>, raw: &Record) -> f64 {
+    time_field
+        .as_ref()
+        .and_then(|f| crate::input::json_number(record, f, 0).ok())
+        .or_else(|| raw.timestamp_ms.map(|ms| ms as f64 / 1e3))
+        .unwrap_or(0.0)
+}

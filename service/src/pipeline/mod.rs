@@ -1,0 +1,317 @@
+//! The streaming service: Kafka records in, alerts and DLQ messages out.
+//!
+//! Each configured pipeline is one task: collect a batch (N records or T ms,
+//! whichever first) → parse and build features (bad records to the DLQ) →
+//! score on the GPU or CPU on a blocking thread → publish alerts, DLQ and
+//! optional score messages → wait for every acknowledgement → commit the
+//! batch's offsets. Batches of a pipeline run one after another, so offsets
+//! only ever advance over records whose output the broker has acknowledged:
+//! at-least-once, with alert ids that are stable across replays.
+
+mod batch;
+
+use crate::config::{Config, PipelineConfig};
+use crate::features::FeaturePipeline;
+use crate::features::ZEngine;
+use crate::forest::PackedForest;
+use crate::kafka::{self, KafkaError, Record};
+use crate::metrics::{PipelineMetrics, Registry};
+use crate::model::{self, pb, ModelError};
+use crate::score::{Backend, Engine, ScoreError, Scorer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A pipeline's model could not be loaded.
+    #[error("pipeline '{pipeline}': {source}")]
+    Model {
+        /// Pipeline name.
+        pipeline: String,
+        /// The model problem.
+        source: ModelError,
+    },
+    /// Kafka set-up or client failure.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Scoring failed (e.g. GPU device lost).
+    #[error("pipeline '{pipeline}': scoring failed: {source}")]
+    Score {
+        /// Pipeline name.
+        pipeline: String,
+        /// The scorer's error.
+        source: ScoreError,
+    },
+    /// The broker did not acknowledge output; offsets were not committed, so
+    /// the batch will be processed again on restart.
+    #[error(
+        "pipeline '{pipeline}': publishing to {topic} failed: {message}; offsets not committed"
+    )]
+    Delivery {
+        /// Pipeline name.
+        pipeline: String,
+        /// Output topic.
+        topic: String,
+        /// Client message.
+        message: String,
+    },
+    /// Draining did not finish within the configured deadline.
+    #[error("pipeline '{0}': in-flight batch did not finish before the drain deadline")]
+    DrainTimeout(String),
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Model, features and scorers of one pipeline; moved onto a blocking thread
+/// for each batch and back.
+pub(crate) struct ScoringState {
+    pub(crate) model: pb::Model,
+    pub(crate) forest: PackedForest,
+    pub(crate) features: FeaturePipeline,
+    pub(crate) scorer: Box<dyn Scorer>,
+    pub(crate) z_engine: Box<dyn ZEngine>,
+}
+
+/// Everything a pipeline task needs.
+pub(crate) struct PipelineContext {
+    pub(crate) config: PipelineConfig,
+    pub(crate) producer: FutureProducer,
+    pub(crate) metrics: Arc<PipelineMetrics>,
+    pub(crate) max_message_bytes: usize,
+}
+
+/// Runs every configured pipeline until `shutdown` is cancelled (then drains:
+/// finishes the batch in hand, publishes, commits) or one of them fails.
+pub async fn run(
+    config: Config,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    config.validate()?;
+    let backend: Backend = config
+        .service
+        .backend
+        .parse()
+        .map_err(crate::config::ConfigError::Invalid)?;
+    let mut states = Vec::new();
+    for p in &config.pipelines {
+        let model = model::load(&p.model).map_err(|source| PipelineError::Model {
+            pipeline: p.name.clone(),
+            source,
+        })?;
+        states.push(model);
+    }
+    let engine = tokio::task::spawn_blocking(move || Engine::select(backend))
+        .await
+        .expect("backend selection does not panic")
+        .map_err(|source| PipelineError::Score {
+            pipeline: "*".into(),
+            source,
+        })?;
+    *registry.backend.lock().expect("metrics lock") = engine.name().to_owned();
+    let mut topics: Vec<String> = Vec::new();
+    for p in &config.pipelines {
+        topics.extend([
+            p.input_topic.clone(),
+            p.alerts_topic.clone(),
+            p.dlq_topic.clone(),
+        ]);
+        if !p.scores_topic.is_empty() {
+            topics.push(p.scores_topic.clone());
+        }
+    }
+    let brokers = config.kafka.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka::check_topics(&brokers, &refs, Duration::from_secs(10))
+    })
+    .await
+    .expect("metadata probe does not panic")?;
+    let producer = kafka::producer(&config.kafka.brokers, &config.kafka.properties)?;
+    let drain = Duration::from_secs(config.service.drain_timeout_s);
+    let failed = shutdown.child_token();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, model) in config.pipelines.iter().zip(states) {
+        let forest = PackedForest::from_model(&model).map_err(|source| PipelineError::Model {
+            pipeline: p.name.clone(),
+            source,
+        })?;
+        let spec = model.feature_spec.clone().unwrap_or_default();
+        let state = ScoringState {
+            features: FeaturePipeline::new(&spec, config.service.slot_capacity),
+            scorer: engine
+                .scorer(&forest)
+                .map_err(|source| PipelineError::Score {
+                    pipeline: p.name.clone(),
+                    source,
+                })?,
+            z_engine: engine.z_engine().map_err(|source| PipelineError::Score {
+                pipeline: p.name.clone(),
+                source,
+            })?,
+            forest,
+            model,
+        };
+        // One group per pipeline: a replica joining for one topic must not
+        // pause every other pipeline with a group-wide rebalance.
+        let consumer = kafka::consumer(
+            &config.kafka.brokers,
+            &format!("{}.{}", config.kafka.group_id, p.name),
+            config.kafka.session_timeout_ms,
+            &config.kafka.properties,
+        )?;
+        consumer
+            .subscribe(&[p.input_topic.as_str()])
+            .map_err(KafkaError::from)?;
+        let ctx = PipelineContext {
+            config: p.clone(),
+            producer: producer.clone(),
+            metrics: registry.pipeline(&p.name),
+            max_message_bytes: config.service.max_message_bytes,
+        };
+        tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model.name, version = state.model.version, backend = engine.name(), "pipeline starting");
+        let stop = failed.clone();
+        tasks.spawn(async move {
+            let result = run_pipeline(ctx, consumer, state, stop.clone(), drain).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("pipeline task does not panic") {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "pipeline stopped");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The consume → score → publish → commit loop of one pipeline.
+async fn run_pipeline(
+    ctx: PipelineContext,
+    consumer: StreamConsumer,
+    state: ScoringState,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), PipelineError> {
+    let mut state = Some(Box::new(state));
+    let max_wait = Duration::from_millis(ctx.config.batch_max_ms);
+    let lag_every = Duration::from_secs(5);
+    let mut last_lag = Instant::now();
+    // Next offset per partition whose output this process has already had
+    // acknowledged. After a rebalance the consumer resumes from the last
+    // commit, which may be behind: those records are done, and feeding them
+    // to the per-key state twice would corrupt gaps and rates.
+    let mut done: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    loop {
+        let mut batch: Vec<Record> = Vec::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let stopping = loop {
+            let wait = flush_at.map_or(Duration::from_millis(250), |at| {
+                at.saturating_duration_since(tokio::time::Instant::now())
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break true,
+                received = tokio::time::timeout(wait, consumer.recv()) => match received {
+                    Ok(Ok(m)) => {
+                        if done.get(&m.partition()).is_some_and(|&next| m.offset() < next) {
+                            continue;
+                        }
+                        batch.push(owned(&m));
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
+                        if batch.len() >= ctx.config.batch_max_records {
+                            break false;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(pipeline = %ctx.config.name, error = %e, "consumer error; retrying"),
+                    Err(_) if flush_at.is_some() => break false,
+                    Err(_) => {}
+                },
+            }
+        };
+        if !batch.is_empty() {
+            for r in &batch {
+                let next = done.entry(r.partition).or_insert(0);
+                *next = (*next).max(r.offset + 1);
+            }
+            let work = batch::process(&ctx, &consumer, &mut state, batch);
+            if stopping {
+                tokio::time::timeout(drain, work)
+                    .await
+                    .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
+            } else {
+                work.await?;
+            }
+        }
+        if last_lag.elapsed() >= lag_every {
+            last_lag = Instant::now();
+            update_lag(&consumer, &ctx.metrics);
+        }
+        if stopping {
+            break;
+        }
+    }
+    // Offsets were committed after every batch; a final synchronous commit
+    // makes sure the last one reached the broker before we exit.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(pipeline = %ctx.config.name, error = %e, "final commit: nothing new to commit");
+    }
+    tracing::info!(pipeline = %ctx.config.name, "pipeline drained and stopped");
+    Ok(())
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+/// Consumer lag: high watermark minus position, summed over assigned partitions.
+fn update_lag(consumer: &StreamConsumer, metrics: &PipelineMetrics) {
+    let Ok(position) = consumer.position() else {
+        return;
+    };
+    let mut lag = 0i64;
+    for tp in position.elements() {
+        let Ok((_, high)) =
+            consumer.fetch_watermarks(tp.topic(), tp.partition(), Duration::from_millis(500))
+        else {
+            continue;
+        };
+        if let rdkafka::Offset::Offset(pos) = tp.offset() {
+            lag += (high - pos).max(0);
+        }
+    }
+    metrics
+        .consumer_lag
+        .store(lag, std::sync::atomic::Ordering::Relaxed);
+}
