@@ -161,9 +161,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
     crate::service::cancel_on_signals(shutdown.clone());
+    let handles = Arc::new(crate::pipeline::Handles::default());
     let service = tokio::spawn(crate::service::run(
         config,
         registry.clone(),
+        handles,
         shutdown.clone(),
     ));
     let producing = {

@@ -217,7 +217,8 @@ fn main() -> anyhow::Result<()> {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 isoflow::service::cancel_on_signals(shutdown.clone());
                 let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
-                isoflow::service::run(config, registry, shutdown).await
+                let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
+                isoflow::service::run(config, registry, handles, shutdown).await
             })?;
         }
         Command::Gen {

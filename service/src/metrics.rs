@@ -74,6 +74,8 @@ pub struct PipelineMetrics {
     pub scored: AtomicU64,
     /// Alerts published.
     pub alerts: AtomicU64,
+    /// Records the shadow model would have alerted on.
+    pub shadow_alerts: AtomicU64,
     /// DLQ messages by reason class.
     pub dlq: Mutex<BTreeMap<&'static str, u64>>,
     /// Batches completed.
@@ -96,6 +98,7 @@ impl Default for PipelineMetrics {
             records_in: AtomicU64::new(0),
             scored: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
+            shadow_alerts: AtomicU64::new(0),
             dlq: Mutex::new(BTreeMap::new()),
             batches: AtomicU64::new(0),
             batch_size: Histogram::new(SIZES),
@@ -158,7 +161,10 @@ impl Registry {
             "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
         );
         let pipelines = self.pipelines.lock().expect("metrics lock");
-        let counters: [(&str, &str, CounterOf); 5] = [
+        let counters: [(&str, &str, CounterOf); 6] = [
+            ("isoflow_shadow_alerts_total", "counter", |m| {
+                m.shadow_alerts.load(Relaxed)
+            }),
             ("isoflow_records_in_total", "counter", |m| {
                 m.records_in.load(Relaxed)
             }),

@@ -33,6 +33,7 @@ pub fn cancel_on_signals(token: CancellationToken) {
 pub async fn run(
     config: Config,
     registry: Arc<Registry>,
+    handles: Arc<pipeline::Handles>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let metrics_stop = shutdown.child_token();
@@ -52,7 +53,7 @@ pub async fn run(
             metrics_stop.clone(),
         ));
     }
-    let result = pipeline::run(config, registry, shutdown).await;
+    let result = pipeline::run(config, registry, handles, shutdown).await;
     metrics_stop.cancel();
     result
 }

@@ -1,6 +1,6 @@
 //! One batch: parse, score, publish, wait for acknowledgements, commit.
 
-use super::{PipelineContext, PipelineError, ScoringState};
+use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq::{self, Rejection};
 use crate::input::Columns;
@@ -19,12 +19,14 @@ struct ScoredBatch {
     matrix: Vec<f32>,
     z: Vec<f32>,
     alerts: Vec<bool>,
+    shadow_alerts: u64,
 }
 
 pub(super) async fn process(
     ctx: &PipelineContext,
     consumer: &StreamConsumer,
     state_slot: &mut Option<Box<ScoringState>>,
+    shadow_slot: &mut Option<Shadow>,
     batch: Vec<Record>,
 ) -> Result<(), PipelineError> {
     let started = Instant::now();
@@ -86,13 +88,15 @@ pub(super) async fn process(
 
     // Score on a blocking thread: the GPU readback or the CPU loop must not
     // stall the runtime.
-    let (state_back, scored) = tokio::task::spawn_blocking(move || {
-        let result = score(&mut state, &columns);
-        (state, result)
+    let mut shadow = shadow_slot.take();
+    let (state_back, shadow_back, scored) = tokio::task::spawn_blocking(move || {
+        let result = score(&mut state, shadow.as_mut(), &columns);
+        (state, shadow, result)
     })
     .await
     .expect("scoring does not panic");
     state = state_back;
+    *shadow_slot = shadow_back;
     let scored = match scored {
         Ok(s) => s,
         Err(source) => {
@@ -109,6 +113,7 @@ pub(super) async fn process(
     let nz = state.features.z_names().len();
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
+    let mut alert_texts = Vec::new();
     for (row, (i, record_json)) in accepted.iter().enumerate() {
         let record = &batch[*i];
         let source = Source {
@@ -135,6 +140,7 @@ pub(super) async fn process(
                 },
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
+            alert_texts.push(String::from_utf8(payload.clone()).expect("JSON is UTF-8"));
             deliveries.push((
                 ctx.config.alerts_topic.as_str(),
                 send(
@@ -225,7 +231,11 @@ pub(super) async fn process(
         tracing::warn!(pipeline = %name, error = %e, "offset commit failed");
     }
 
+    for text in alert_texts {
+        ctx.handle.publish_alert(text);
+    }
     let m = &ctx.metrics;
+    m.shadow_alerts.fetch_add(scored.shadow_alerts, Relaxed);
     m.scored.fetch_add(accepted.len() as u64, Relaxed);
     m.alerts.fetch_add(alert_count, Relaxed);
     m.batches.fetch_add(1, Relaxed);
@@ -246,6 +256,7 @@ pub(super) async fn process(
 
 fn score(
     state: &mut ScoringState,
+    shadow: Option<&mut Shadow>,
     columns: &Columns,
 ) -> Result<ScoredBatch, crate::score::ScoreError> {
     let features = state.features.compute(columns, state.z_engine.as_mut())?;
@@ -259,11 +270,30 @@ fn score(
         state.model.threshold,
         state.features.rules(),
     );
+    let mut shadow_alerts = 0;
+    if let Some(shadow) = shadow {
+        // A shadow model with another feature spec cannot reuse these
+        // features; it is counted as scoring nothing.
+        if shadow.model.feature_spec == state.model.feature_spec && features.rows > 0 {
+            let mut shadow_scores = vec![RowScore::default(); features.rows];
+            shadow.scorer.score(&features.matrix, &mut shadow_scores)?;
+            shadow_alerts = crate::decision::decide(
+                &shadow_scores,
+                &features.matrix,
+                shadow.model.threshold,
+                state.features.rules(),
+            )
+            .iter()
+            .filter(|&&a| a)
+            .count() as u64;
+        }
+    }
     Ok(ScoredBatch {
         scores,
         matrix: features.matrix,
         z: features.z,
         alerts,
+        shadow_alerts,
     })
 }
 

@@ -9,6 +9,9 @@
 //! at-least-once, with alert ids that are stable across replays.
 
 mod batch;
+mod control;
+
+pub use control::{Handles, PipelineHandle};
 
 use crate::config::{Config, PipelineConfig};
 use crate::features::FeaturePipeline;
@@ -78,8 +81,41 @@ pub(crate) struct ScoringState {
     pub(crate) z_engine: Box<dyn ZEngine>,
 }
 
+impl ScoringState {
+    /// Swaps in a new live model. Per-key feature state survives when the
+    /// feature spec is unchanged; otherwise it starts afresh.
+    fn swap_model(
+        &mut self,
+        model: pb::Model,
+        engine: &Engine,
+        slot_capacity: usize,
+    ) -> Result<(), ScoreError> {
+        let forest =
+            PackedForest::from_model(&model).map_err(|e| ScoreError::Features(e.to_string()))?;
+        self.scorer = engine.scorer(&forest)?;
+        if model.feature_spec != self.model.feature_spec {
+            let spec = model.feature_spec.clone().unwrap_or_default();
+            self.features = FeaturePipeline::new(&spec, slot_capacity);
+            self.z_engine = engine.z_engine()?;
+            tracing::warn!(model = %model.name, version = model.version, "feature spec changed: per-key state restarts");
+        }
+        self.forest = forest;
+        self.model = model;
+        Ok(())
+    }
+}
+
+/// A shadow model: scored on the live features, counted, never alerting.
+pub(crate) struct Shadow {
+    pub(crate) model: Arc<pb::Model>,
+    pub(crate) scorer: Box<dyn Scorer>,
+}
+
 /// Everything a pipeline task needs.
 pub(crate) struct PipelineContext {
+    pub(crate) handle: PipelineHandle,
+    pub(crate) engine: Engine,
+    pub(crate) slot_capacity: usize,
     pub(crate) config: PipelineConfig,
     pub(crate) producer: FutureProducer,
     pub(crate) metrics: Arc<PipelineMetrics>,
@@ -91,6 +127,7 @@ pub(crate) struct PipelineContext {
 pub async fn run(
     config: Config,
     registry: Arc<Registry>,
+    handles: Arc<Handles>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     config.validate()?;
@@ -169,10 +206,21 @@ pub async fn run(
         consumer
             .subscribe(&[p.input_topic.as_str()])
             .map_err(KafkaError::from)?;
+        let metrics = registry.pipeline(&p.name);
+        let handle = PipelineHandle::new(
+            &p.name,
+            &p.input_topic,
+            metrics.clone(),
+            state.model.clone(),
+        );
+        handles.add(handle.clone());
         let ctx = PipelineContext {
+            handle,
+            engine: engine.clone(),
+            slot_capacity: config.service.slot_capacity,
             config: p.clone(),
             producer: producer.clone(),
-            metrics: registry.pipeline(&p.name),
+            metrics,
             max_message_bytes: config.service.max_message_bytes,
         };
         tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model.name, version = state.model.version, backend = engine.name(), "pipeline starting");
@@ -210,6 +258,9 @@ async fn run_pipeline(
     drain: Duration,
 ) -> Result<(), PipelineError> {
     let mut state = Some(Box::new(state));
+    let mut live = ctx.handle.live_receiver();
+    let mut shadow_rx = ctx.handle.shadow_receiver();
+    let mut shadow: Option<Shadow> = None;
     let max_wait = Duration::from_millis(ctx.config.batch_max_ms);
     let lag_every = Duration::from_secs(5);
     let mut last_lag = Instant::now();
@@ -245,12 +296,47 @@ async fn run_pipeline(
                 },
             }
         };
+        // Model changes take effect here, between batches.
+        if live.has_changed().unwrap_or(false) {
+            let model = (*live.borrow_and_update().clone()).clone();
+            let s = state.as_mut().expect("state is home between batches");
+            let (name, version) = (model.name.clone(), model.version);
+            s.swap_model(model, &ctx.engine, ctx.slot_capacity)
+                .map_err(|source| PipelineError::Score {
+                    pipeline: ctx.config.name.clone(),
+                    source,
+                })?;
+            tracing::info!(pipeline = %ctx.config.name, model = %name, version, "live model activated");
+        }
+        if shadow_rx.has_changed().unwrap_or(false) {
+            let next = shadow_rx.borrow_and_update().clone();
+            shadow = match next {
+                Some(model) => {
+                    let forest = PackedForest::from_model(&model).map_err(|source| {
+                        PipelineError::Model {
+                            pipeline: ctx.config.name.clone(),
+                            source,
+                        }
+                    })?;
+                    let scorer =
+                        ctx.engine
+                            .scorer(&forest)
+                            .map_err(|source| PipelineError::Score {
+                                pipeline: ctx.config.name.clone(),
+                                source,
+                            })?;
+                    tracing::info!(pipeline = %ctx.config.name, model = %model.name, version = model.version, "shadow model set");
+                    Some(Shadow { model, scorer })
+                }
+                None => None,
+            };
+        }
         if !batch.is_empty() {
             for r in &batch {
                 let next = done.entry(r.partition).or_insert(0);
                 *next = (*next).max(r.offset + 1);
             }
-            let work = batch::process(&ctx, &consumer, &mut state, batch);
+            let work = batch::process(&ctx, &consumer, &mut state, &mut shadow, batch);
             if stopping {
                 tokio::time::timeout(drain, work)
                     .await

@@ -1,0 +1,125 @@
+//! Handles into running pipelines, for the gRPC API: swap the live model or
+//! set a shadow model (taking effect at the next batch boundary, per-key
+//! state kept when the feature spec is unchanged), and watch alerts.
+
+use super::PipelineError;
+use crate::forest::PackedForest;
+use crate::metrics::PipelineMetrics;
+use crate::model::pb;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+/// Alerts kept for slow watchers before they start missing some.
+const ALERT_BUFFER: usize = 4096;
+
+/// One running pipeline, as seen from outside.
+#[derive(Clone, Debug)]
+pub struct PipelineHandle {
+    /// Pipeline name from the configuration.
+    pub name: String,
+    /// Topic it consumes.
+    pub input_topic: String,
+    /// Its metrics.
+    pub metrics: Arc<PipelineMetrics>,
+    live: watch::Sender<Arc<pb::Model>>,
+    shadow: watch::Sender<Option<Arc<pb::Model>>>,
+    alerts: broadcast::Sender<Arc<String>>,
+}
+
+impl PipelineHandle {
+    pub(crate) fn new(
+        name: &str,
+        input_topic: &str,
+        metrics: Arc<PipelineMetrics>,
+        model: pb::Model,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            input_topic: input_topic.to_owned(),
+            metrics,
+            live: watch::channel(Arc::new(model)).0,
+            shadow: watch::channel(None).0,
+            alerts: broadcast::channel(ALERT_BUFFER).0,
+        }
+    }
+
+    /// The model scoring live traffic (after the next batch boundary, the
+    /// latest one activated).
+    pub fn live_model(&self) -> Arc<pb::Model> {
+        self.live.borrow().clone()
+    }
+
+    /// The shadow model, if any: scored on the same records, counted in
+    /// metrics, never alerting.
+    pub fn shadow_model(&self) -> Option<Arc<pb::Model>> {
+        self.shadow.borrow().clone()
+    }
+
+    /// Makes `model` the live model from the next batch on. Refused when it
+    /// is invalid.
+    pub fn activate(&self, model: pb::Model) -> Result<(), PipelineError> {
+        PackedForest::from_model(&model).map_err(|source| PipelineError::Model {
+            pipeline: self.name.clone(),
+            source,
+        })?;
+        self.live.send_replace(Arc::new(model));
+        Ok(())
+    }
+
+    /// Sets (or clears, with `None`) the shadow model from the next batch on.
+    pub fn set_shadow(&self, model: Option<pb::Model>) -> Result<(), PipelineError> {
+        if let Some(m) = &model {
+            PackedForest::from_model(m).map_err(|source| PipelineError::Model {
+                pipeline: self.name.clone(),
+                source,
+            })?;
+        }
+        self.shadow.send_replace(model.map(Arc::new));
+        Ok(())
+    }
+
+    /// Alerts published from now on, as their JSON text.
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<String>> {
+        self.alerts.subscribe()
+    }
+
+    pub(crate) fn publish_alert(&self, alert: String) {
+        // No watcher is fine: the alert already went to Kafka.
+        let _ = self.alerts.send(Arc::new(alert));
+    }
+
+    pub(crate) fn live_receiver(&self) -> watch::Receiver<Arc<pb::Model>> {
+        self.live.subscribe()
+    }
+
+    pub(crate) fn shadow_receiver(&self) -> watch::Receiver<Option<Arc<pb::Model>>> {
+        self.shadow.subscribe()
+    }
+}
+
+/// Every pipeline of the process, filled in as they start.
+#[derive(Debug, Default)]
+pub struct Handles {
+    list: Mutex<Vec<PipelineHandle>>,
+}
+
+impl Handles {
+    pub(crate) fn add(&self, handle: PipelineHandle) {
+        self.list.lock().expect("handles lock").push(handle);
+    }
+
+    /// All pipelines.
+    pub fn all(&self) -> Vec<PipelineHandle> {
+        self.list.lock().expect("handles lock").clone()
+    }
+
+    /// The pipeline called `name`.
+    pub fn get(&self, name: &str) -> Option<PipelineHandle> {
+        self.list
+            .lock()
+            .expect("handles lock")
+            .iter()
+            .find(|h| h.name == name)
+            .cloned()
+    }
+}
