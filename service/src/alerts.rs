@@ -54,31 +54,14 @@ pub fn build(
     s: &Scored,
 ) -> Value {
     let names = crate::model::feature_names(model);
-    let mut reasons = Vec::new();
-    if s.score as f64 >= model.threshold {
-        reasons.push(format!(
-            "forest score {:.4} >= threshold {:.4}",
-            s.score, model.threshold
-        ));
-    }
+    let reasons = reasons(model, pipeline, s.score, s.features);
     let mut z = serde_json::Map::new();
     for (name, &value) in pipeline.z_names().iter().zip(s.z) {
         z.insert(name.clone(), finite_or_string(value));
     }
-    for rule in pipeline.rules() {
-        let value = s.features[rule.column];
-        if value >= rule.limit {
-            reasons.push(format!("{} = {value:.2} >= {}", rule.name, rule.limit));
-        }
-    }
-    let shares = forest.attribution(s.features);
-    let mut order: Vec<usize> = (0..shares.len()).collect();
-    order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]));
-    let top: Vec<Value> = order
-        .iter()
-        .take(3)
-        .filter(|&&i| shares[i] > 0.0)
-        .map(|&i| json!({ "feature": names[i], "value": finite_or_string(s.features[i]), "share": round4(shares[i]) }))
+    let top: Vec<Value> = top_features(forest, s.features, 3)
+        .into_iter()
+        .map(|(i, share)| json!({ "feature": names[i], "value": finite_or_string(s.features[i]), "share": round4(share) }))
         .collect();
     json!({
         "alert_id": alert_id(&s.source, model),
@@ -94,6 +77,44 @@ pub fn build(
         "source": { "topic": s.source.topic, "partition": s.source.partition, "offset": s.source.offset },
         "record": s.record,
     })
+}
+
+/// Why a record alerts (or would): the forest threshold and every keyed
+/// rule it meets, as sentences.
+pub fn reasons(
+    model: &pb::Model,
+    pipeline: &FeaturePipeline,
+    score: f32,
+    features: &[f32],
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if score as f64 >= model.threshold {
+        reasons.push(format!(
+            "forest score {score:.4} >= threshold {:.4}",
+            model.threshold
+        ));
+    }
+    for rule in pipeline.rules() {
+        let value = features[rule.column];
+        if value >= rule.limit {
+            reasons.push(format!("{} = {value:.2} >= {}", rule.name, rule.limit));
+        }
+    }
+    reasons
+}
+
+/// The `n` features with the largest share of the record's isolation, as
+/// `(column, share)`, largest first; features with no share are left out.
+pub fn top_features(forest: &PackedForest, features: &[f32], n: usize) -> Vec<(usize, f32)> {
+    let shares = forest.attribution(features);
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]));
+    order
+        .into_iter()
+        .take(n)
+        .filter(|&i| shares[i] > 0.0)
+        .map(|i| (i, shares[i]))
+        .collect()
 }
 
 fn round4(x: f32) -> f64 {

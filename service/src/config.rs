@@ -10,6 +10,9 @@
 //! backend = "auto"
 //! metrics_listen = "127.0.0.1:9898"
 //!
+//! [grpc]
+//! listen = "127.0.0.1:50051"
+//!
 //! [[pipeline]]
 //! name = "fraud"
 //! input_topic = "transactions"
@@ -55,6 +58,9 @@ pub struct Config {
     /// Process-wide settings.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// The gRPC API and the model registry.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
     /// One entry per input topic to score.
     #[serde(rename = "pipeline")]
     pub pipelines: Vec<PipelineConfig>,
@@ -114,6 +120,57 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The gRPC API (model management, scoring, alert streams) and the model
+/// registry behind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address to serve gRPC on, e.g. `127.0.0.1:50051`; empty (the
+    /// default): no gRPC server and no model registry.
+    #[serde(default)]
+    pub listen: String,
+    /// Bearer token every RPC but health must carry (`authorization: Bearer
+    /// <token>`); empty: no authentication. Prefer `ISOFLOW_GRPC_TOKEN` to
+    /// writing it in the file.
+    #[serde(default)]
+    pub token: String,
+    /// PEM certificate chain for TLS; with `tls_key`, the server speaks TLS
+    /// only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Local cache of registry models (`<name>@<version>.isoflow`).
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+    /// Compacted Kafka topic holding the registry (the source of truth,
+    /// replayed from the start by every replica); empty: local registry only.
+    #[serde(default = "default_registry_topic")]
+    pub registry_topic: String,
+    /// Largest request accepted, in bytes; larger ones are RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Most records one `Score` call may carry.
+    #[serde(default = "default_max_score_records")]
+    pub max_score_records: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            token: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            models_dir: default_models_dir(),
+            registry_topic: default_registry_topic(),
+            max_request_bytes: default_max_request_bytes(),
+            max_score_records: default_max_score_records(),
+        }
+    }
+}
+
 /// One scored topic.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +213,18 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_drain_timeout_s() -> u64 {
     30
+}
+fn default_models_dir() -> PathBuf {
+    "isoflow-models".into()
+}
+fn default_registry_topic() -> String {
+    "isoflow.models".into()
+}
+fn default_max_request_bytes() -> usize {
+    64 << 20
+}
+fn default_max_score_records() -> usize {
+    100_000
 }
 fn default_batch_max_records() -> usize {
     4096
@@ -201,6 +270,14 @@ impl Config {
                 "service.backend '{}': expected auto, gpu or cpu",
                 self.service.backend
             ));
+        }
+        if self.grpc.tls_cert.is_some() != self.grpc.tls_key.is_some() {
+            return bad("grpc.tls_cert and grpc.tls_key must be set together".into());
+        }
+        if self.grpc.max_request_bytes < 1024 || self.grpc.max_score_records == 0 {
+            return bad(
+                "grpc.max_request_bytes must be >= 1024 and grpc.max_score_records > 0".into(),
+            );
         }
         if self.pipelines.is_empty() {
             return bad("no [[pipeline]] entries".into());

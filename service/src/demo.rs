@@ -71,6 +71,9 @@ pub enum DemoError {
     /// The service failed.
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    /// The service failed.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     /// Temporary files.
     #[error("demo: {0}")]
     Io(#[from] std::io::Error),
@@ -154,6 +157,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         service: ServiceConfig {
             backend: opts.backend.clone(),
             ..ServiceConfig::default()
+        },
+        // The demo shows the pipelines; no API server.
+        grpc: crate::config::GrpcConfig {
+            listen: String::new(),
+            ..Default::default()
         },
         pipelines,
     };

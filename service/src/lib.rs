@@ -17,9 +17,13 @@
 //! - [`pipeline`]: the streaming service — Kafka batches in, alerts/DLQ out,
 //!   offsets committed only after the broker acknowledged the output
 //!   ([`kafka`], [`alerts`], [`dlq`], [`metrics`], [`config`]).
+//! - [`api`]: the gRPC API (tonic; handlers stay thin) over the [`registry`]:
+//!   versioned models whose source of truth is a compacted Kafka topic
+//!   replayed by every replica; [`pb`] holds all generated code.
 //! - [`gen`]: labelled synthetic scenarios; [`demo`]: everything in one process.
 
 pub mod alerts;
+pub mod api;
 pub mod bench;
 pub mod commands;
 pub mod config;
@@ -35,6 +39,24 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod output;
+
+/// Generated protobuf types and gRPC stubs of `proto/isoflow/v1/`: the
+/// model file format and the API, in one module.
+pub mod pb {
+    #![allow(
+        missing_docs,
+        clippy::large_enum_variant,
+        clippy::doc_lazy_continuation
+    )]
+    tonic::include_proto!("isoflow.v1");
+
+    /// Encoded descriptors of every message and service, served by gRPC
+    /// reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("isoflow_descriptor");
+}
+
 pub mod pipeline;
+pub mod registry;
 pub mod score;
 pub mod service;

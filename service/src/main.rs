@@ -20,9 +20,20 @@ struct Cli {
 enum Command {
     /// Score every row of a CSV or JSON-lines file; writes `score,alert[,z_<name>...]`.
     Score {
-        /// Model file (from `isoflow-train fit`).
+        /// Model file (from `isoflow-train fit`); with --grpc, a registry
+        /// model `name` or `name@version`.
+        #[arg(long, required_unless_present = "pipeline")]
+        model: Option<PathBuf>,
+        /// Score through a running service's gRPC API at this address instead
+        /// of locally (JSON-lines input).
         #[arg(long)]
-        model: PathBuf,
+        grpc: Option<String>,
+        /// With --grpc: score with this pipeline's live model.
+        #[arg(long, requires = "grpc")]
+        pipeline: Option<String>,
+        /// With --grpc: bearer token.
+        #[arg(long, env = "ISOFLOW_GRPC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Input: CSV with a header, JSON lines (.jsonl), or `-` for stdin.
         #[arg(long)]
         input: String,
@@ -76,6 +87,12 @@ enum Command {
         /// Override service.metrics_listen (e.g. 127.0.0.1:9898).
         #[arg(long, env = "ISOFLOW_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// Override grpc.listen (empty: no gRPC API).
+        #[arg(long, env = "ISOFLOW_GRPC_LISTEN")]
+        grpc_listen: Option<String>,
+        /// Override grpc.token: bearer token every RPC but health must carry.
+        #[arg(long, env = "ISOFLOW_GRPC_TOKEN", hide_env_values = true)]
+        grpc_token: Option<String>,
     },
     /// Produce a labelled synthetic stream (to Kafka, or to a JSON-lines file).
     Gen {
@@ -127,7 +144,7 @@ enum Command {
         #[arg(long, default_value = "auto")]
         backend: String,
     },
-    /// Model file operations.
+    /// Model file operations, and the registry of a running service.
     Model {
         #[command(subcommand)]
         command: ModelCommand,
@@ -141,6 +158,66 @@ enum ModelCommand {
         /// Model file.
         model: PathBuf,
     },
+    /// Upload a model file to the registry; prints `name@version`.
+    Put {
+        /// Model file.
+        file: PathBuf,
+        /// Register under this name instead of the model's own.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List registry models: `name@version trees features used-by`.
+    List {
+        /// Only this name.
+        #[arg(default_value = "")]
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a registry model's metadata as JSON.
+    Get {
+        /// `name` (latest) or `name@version`.
+        model: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make a model the live (or shadow) model of a pipeline.
+    Activate {
+        /// `name` (latest) or `name@version`; omit with --clear-shadow.
+        #[arg(required_unless_present = "clear_shadow")]
+        model: Option<String>,
+        /// Pipeline name.
+        #[arg(long)]
+        pipeline: String,
+        /// Shadow instead of live.
+        #[arg(long)]
+        shadow: bool,
+        /// Remove the pipeline's shadow model.
+        #[arg(long, conflicts_with = "shadow")]
+        clear_shadow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a model version (refused while a pipeline uses it).
+    Delete {
+        /// `name@version`.
+        model: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the service's gRPC API is.
+#[derive(clap::Args)]
+struct Remote {
+    /// gRPC address of `isoflow run`.
+    #[arg(long, env = "ISOFLOW_GRPC", default_value = "127.0.0.1:50051")]
+    grpc: String,
+    /// Bearer token.
+    #[arg(long, env = "ISOFLOW_GRPC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -173,10 +250,32 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Score {
             model,
+            grpc: Some(address),
+            pipeline,
+            token,
+            input,
+            output,
+            ..
+        } => {
+            let model = model.map(|m| m.display().to_string()).unwrap_or_default();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(remote::score(
+                &address,
+                token.as_deref(),
+                &model,
+                pipeline.as_deref().unwrap_or_default(),
+                &input,
+                &output,
+            ))?;
+        }
+        Command::Score {
+            model,
             input,
             output,
             backend,
+            ..
         } => {
+            let model = model.context("--model is required without --grpc")?;
             let summary = commands::score_file(&ScoreOptions {
                 model,
                 input,
@@ -197,6 +296,8 @@ fn main() -> anyhow::Result<()> {
             group,
             backend,
             metrics_listen,
+            grpc_listen,
+            grpc_token,
         } => {
             let mut config = isoflow::config::Config::read(&config)?;
             if let Some(b) = brokers {
@@ -210,6 +311,12 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(m) = metrics_listen {
                 config.service.metrics_listen = m;
+            }
+            if let Some(l) = grpc_listen {
+                config.grpc.listen = l;
+            }
+            if let Some(t) = grpc_token {
+                config.grpc.token = t;
             }
             config.validate()?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -312,9 +419,15 @@ fn main() -> anyhow::Result<()> {
         } => {
             println!("{}", commands::inspect(&model)?);
         }
+        Command::Model { command } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(remote::model(command))?;
+        }
     }
     Ok(())
 }
+
+mod remote;
 
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

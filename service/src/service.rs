@@ -1,5 +1,6 @@
 //! Process-level wiring of `isoflow run`: metrics endpoint, signal-driven
-//! shutdown, and the pipelines.
+//! shutdown, the pipelines, and — once they have started — the model
+//! registry and the gRPC API.
 
 use crate::config::Config;
 use crate::metrics::{self, Registry};
@@ -28,23 +29,39 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-/// Runs the service until `shutdown` (or a pipeline failure): serves
-/// `/metrics` when configured, then runs every pipeline.
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A pipeline failed (or could not start).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The model registry could not open or replay its topic.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// The gRPC server could not start or failed.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+}
+
+/// Runs the service until `shutdown` (or a failure): serves `/metrics` when
+/// configured, runs every pipeline, and, when `grpc.listen` is set, opens the
+/// model registry (replaying its topic, which may re-activate models) and
+/// serves the gRPC API once the pipelines have started.
 pub async fn run(
     config: Config,
     registry: Arc<Registry>,
     handles: Arc<pipeline::Handles>,
     shutdown: CancellationToken,
-) -> Result<(), PipelineError> {
+) -> Result<(), ServiceError> {
     let metrics_stop = shutdown.child_token();
     if !config.service.metrics_listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.service.metrics_listen)
             .await
             .map_err(|e| {
-                crate::config::ConfigError::Invalid(format!(
+                PipelineError::from(crate::config::ConfigError::Invalid(format!(
                     "service.metrics_listen {}: cannot listen: {e}",
                     config.service.metrics_listen
-                ))
+                )))
             })?;
         tracing::info!(address = %config.service.metrics_listen, "serving /metrics");
         tokio::spawn(metrics::serve(
@@ -53,7 +70,56 @@ pub async fn run(
             metrics_stop.clone(),
         ));
     }
-    let result = pipeline::run(config, registry, handles, shutdown).await;
+    let grpc = config.grpc.clone();
+    let brokers = config.kafka.brokers.clone();
+    let pipelines = config.pipelines.len();
+    let stop = shutdown.child_token();
+    let running = pipeline::run(config, registry, handles.clone(), stop.clone());
+    let pipelines_done = async {
+        let result = running.await;
+        // Pipelines gone (done or failed): the API has nothing left to serve.
+        stop.cancel();
+        result
+    };
+    let api = async {
+        if grpc.listen.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = handles.wait_started(pipelines) => {}
+        }
+        let result = serve_api(&grpc, &brokers, handles.clone(), stop.clone()).await;
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let (pipelines_result, api_result) = tokio::join!(pipelines_done, api);
     metrics_stop.cancel();
-    result
+    pipelines_result?;
+    api_result
+}
+
+/// Opens the registry, replays it, and serves gRPC until `stop`.
+async fn serve_api(
+    grpc: &crate::config::GrpcConfig,
+    brokers: &str,
+    handles: Arc<pipeline::Handles>,
+    stop: CancellationToken,
+) -> Result<(), ServiceError> {
+    let models = crate::registry::ModelRegistry::open(
+        grpc.models_dir.clone(),
+        brokers,
+        &grpc.registry_topic,
+        handles.clone(),
+    )
+    .await?;
+    for h in handles.all() {
+        models.seed(&h.live_model());
+    }
+    models.follow(stop.clone()).await?;
+    let engine = handles.engine().unwrap_or(crate::score::Engine::Cpu);
+    crate::api::serve(grpc, models, engine, stop).await?;
+    Ok(())
 }

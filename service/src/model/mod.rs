@@ -12,10 +12,8 @@ pub use validate::{validate, validate_spec, ModelError, MAX_TREE_DEPTH};
 use prost::Message;
 use std::path::Path;
 
-/// Generated protobuf types of `proto/isoflow/v1/model.proto`.
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/isoflow.v1.rs"));
-}
+/// Generated protobuf types (one module for the model file and the API).
+pub use crate::pb;
 
 pub use pb::Model;
 

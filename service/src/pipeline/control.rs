@@ -6,6 +6,7 @@ use super::PipelineError;
 use crate::forest::PackedForest;
 use crate::metrics::PipelineMetrics;
 use crate::model::pb;
+use crate::score::Engine;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
@@ -97,13 +98,51 @@ impl PipelineHandle {
     }
 }
 
-/// Every pipeline of the process, filled in as they start.
-#[derive(Debug, Default)]
+/// Every pipeline of the process, filled in as they start, and the scoring
+/// engine they share.
+#[derive(Default)]
 pub struct Handles {
     list: Mutex<Vec<PipelineHandle>>,
+    engine: std::sync::OnceLock<Engine>,
+    started: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles")
+            .field("list", &self.list)
+            .field("engine", &self.engine.get().map(Engine::name))
+            .finish()
+    }
 }
 
 impl Handles {
+    pub(crate) fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine the pipelines score on (set once the backend is chosen).
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine.get().cloned()
+    }
+
+    pub(crate) fn mark_started(&self) {
+        self.started.notify_waiters();
+        self.started.notify_one();
+    }
+
+    /// Waits until every configured pipeline has its handle (returns at once
+    /// if that already happened).
+    pub async fn wait_started(&self, pipelines: usize) {
+        loop {
+            let notified = self.started.notified();
+            if self.all().len() >= pipelines && self.engine.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub(crate) fn add(&self, handle: PipelineHandle) {
         self.list.lock().expect("handles lock").push(handle);
     }

@@ -152,6 +152,7 @@ pub async fn run(
             source,
         })?;
     *registry.backend.lock().expect("metrics lock") = engine.name().to_owned();
+    handles.set_engine(engine.clone());
     let mut topics: Vec<String> = Vec::new();
     for p in &config.pipelines {
         topics.extend([
@@ -233,6 +234,7 @@ pub async fn run(
             result
         });
     }
+    handles.mark_started();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined.expect("pipeline task does not panic") {

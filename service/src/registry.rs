@@ -1,0 +1,760 @@
+//! The model registry: named, versioned models and which version each
+//! pipeline scores with.
+//!
+//! The source of truth is a compacted Kafka topic (like a schema registry);
+//! a local models directory caches it. Every change is one message:
+//!
+//! | key                          | value                            |
+//! |------------------------------|----------------------------------|
+//! | `model/<name>@<version>`     | the encoded `Model`; tombstone = deleted |
+//! | `activation/<pipeline>/live` | `name@version`                   |
+//! | `activation/<pipeline>/shadow` | `name@version`; tombstone = no shadow |
+//!
+//! so compaction keeps exactly the current state. Every replica reads the
+//! topic from the beginning (partition assignment, no consumer group) and
+//! applies each event to its cache and to the pipelines it runs; a restarted
+//! process recovers the registry by replaying it. A replica that serves a
+//! change publishes it, waits for the broker's acknowledgement, and applies
+//! it at once; applying the echo from the topic again is a no-op.
+//!
+//! Versions are assigned by the replica receiving the put: one more than the
+//! highest version of that name it knows. Two replicas taking puts of the
+//! same name at the same instant can assign the same version; the later
+//! message in the topic wins on every replica (they still converge), and the
+//! earlier caller's version then names the other model. Route puts of one
+//! name through one replica if that matters.
+//!
+//! The models that pipelines load from the configuration at start-up are
+//! known locally (not published), so a put of the same name gets the next
+//! version after them.
+
+use crate::kafka::{self, KafkaError};
+use crate::model::{self, pb, ModelError};
+use crate::pipeline::{Handles, PipelineHandle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The model failed validation or could not be decoded.
+    #[error("model refused: {0}")]
+    Invalid(#[from] ModelError),
+    /// The request names something malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such model version.
+    #[error("model {0} not found; ListModels shows what the registry holds")]
+    ModelNotFound(String),
+    /// This process runs no such pipeline.
+    #[error("pipeline '{0}' not found; GetStatus lists the pipelines")]
+    PipelineNotFound(String),
+    /// The model is in use and cannot be deleted.
+    #[error("model {model} is the {mode} model of pipeline '{pipeline}'; activate another version first")]
+    InUse {
+        /// `name@version`.
+        model: String,
+        /// Pipeline using it.
+        pipeline: String,
+        /// "live" or "shadow".
+        mode: &'static str,
+    },
+    /// The registry topic did not accept the change; nothing was applied.
+    #[error("registry topic {topic}: {message}; nothing changed, retry")]
+    Publish {
+        /// Registry topic.
+        topic: String,
+        /// Client message.
+        message: String,
+    },
+    /// The models directory could not be written.
+    #[error("models directory {path}: {source}")]
+    Io {
+        /// File or folder.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// Kafka set-up failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The pipeline refused the model.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+}
+
+/// Where a model is activated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Scores and alerts.
+    Live,
+    /// Scores, counts, never alerts.
+    Shadow,
+}
+
+impl Mode {
+    /// "live" or "shadow".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// One change to the registry, as carried by the topic.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A model version stored.
+    Put(Arc<pb::Model>),
+    /// A model version removed.
+    Delete {
+        /// Model name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// A pipeline's live or shadow model set (`None`: shadow cleared).
+    Activate {
+        /// Pipeline name.
+        pipeline: String,
+        /// Live or shadow.
+        mode: Mode,
+        /// `(name, version)`.
+        target: Option<(String, u32)>,
+    },
+}
+
+impl Event {
+    /// The message key and value (None: tombstone) of this event.
+    pub fn encode(&self) -> (String, Option<Vec<u8>>) {
+        use prost::Message as _;
+        match self {
+            Event::Put(m) => (
+                format!("model/{}@{}", m.name, m.version),
+                Some(m.encode_to_vec()),
+            ),
+            Event::Delete { name, version } => (format!("model/{name}@{version}"), None),
+            Event::Activate {
+                pipeline,
+                mode,
+                target,
+            } => (
+                format!("activation/{pipeline}/{}", mode.as_str()),
+                target
+                    .as_ref()
+                    .map(|(n, v)| format!("{n}@{v}").into_bytes()),
+            ),
+        }
+    }
+
+    /// Parses a registry topic message; `Err` names what is wrong with it.
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Event, String> {
+        let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_owned())?;
+        if let Some(id) = key.strip_prefix("model/") {
+            let (name, version) = parse_id(id).map_err(|e| format!("key {key}: {e}"))?;
+            return match value {
+                None => Ok(Event::Delete {
+                    name,
+                    version: version.unwrap_or(0),
+                }),
+                Some(bytes) => {
+                    let m = model::decode(bytes).map_err(|e| format!("key {key}: {e}"))?;
+                    Ok(Event::Put(Arc::new(m)))
+                }
+            };
+        }
+        if let Some(rest) = key.strip_prefix("activation/") {
+            let (pipeline, mode) = rest
+                .rsplit_once('/')
+                .ok_or_else(|| format!("key {key}: expected activation/<pipeline>/<mode>"))?;
+            let mode = match mode {
+                "live" => Mode::Live,
+                "shadow" => Mode::Shadow,
+                other => return Err(format!("key {key}: unknown mode {other}")),
+            };
+            let target = match value {
+                None => None,
+                Some(v) => {
+                    let text = std::str::from_utf8(v).map_err(|_| "value is not UTF-8")?;
+                    match parse_id(text)? {
+                        (name, Some(version)) => Some((name, version)),
+                        _ => return Err(format!("key {key}: value {text} has no version")),
+                    }
+                }
+            };
+            return Ok(Event::Activate {
+                pipeline: pipeline.to_owned(),
+                mode,
+                target,
+            });
+        }
+        Err(format!("unknown key {key}"))
+    }
+}
+
+/// Splits `name` or `name@version`.
+pub fn parse_id(id: &str) -> Result<(String, Option<u32>), String> {
+    match id.rsplit_once('@') {
+        None => Ok((id.to_owned(), None)),
+        Some((name, v)) => {
+            let version = v
+                .parse()
+                .map_err(|_| format!("'{id}': version '{v}' is not a number"))?;
+            Ok((name.to_owned(), Some(version)))
+        }
+    }
+}
+
+/// Checks a model name: non-empty, letters, digits, `_`, `-`, `.`.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::BadRequest(format!(
+            "model name '{name}': use 1 to 128 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+/// `name@version`.
+pub fn model_id(model: &pb::Model) -> String {
+    format!("{}@{}", model.name, model.version)
+}
+
+/// Where models are published and how fast replicas follow.
+struct Topic {
+    name: String,
+    brokers: String,
+    producer: FutureProducer,
+}
+
+/// The registry of one process. Cheap to share (`Arc`); reads take a read
+/// lock on an in-memory map.
+pub struct ModelRegistry {
+    dir: PathBuf,
+    models: RwLock<BTreeMap<(String, u32), Arc<pb::Model>>>,
+    topic: Option<Topic>,
+    handles: Arc<Handles>,
+    /// Serialises version assignment within this process.
+    put_lock: tokio::sync::Mutex<()>,
+}
+
+impl ModelRegistry {
+    /// Opens the registry: creates `dir` and loads the models cached there,
+    /// and, with a `topic`, creates it (compacted) when missing. Nothing is
+    /// replayed until [`Self::follow`].
+    pub async fn open(
+        dir: PathBuf,
+        brokers: &str,
+        topic: &str,
+        handles: Arc<Handles>,
+    ) -> Result<Arc<Self>, RegistryError> {
+        let io = |path: &std::path::Path, source| RegistryError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let mut models = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let path = entry.map_err(|e| io(&dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "isoflow") {
+                match model::load(&path) {
+                    Ok(m) => {
+                        models.insert((m.name.clone(), m.version), Arc::new(m));
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping unreadable cached model")
+                    }
+                }
+            }
+        }
+        let topic = if topic.is_empty() {
+            None
+        } else {
+            create_compacted(brokers, topic).await?;
+            Some(Topic {
+                name: topic.to_owned(),
+                brokers: brokers.to_owned(),
+                producer: kafka::producer(brokers, &BTreeMap::new())?,
+            })
+        };
+        tracing::info!(dir = %dir.display(), cached = models.len(), topic = topic.as_ref().map_or("", |t| t.name.as_str()), "model registry open");
+        Ok(Arc::new(Self {
+            dir,
+            models: RwLock::new(models),
+            topic,
+            handles,
+            put_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The registry topic ("" when local only).
+    pub fn topic(&self) -> &str {
+        self.topic.as_ref().map_or("", |t| t.name.as_str())
+    }
+
+    /// The pipelines of this process.
+    pub fn handles(&self) -> &Arc<Handles> {
+        &self.handles
+    }
+
+    /// Makes a model known locally without publishing it (the models the
+    /// configuration loads), unless that version is already known.
+    pub fn seed(&self, model: &pb::Model) {
+        let mut models = self.models.write().expect("registry lock");
+        models
+            .entry((model.name.clone(), model.version))
+            .or_insert_with(|| Arc::new(model.clone()));
+    }
+
+    /// Every model (only `name`'s when non-empty), by name then version.
+    pub fn list(&self, name: &str) -> Vec<Arc<pb::Model>> {
+        let models = self.models.read().expect("registry lock");
+        models
+            .iter()
+            .filter(|((n, _), _)| name.is_empty() || n == name)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Model `name` at `version` (0 or `None`: the latest).
+    pub fn get(&self, name: &str, version: Option<u32>) -> Result<Arc<pb::Model>, RegistryError> {
+        let models = self.models.read().expect("registry lock");
+        let found = match version.filter(|&v| v != 0) {
+            Some(v) => models.get(&(name.to_owned(), v)).cloned(),
+            None => models
+                .range((name.to_owned(), 0)..=(name.to_owned(), u32::MAX))
+                .next_back()
+                .map(|(_, m)| m.clone()),
+        };
+        found.ok_or_else(|| {
+            RegistryError::ModelNotFound(match version.filter(|&v| v != 0) {
+                Some(v) => format!("{name}@{v}"),
+                None => format!("'{name}' (any version)"),
+            })
+        })
+    }
+
+    /// Where `name@version` is in use in this process.
+    pub fn usage(&self, name: &str, version: u32) -> Vec<(String, Mode)> {
+        let mut out = Vec::new();
+        for h in self.handles.all() {
+            let live = h.live_model();
+            if live.name == name && live.version == version {
+                out.push((h.name.clone(), Mode::Live));
+            }
+            if let Some(s) = h.shadow_model() {
+                if s.name == name && s.version == version {
+                    out.push((h.name.clone(), Mode::Shadow));
+                }
+            }
+        }
+        out
+    }
+
+    /// Validates `model`, stores it as the next version of its name (or of
+    /// `rename` when non-empty) and publishes it. Returns the stored model.
+    pub async fn put(
+        &self,
+        mut model: pb::Model,
+        rename: &str,
+    ) -> Result<Arc<pb::Model>, RegistryError> {
+        if !rename.is_empty() {
+            model.name = rename.to_owned();
+        }
+        check_name(&model.name)?;
+        model::validate(&model)?;
+        let _guard = self.put_lock.lock().await;
+        let latest = self.get(&model.name, None).map_or(0, |m| m.version);
+        model.version = latest + 1;
+        if model.created_at_unix_ms == 0 {
+            model.created_at_unix_ms = now_ms();
+        }
+        let model = Arc::new(model);
+        let event = Event::Put(model.clone());
+        self.publish(&event).await?;
+        self.apply(event)?;
+        Ok(model)
+    }
+
+    /// Makes `name@version` (0: latest) the `mode` model of `pipeline`, from
+    /// its next batch. Returns the model and the `name@version` it replaced.
+    pub async fn activate(
+        &self,
+        pipeline: &str,
+        mode: Mode,
+        name: &str,
+        version: u32,
+    ) -> Result<(Arc<pb::Model>, Option<String>), RegistryError> {
+        let handle = self.pipeline(pipeline)?;
+        let model = self.get(name, Some(version))?;
+        let previous = match mode {
+            Mode::Live => Some(model_id(&handle.live_model())),
+            Mode::Shadow => handle.shadow_model().map(|m| model_id(&m)),
+        };
+        let event = Event::Activate {
+            pipeline: pipeline.to_owned(),
+            mode,
+            target: Some((model.name.clone(), model.version)),
+        };
+        self.publish(&event).await?;
+        self.apply(event)?;
+        Ok((model, previous))
+    }
+
+    /// Removes `pipeline`'s shadow model; returns the one removed.
+    pub async fn clear_shadow(&self, pipeline: &str) -> Result<Option<String>, RegistryError> {
+        let handle = self.pipeline(pipeline)?;
+        let previous = handle.shadow_model().map(|m| model_id(&m));
+        let event = Event::Activate {
+            pipeline: pipeline.to_owned(),
+            mode: Mode::Shadow,
+            target: None,
+        };
+        self.publish(&event).await?;
+        self.apply(event)?;
+        Ok(previous)
+    }
+
+    /// Deletes `name@version`; refused while a pipeline of this process uses it.
+    pub async fn delete(&self, name: &str, version: u32) -> Result<(), RegistryError> {
+        if version == 0 {
+            return Err(RegistryError::BadRequest(
+                "DeleteModel needs an explicit version (> 0)".into(),
+            ));
+        }
+        self.get(name, Some(version))?;
+        if let Some((pipeline, mode)) = self.usage(name, version).into_iter().next() {
+            return Err(RegistryError::InUse {
+                model: format!("{name}@{version}"),
+                pipeline,
+                mode: mode.as_str(),
+            });
+        }
+        let event = Event::Delete {
+            name: name.to_owned(),
+            version,
+        };
+        self.publish(&event).await?;
+        self.apply(event)
+    }
+
+    fn pipeline(&self, name: &str) -> Result<PipelineHandle, RegistryError> {
+        self.handles
+            .get(name)
+            .ok_or_else(|| RegistryError::PipelineNotFound(name.to_owned()))
+    }
+
+    async fn publish(&self, event: &Event) -> Result<(), RegistryError> {
+        let Some(topic) = &self.topic else {
+            return Ok(());
+        };
+        let (key, value) = event.encode();
+        let mut record: FutureRecord<'_, String, Vec<u8>> = FutureRecord::to(&topic.name).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        topic
+            .producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| RegistryError::Publish {
+                topic: topic.name.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Applies one event to the cache and to this process's pipelines.
+    /// Idempotent: an event already reflected changes nothing.
+    pub fn apply(&self, event: Event) -> Result<(), RegistryError> {
+        match event {
+            Event::Put(model) => {
+                let path = self.path_of(&model.name, model.version);
+                model::save(&model, &path)?;
+                let mut models = self.models.write().expect("registry lock");
+                models.insert((model.name.clone(), model.version), model);
+            }
+            Event::Delete { name, version } => {
+                let path = self.path_of(&name, version);
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(|source| RegistryError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
+                self.models
+                    .write()
+                    .expect("registry lock")
+                    .remove(&(name, version));
+            }
+            Event::Activate {
+                pipeline,
+                mode,
+                target,
+            } => {
+                // Pipelines this process does not run are some other
+                // replica's business.
+                let Some(handle) = self.handles.get(&pipeline) else {
+                    return Ok(());
+                };
+                let model = match &target {
+                    Some((name, version)) => Some(self.get(name, Some(*version))?),
+                    None => None,
+                };
+                match (mode, model) {
+                    (Mode::Live, Some(m)) => {
+                        let live = handle.live_model();
+                        if live.name != m.name || live.version != m.version {
+                            handle.activate((*m).clone())?;
+                            tracing::info!(pipeline, model = %model_id(&m), "live model activation applied");
+                        }
+                    }
+                    (Mode::Live, None) => {}
+                    (Mode::Shadow, next) => {
+                        let current = handle.shadow_model().map(|s| model_id(&s));
+                        if current != next.as_ref().map(|m| model_id(m)) {
+                            handle.set_shadow(next.map(|m| (*m).clone()))?;
+                            tracing::info!(pipeline, model = ?target, "shadow model change applied");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, name: &str, version: u32) -> PathBuf {
+        self.dir.join(format!("{name}@{version}.isoflow"))
+    }
+
+    /// Replays the registry topic up to its current end (so a restarted
+    /// process has recovered every model and activation when this returns),
+    /// then keeps applying new events on a background thread until
+    /// `shutdown`. Without a topic, returns at once.
+    pub async fn follow(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RegistryError> {
+        let Some(topic) = &self.topic else {
+            return Ok(());
+        };
+        let (brokers, name) = (topic.brokers.clone(), topic.name.clone());
+        let registry = self.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("isoflow-registry".into())
+            .spawn(move || registry.follow_blocking(&brokers, &name, shutdown, ready_tx))
+            .map_err(|source| RegistryError::Io {
+                path: "registry follower thread".into(),
+                source,
+            })?;
+        ready_rx.await.unwrap_or_else(|_| {
+            Err(RegistryError::BadRequest(
+                "registry follower stopped during replay".into(),
+            ))
+        })
+    }
+
+    fn follow_blocking(
+        &self,
+        brokers: &str,
+        topic: &str,
+        shutdown: CancellationToken,
+        ready: tokio::sync::oneshot::Sender<Result<(), RegistryError>>,
+    ) {
+        let consumer = match self.assign_from_start(brokers, topic) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        // Replay: read until every partition reaches the end it had at start.
+        let mut ends = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .filter_map(|p| {
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .ok()
+                        .filter(|(low, high)| high > low)
+                        .map(|(_, high)| (p, high))
+                })
+                .collect::<BTreeMap<i32, i64>>(),
+            Err(e) => {
+                let _ = ready.send(Err(KafkaError::from(e).into()));
+                return;
+            }
+        };
+        let mut ready = Some(ready);
+        let mut replayed = 0usize;
+        while !shutdown.is_cancelled() {
+            if ends.is_empty() {
+                if let Some(r) = ready.take() {
+                    tracing::info!(
+                        topic,
+                        events = replayed,
+                        models = self.list("").len(),
+                        "registry replayed"
+                    );
+                    let _ = r.send(Ok(()));
+                }
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if let Some(&end) = ends.get(&m.partition()) {
+                        if m.offset() + 1 >= end {
+                            ends.remove(&m.partition());
+                        }
+                    }
+                    replayed += 1;
+                    let event = Event::decode(m.key().unwrap_or_default(), m.payload());
+                    match event
+                        .map_err(RegistryError::BadRequest)
+                        .and_then(|e| self.apply(e))
+                    {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(topic, offset = m.offset(), error = %e, "registry event not applied")
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(topic, error = %e, "registry consumer error; retrying")
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn assign_from_start(&self, brokers: &str, topic: &str) -> Result<BaseConsumer, RegistryError> {
+        let mut c = kafka::client_config(brokers, &BTreeMap::new());
+        c.set(
+            "group.id",
+            format!("isoflow-registry-{}-{}", std::process::id(), now_ms()),
+        )
+        .set("enable.auto.commit", "false")
+        // Replicas must see a change within a second.
+        .set("fetch.wait.max.ms", "50");
+        let consumer: BaseConsumer = c.create().map_err(KafkaError::from)?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(KafkaError::from)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                    .map_err(KafkaError::from)?;
+            }
+        }
+        consumer.assign(&tpl).map_err(KafkaError::from)?;
+        Ok(consumer)
+    }
+}
+
+/// Creates the registry topic with one partition (one total order of
+/// changes) and `cleanup.policy=compact`; falls back to a plain topic when
+/// the broker refuses the setting.
+async fn create_compacted(brokers: &str, topic: &str) -> Result<(), RegistryError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(brokers, &BTreeMap::new())
+        .create()
+        .map_err(KafkaError::from)?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for compact in [true, false] {
+        let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        if compact {
+            new = new.set("cleanup.policy", "compact");
+        }
+        let results = admin
+            .create_topics(&[new], &opts)
+            .await
+            .map_err(KafkaError::from)?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => return Ok(()),
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((_, code))) if compact => {
+                tracing::warn!(topic, error = %code, "broker refused a compacted registry topic; creating a plain one");
+            }
+            Some(Err((_, code))) => {
+                return Err(KafkaError::Client(rdkafka::error::KafkaError::AdminOp(code)).into())
+            }
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_key_and_value() {
+        let m = pb::Model {
+            name: "fraud".into(),
+            version: 3,
+            ..Default::default()
+        };
+        let (key, value) = Event::Put(Arc::new(m)).encode();
+        assert_eq!(key, "model/fraud@3");
+        assert!(value.is_some());
+        let (key, value) = Event::Delete {
+            name: "fraud".into(),
+            version: 3,
+        }
+        .encode();
+        assert!(matches!(
+            Event::decode(key.as_bytes(), value.as_deref()),
+            Ok(Event::Delete { version: 3, .. })
+        ));
+        let (key, value) = Event::Activate {
+            pipeline: "p1".into(),
+            mode: Mode::Shadow,
+            target: Some(("fraud".into(), 2)),
+        }
+        .encode();
+        assert_eq!(key, "activation/p1/shadow");
+        match Event::decode(key.as_bytes(), value.as_deref()).unwrap() {
+            Event::Activate {
+                pipeline,
+                mode: Mode::Shadow,
+                target: Some((n, 2)),
+            } => assert_eq!((pipeline.as_str(), n.as_str()), ("p1", "fraud")),
+            other => panic!("{other:?}"),
+        }
+        assert!(Event::decode(b"other/x", None).is_err());
+    }
+
+    #[test]
+    fn names_and_ids_are_checked() {
+        assert!(check_name("fraud-v2.1").is_ok());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("").is_err());
+        assert_eq!(parse_id("fraud@7").unwrap(), ("fraud".into(), Some(7)));
+        assert_eq!(parse_id("fraud").unwrap(), ("fraud".into(), None));
+        assert!(parse_id("fraud@x").is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! End to end: the gRPC API of two `isoflow run` replicas on a real tansu
+//! broker, driven by a tonic client generated from `proto/`.
+//!
+//! One test walks the whole story so the broker and the services start once:
+//! health and reflection, auth refusals, put (replicated to the other replica
+//! within a second), activate (alerts then carry the new version, also on the
+//! other replica), WatchAlerts, shadow in GetStatus, delete refused while
+//! active, Score by model and by pipeline, oversize requests refused.
+
+mod util;
+
+use isoflow::pb;
+use isoflow::pb::model_service_client::ModelServiceClient;
+use isoflow::pb::scoring_service_client::ScoringServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TOKEN: &str = "test-token-1234";
+
+/// A tansu broker on a free port, killed on drop.
+struct Tansu {
+    child: Child,
+    brokers: String,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let path = std::env::var_os("ISOFLOW_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/bin/tansu"));
+        assert!(
+            path.exists(),
+            "tansu not found at {}: set ISOFLOW_TANSU or run ./scripts/test.sh, which installs it",
+            path.display()
+        );
+        let port = util::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(path)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `isoflow run` process, stopped on drop.
+struct Replica {
+    child: Child,
+    address: String,
+}
+
+impl Replica {
+    fn start(dir: &Path, name: &str, brokers: &str) -> Replica {
+        let port = util::free_port();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"[kafka]
+brokers = "{brokers}"
+group_id = "grpc-{name}"
+
+[service]
+backend = "cpu"
+
+[grpc]
+listen = "127.0.0.1:{port}"
+models_dir = "{}"
+registry_topic = "isoflow.models"
+max_request_bytes = 1048576
+
+[[pipeline]]
+name = "fraud"
+input_topic = "tx"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+batch_max_records = 500
+batch_max_ms = 50
+"#,
+                dir.join(format!("{name}-models")).display(),
+                model.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(util::bin("isoflow"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("ISOFLOW_GRPC_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("isoflow run starts");
+        Replica {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn channel(address: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match Channel::from_shared(address.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{address} never served: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn authed<T>(message: T) -> tonic::Request<T> {
+    with_token(message, TOKEN)
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+async fn status(client: &mut ScoringServiceClient<Channel>) -> pb::PipelineStatus {
+    client
+        .get_status(authed(pb::GetStatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .pipelines
+        .into_iter()
+        .find(|p| p.name == "fraud")
+        .expect("pipeline fraud in status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_api_end_to_end_on_two_replicas() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start();
+    isoflow::kafka::create_topics(&broker.brokers, &["tx", "alerts", "dlq"], 2)
+        .await
+        .unwrap();
+    let a = Replica::start(dir.path(), "a", &broker.brokers);
+    let b = Replica::start(dir.path(), "b", &broker.brokers);
+    let (ca, cb) = (channel(&a.address).await, channel(&b.address).await);
+
+    // Health is open and SERVING; everything else needs the token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ca.clone());
+    let served = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "isoflow.v1.ModelService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        served.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut models_a = ModelServiceClient::new(ca.clone());
+    let models_b = ModelServiceClient::new(cb.clone());
+    let mut scoring_a = ScoringServiceClient::new(ca.clone());
+    let scoring_b = ScoringServiceClient::new(cb.clone());
+    let missing = models_a
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    let wrong = scoring_a
+        .get_status(with_token(pb::GetStatusRequest {}, "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+
+    // Reflection lists the services (with the token).
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ca.clone());
+    let ask = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(authed(tokio_stream::once(ask)))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = answer.message_response
+    else {
+        panic!("unexpected reflection answer {answer:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "isoflow.v1.ModelService",
+        "isoflow.v1.ScoringService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+
+    // Put: a bad model is INVALID_ARGUMENT; a good one gets the next version,
+    // and the other replica sees it within a second.
+    let bad = models_a
+        .put_model(authed(pb::PutModelRequest {
+            source: Some(pb::put_model_request::Source::ModelBytes(vec![1, 2, 3])),
+            name: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let base = status(&mut scoring_a).await.live_model;
+    let base_version: u32 = base.rsplit_once('@').unwrap().1.parse().unwrap();
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow")).unwrap();
+    let put = models_a
+        .put_model(authed(pb::PutModelRequest {
+            source: Some(pb::put_model_request::Source::ModelBytes(bytes.clone())),
+            name: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(put.name, "fraud");
+    assert_eq!(put.version, base_version + 1);
+    let new_id = format!("fraud@{}", put.version);
+    let took = wait_for("put replicated to b", Duration::from_secs(1), || {
+        let mut c = models_b.clone();
+        async move {
+            c.get_model(authed(pb::GetModelRequest {
+                name: "fraud".into(),
+                version: put.version,
+                include_model: false,
+            }))
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    eprintln!("put replicated in {took:?}");
+
+    // Activate live on a: b's pipeline follows within a second.
+    let activated = models_a
+        .activate_model(authed(pb::ActivateModelRequest {
+            name: "fraud".into(),
+            version: put.version,
+            pipeline: "fraud".into(),
+            mode: pb::Mode::Live as i32,
+            clear: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(activated.model, new_id);
+    assert_eq!(activated.previous, base);
+    let took = wait_for("activation replicated to b", Duration::from_secs(1), || {
+        let mut c = scoring_b.clone();
+        let want = new_id.clone();
+        async move { status(&mut c).await.live_model == want }
+    })
+    .await;
+    eprintln!("activation replicated in {took:?}");
+    let unknown = models_a
+        .activate_model(authed(pb::ActivateModelRequest {
+            name: "fraud".into(),
+            version: 999,
+            pipeline: "fraud".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Records produced now are scored by the new version: alert ids carry it.
+    let mut watch = scoring_a
+        .watch_alerts(authed(pb::WatchAlertsRequest {
+            pipeline: "fraud".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    util::ok(
+        "isoflow",
+        &[
+            "gen",
+            "--brokers",
+            &broker.brokers,
+            "--scenario",
+            "fraud",
+            "--count",
+            "3000",
+            "--seed",
+            "5",
+            "--topic",
+            "tx",
+        ],
+    );
+    let watched = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("an alert is streamed")
+        .unwrap()
+        .expect("stream open");
+    assert_eq!(watched.model, new_id);
+    assert!(
+        watched.alert_id.ends_with(&format!("/{new_id}")),
+        "{watched:?}"
+    );
+    wait_for("records scored", Duration::from_secs(20), || {
+        let mut c = scoring_a.clone();
+        async move { status(&mut c).await.scored >= 3000 }
+    })
+    .await;
+    let brokers = broker.brokers.clone();
+    let alerts = tokio::task::spawn_blocking(move || {
+        isoflow::kafka::read_topic(&brokers, "alerts", 100_000, Duration::from_secs(2)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!alerts.is_empty(), "no alerts published");
+    for r in &alerts {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let id = v["alert_id"].as_str().unwrap();
+        assert!(
+            id.ends_with(&format!("/{new_id}")),
+            "alert {id} not from {new_id}"
+        );
+    }
+
+    // Shadow: the old version scores alongside, visible in GetStatus.
+    models_a
+        .activate_model(authed(pb::ActivateModelRequest {
+            name: "fraud".into(),
+            version: base_version,
+            pipeline: "fraud".into(),
+            mode: pb::Mode::Shadow as i32,
+            clear: false,
+        }))
+        .await
+        .unwrap();
+    let s = status(&mut scoring_a).await;
+    assert_eq!(s.shadow_model, base);
+    assert_eq!(s.live_model, new_id);
+    assert!(s.live_alert_rate > 0.0, "{s:?}");
+
+    // Delete refused while live or shadow; unknown is NOT_FOUND.
+    for version in [put.version, base_version] {
+        let refused = models_a
+            .delete_model(authed(pb::DeleteModelRequest {
+                name: "fraud".into(),
+                version,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    let gone = models_a
+        .delete_model(authed(pb::DeleteModelRequest {
+            name: "fraud".into(),
+            version: 77,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+
+    // Score by model and by pipeline; the answer names the version.
+    let records: Vec<Vec<u8>> = alerts
+        .iter()
+        .take(5)
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            serde_json::to_vec(&v["record"]).unwrap()
+        })
+        .collect();
+    for (model, pipeline) in [(new_id.as_str(), ""), ("", "fraud")] {
+        let scored = scoring_a
+            .score(authed(pb::ScoreRequest {
+                model: model.into(),
+                pipeline: pipeline.into(),
+                records: records.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(scored.model, new_id);
+        assert_eq!(scored.results.len(), records.len());
+        assert!(scored
+            .results
+            .iter()
+            .all(|r| r.score > 0.0 && r.score <= 1.0));
+    }
+    let malformed = scoring_a
+        .score(authed(pb::ScoreRequest {
+            model: new_id.clone(),
+            json_records: vec!["{not json".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    let huge = scoring_a
+        .score(authed(pb::ScoreRequest {
+            model: new_id.clone(),
+            records: vec![vec![b' '; 2 << 20]],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
+    // Still up.
+    assert_eq!(status(&mut scoring_a).await.live_model, new_id);
+    eprintln!("grpc end to end in {:?}", started.elapsed());
+    drop((a, b));
+}
