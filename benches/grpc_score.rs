@@ -65,6 +65,9 @@ async fn run(quick: bool) {
     let channel = loop {
         match tonic::transport::Channel::from_shared(address.clone())
             .unwrap()
+            .initial_stream_window_size(isoflow::api::WINDOW)
+            .initial_connection_window_size(isoflow::api::WINDOW)
+            .tcp_nodelay(true)
             .connect()
             .await
         {

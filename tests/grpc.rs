@@ -5,7 +5,10 @@
 //! health and reflection, auth refusals, put (replicated to the other replica
 //! within a second), activate (alerts then carry the new version, also on the
 //! other replica), WatchAlerts, shadow in GetStatus, delete refused while
-//! active, Score by model and by pipeline, oversize requests refused.
+//! active, Score by model and by pipeline, oversize requests refused; then a
+//! Python client generated from `proto/` with grpcio-tools (skipped, saying
+//! so, when `python3 -c "import grpc, grpc_tools"` fails; set
+//! `ISOFLOW_REQUIRE_PYTHON_GRPC=1` to make that a failure).
 
 mod util;
 
@@ -19,6 +22,14 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const TOKEN: &str = "test-token-1234";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// A tansu broker on a free port, killed on drop.
 struct Tansu {
@@ -36,7 +47,7 @@ impl Tansu {
             "tansu not found at {}: set ISOFLOW_TANSU or run ./scripts/test.sh, which installs it",
             path.display()
         );
-        let port = util::free_port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(path)
             .args([
@@ -79,7 +90,7 @@ struct Replica {
 
 impl Replica {
     fn start(dir: &Path, name: &str, brokers: &str) -> Replica {
-        let port = util::free_port();
+        let port = free_port();
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -474,6 +485,59 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
     // Still up.
     assert_eq!(status(&mut scoring_a).await.live_model, new_id);
+
+    python_client(dir.path(), &b.address, &broker.brokers);
     eprintln!("grpc end to end in {:?}", started.elapsed());
     drop((a, b));
+}
+
+/// Generates Python stubs from `proto/` and runs `tests/grpc_client.py`.
+fn python_client(dir: &Path, address: &str, brokers: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let available = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("ISOFLOW_REQUIRE_PYTHON_GRPC").is_none(),
+            "python3 with grpcio and grpcio-tools is required: pip install grpcio grpcio-tools"
+        );
+        eprintln!("SKIPPED the Python client check: pip install grpcio grpcio-tools to run it");
+        return;
+    }
+    let stubs = dir.join("py");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let out = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(root.join("proto/isoflow/v1/model.proto"))
+        .arg(root.join("proto/isoflow/v1/api.proto"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_tools.protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("python3")
+        .arg(root.join("tests/grpc_client.py"))
+        .arg(&stubs)
+        .arg(address.trim_start_matches("http://"))
+        .arg(TOKEN)
+        .arg(root.join("models/fraud.isoflow"))
+        .arg(util::bin("isoflow"))
+        .arg(brokers)
+        .arg("tx")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
 }

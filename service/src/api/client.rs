@@ -53,6 +53,9 @@ pub async fn connect(
     };
     let channel = Channel::from_shared(uri)
         .map_err(|e| ClientError::Invalid(format!("address {address}: {e}")))?
+        .initial_stream_window_size(super::WINDOW)
+        .initial_connection_window_size(super::WINDOW)
+        .tcp_nodelay(true)
         .connect()
         .await
         .map_err(|source| ClientError::Connect {

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::Status;
 
+/// HTTP/2 flow-control window of server and client, bytes.
+pub const WINDOW: u32 = 16 << 20;
+
 /// Why the API server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -112,7 +115,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ApiError::Reflection(e.to_string()))?;
-    let mut builder = tonic::transport::Server::builder();
+    // Large windows: a 10K-record Score is megabytes, and HTTP/2's default
+    // 64 KiB window would make it many round trips.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(WINDOW))
+        .tcp_nodelay(true);
     let tls = config.tls_cert.is_some();
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         let read = |p: &std::path::Path| {
