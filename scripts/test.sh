@@ -19,6 +19,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The Kafka-protocol broker for end-to-end tests (tansu), built once into
+# tools/ and reused; pass ISOFLOW_TANSU to use another binary.
+if [ -z "${ISOFLOW_TANSU:-}" ] && [ ! -x tools/bin/tansu ]; then
+  echo "installing tansu 0.6.0 into tools/ (first run only; takes a while)"
+  cargo install --locked tansu --version 0.6.0 --features dynostore,libsql --root tools
+fi
+
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-cargo test --release --workspace --all-targets
+# Benches run once in test mode, on small inputs.
+ISOFLOW_BENCH_ROWS=${ISOFLOW_BENCH_ROWS:-2000} cargo test --release --workspace --all-targets

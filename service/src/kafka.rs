@@ -124,34 +124,32 @@ pub fn check_topics(brokers: &str, topics: &[&str], timeout: Duration) -> Result
     }
 }
 
-/// Creates topics that do not exist yet (for the demo and tests).
+/// Creates the topics that do not exist yet (for `gen`, the demo and tests).
 pub async fn create_topics(
     brokers: &str,
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), KafkaError> {
+    let missing: Vec<String> = match check_topics(brokers, topics, Duration::from_secs(10)) {
+        Ok(()) => return Ok(()),
+        Err(KafkaError::MissingTopics {
+            topics: missing, ..
+        }) => missing.split(", ").map(str::to_owned).collect(),
+        Err(e) => return Err(e),
+    };
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers, &BTreeMap::new()).create()?;
-    let new: Vec<NewTopic> = topics
+    let new: Vec<NewTopic> = missing
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for r in results {
-        if let Err((topic, code)) = r {
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        if let Err((_, code)) = result {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
                 return Err(KafkaError::Client(rdkafka::error::KafkaError::AdminOp(
                     code,
-                )))
-                .map_err(|e| {
-                    tracing::error!(topic, error = %e, "topic creation failed");
-                    e
-                });
+                )));
             }
         }
     }

@@ -74,3 +74,210 @@ pub fn parse_scores(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
         .collect();
     (header, rows)
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Path of the tansu broker binary: `ISOFLOW_TANSU`, else `tools/bin/tansu`
+/// (where `scripts/test.sh` installs it).
+pub fn tansu() -> PathBuf {
+    let path = std::env::var_os("ISOFLOW_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/bin/tansu"));
+    assert!(
+        path.exists(),
+        "tansu not found at {}: run ./scripts/test.sh, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// A tansu broker on a free port, killed on drop.
+pub struct Broker {
+    /// Listening port.
+    pub port: u16,
+    storage: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with in-memory storage.
+    pub fn memory() -> Broker {
+        Self::start(free_port(), "memory://tansu/".into())
+    }
+
+    fn start(port: u16, storage: String) -> Broker {
+        let log = std::env::temp_dir().join(format!("isoflow-tansu-{port}.log"));
+        let mut b = Broker {
+            port,
+            storage,
+            child: None,
+            log,
+        };
+        b.restart();
+        b
+    }
+
+    /// Starts the broker process (again, after [`Broker::kill`]): same port and storage.
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &self.storage,
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        wait_for(
+            "broker to listen",
+            std::time::Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        );
+    }
+
+    /// Kills the broker process (-9).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `host:port` for clients.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic (retrying while the broker finishes starting).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let mut last = String::new();
+        for _ in 0..30 {
+            let out = Command::new(tansu())
+                .args([
+                    "topic",
+                    "create",
+                    "--broker",
+                    &format!("tcp://127.0.0.1:{}", self.port),
+                ])
+                .args(["--partitions", &partitions.to_string(), name])
+                .output()
+                .expect("tansu topic create");
+            if out.status.success() {
+                return;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        panic!("topic create {name}: {last}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` until true, panicking after `timeout` with `what`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A running `isoflow run`, killed on drop.
+pub struct Service {
+    /// The process.
+    pub child: std::process::Child,
+    /// Port of `/metrics`.
+    pub metrics_port: u16,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `isoflow run --config CONFIG` with metrics on a free port.
+    pub fn start(config: &std::path::Path) -> Service {
+        let metrics_port = free_port();
+        let log = config.with_extension(format!("{metrics_port}.log"));
+        let child = Command::new(bin("isoflow"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--backend",
+                "cpu",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start isoflow run");
+        Service {
+            child,
+            metrics_port,
+            log,
+        }
+    }
+
+    /// Sum of a metric over its label sets (0 when absent or unreachable).
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return 0.0;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Records scored plus records dead-lettered so far.
+    pub fn accounted(&self) -> u64 {
+        (self.metric("isoflow_records_scored_total") + self.metric("isoflow_dlq_total")) as u64
+    }
+
+    /// The service's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

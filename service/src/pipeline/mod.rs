@@ -360,7 +360,15 @@ async fn run_pipeline(
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(pipeline = %ctx.config.name, error = %e, "final commit: nothing new to commit");
     }
-    tracing::info!(pipeline = %ctx.config.name, "pipeline drained and stopped");
+    let m = &ctx.metrics;
+    tracing::info!(
+        pipeline = %ctx.config.name,
+        records_in = m.records_in.load(std::sync::atomic::Ordering::Relaxed),
+        scored = m.scored.load(std::sync::atomic::Ordering::Relaxed),
+        dlq = m.dlq_total(),
+        alerts = m.alerts.load(std::sync::atomic::Ordering::Relaxed),
+        "pipeline drained and stopped"
+    );
     Ok(())
 }
 
