@@ -19,12 +19,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The Kafka-protocol broker for end-to-end tests (tansu), built once into
-# tools/ and reused; pass ISOFLOW_TANSU to use another binary.
-if [ -z "${ISOFLOW_TANSU:-}" ] && [ ! -x tools/bin/tansu ]; then
-  echo "installing tansu 0.6.0 into tools/ (first run only; takes a while)"
-  cargo install --locked tansu --version 0.6.0 --features dynostore,libsql --root tools
+# The Kafka-protocol broker for end-to-end tests (tansu 0.6.0): reuse one
+# on PATH or in ~/.cargo/bin, build it there only when missing.
+TANSU=${ISOFLOW_TANSU:-$(command -v tansu || true)}
+[ -z "$TANSU" ] && [ -x "$HOME/.cargo/bin/tansu" ] && TANSU="$HOME/.cargo/bin/tansu"
+if [ -z "$TANSU" ]; then
+  echo "installing tansu 0.6.0 (first run only; takes a while)"
+  cargo install --locked tansu --version 0.6.0 --features dynostore,libsql
+  TANSU="$HOME/.cargo/bin/tansu"
 fi
+export ISOFLOW_TANSU="$TANSU"
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings

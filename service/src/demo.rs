@@ -103,18 +103,28 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let mut topics: Vec<String> = MODELS.iter().map(|(s, _, _)| topic_of(*s)).collect();
     topics.extend([ALERTS.to_owned(), DLQ.to_owned()]);
 
+    // The security model keys one feature by destination while the topic is
+    // keyed by source: only a single partition keeps that feature exact.
+    let partitions = |t: &str| {
+        if t == topic_of(Scenario::Security) {
+            1
+        } else {
+            4
+        }
+    };
     // Keep the mock cluster alive for the whole run.
     let mock;
     let brokers = match &opts.brokers {
         Some(b) => {
-            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            crate::kafka::create_topics(b, &refs, 4).await?;
+            for t in &topics {
+                crate::kafka::create_topics(b, &[t.as_str()], partitions(t)).await?;
+            }
             b.clone()
         }
         None => {
             mock = rdkafka::mocking::MockCluster::new(1).map_err(crate::kafka::KafkaError::from)?;
             for t in &topics {
-                mock.create_topic(t, 4, 1)
+                mock.create_topic(t, partitions(t), 1)
                     .map_err(crate::kafka::KafkaError::from)?;
             }
             mock.bootstrap_servers()
