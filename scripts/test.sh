@@ -30,6 +30,12 @@ if [ -z "$TANSU" ]; then
 fi
 export ISOFLOW_TANSU="$TANSU"
 
+# A Python gRPC client generated from proto/ is part of the API tests.
+if ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
+  python3 -m pip install -q grpcio grpcio-tools
+fi
+export ISOFLOW_REQUIRE_PYTHON_GRPC=1
+
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # Benches run once in test mode, on small inputs.

@@ -15,72 +15,13 @@ mod util;
 use isoflow::pb;
 use isoflow::pb::model_service_client::ModelServiceClient;
 use isoflow::pb::scoring_service_client::ScoringServiceClient;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
 
 const TOKEN: &str = "test-token-1234";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tansu broker on a free port, killed on drop.
-struct Tansu {
-    child: Child,
-    brokers: String,
-}
-
-impl Tansu {
-    fn start() -> Tansu {
-        let path = std::env::var_os("ISOFLOW_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/bin/tansu"));
-        assert!(
-            path.exists(),
-            "tansu not found at {}: set ISOFLOW_TANSU or run ./scripts/test.sh, which installs it",
-            path.display()
-        );
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(path)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Tansu {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One `isoflow run` process, stopped on drop.
 struct Replica {
@@ -90,7 +31,7 @@ struct Replica {
 
 impl Replica {
     fn start(dir: &Path, name: &str, brokers: &str) -> Replica {
-        let port = free_port();
+        let port = util::free_port();
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -204,12 +145,13 @@ async fn status(client: &mut ScoringServiceClient<Channel>) -> pb::PipelineStatu
 async fn grpc_api_end_to_end_on_two_replicas() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let broker = Tansu::start();
-    isoflow::kafka::create_topics(&broker.brokers, &["tx", "alerts", "dlq"], 2)
+    let broker = util::Broker::memory();
+    let brokers = broker.addr();
+    isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq"], 2)
         .await
         .unwrap();
-    let a = Replica::start(dir.path(), "a", &broker.brokers);
-    let b = Replica::start(dir.path(), "b", &broker.brokers);
+    let a = Replica::start(dir.path(), "a", &brokers);
+    let b = Replica::start(dir.path(), "b", &brokers);
     let (ca, cb) = (channel(&a.address).await, channel(&b.address).await);
 
     // Health is open and SERVING; everything else needs the token.
@@ -360,7 +302,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         &[
             "gen",
             "--brokers",
-            &broker.brokers,
+            &brokers,
             "--scenario",
             "fraud",
             "--count",
@@ -386,9 +328,10 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         async move { status(&mut c).await.scored >= 3000 }
     })
     .await;
-    let brokers = broker.brokers.clone();
+    let alert_brokers = brokers.clone();
     let alerts = tokio::task::spawn_blocking(move || {
-        isoflow::kafka::read_topic(&brokers, "alerts", 100_000, Duration::from_secs(2)).unwrap()
+        isoflow::kafka::read_topic(&alert_brokers, "alerts", 100_000, Duration::from_secs(2))
+            .unwrap()
     })
     .await
     .unwrap();
@@ -486,7 +429,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     // Still up.
     assert_eq!(status(&mut scoring_a).await.live_model, new_id);
 
-    python_client(dir.path(), &b.address, &broker.brokers);
+    python_client(dir.path(), &b.address, &brokers);
     eprintln!("grpc end to end in {:?}", started.elapsed());
     drop((a, b));
 }

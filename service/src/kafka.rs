@@ -173,6 +173,29 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record {
+    /// Copies a consumed message.
+    pub fn from_message(m: &impl Message) -> Record {
+        use rdkafka::message::Headers;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// Reads a topic from the beginning until `max` messages or until no message
 /// arrives for `idle` (end of topic), without committing anything.
 pub fn read_topic(
@@ -181,7 +204,6 @@ pub fn read_topic(
     max: usize,
     idle: Duration,
 ) -> Result<Vec<Record>, KafkaError> {
-    use rdkafka::message::Headers;
     check_topics(brokers, &[topic], Duration::from_secs(10))?;
     let mut c = client_config(brokers, &BTreeMap::new());
     c.set("group.id", format!("isoflow-reader-{}", std::process::id()))
@@ -202,22 +224,7 @@ pub fn read_topic(
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last = std::time::Instant::now();
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                    timestamp_ms: m.timestamp().to_millis(),
-                });
+                out.push(Record::from_message(&m));
             }
             Some(Err(e)) => return Err(e.into()),
             None => {}

@@ -22,7 +22,7 @@ use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{self, pb, ModelError};
 use crate::score::{Backend, Engine, ScoreError, Scorer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,7 +286,7 @@ async fn run_pipeline(
                         if done.get(&m.partition()).is_some_and(|&next| m.offset() < next) {
                             continue;
                         }
-                        batch.push(owned(&m));
+                        batch.push(Record::from_message(&m));
                         flush_at.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
                         if batch.len() >= ctx.config.batch_max_records {
                             break false;
@@ -370,25 +370,6 @@ async fn run_pipeline(
         "pipeline drained and stopped"
     );
     Ok(())
-}
-
-fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
-        headers,
-        timestamp_ms: m.timestamp().to_millis(),
-    }
 }
 
 /// Consumer lag: high watermark minus position, summed over assigned partitions.
