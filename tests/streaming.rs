@@ -449,3 +449,84 @@ fn start_up_errors_say_what_is_wrong() {
     let err = run("[kafka]\nbrokers = \"x\"\n");
     assert!(err.contains("pipeline"), "{err}");
 }
+
+#[test]
+fn trains_on_a_topics_history_with_the_service_feature_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    broker.create_topic("history", 2);
+    ok(
+        "isoflow",
+        &[
+            "gen",
+            "--brokers",
+            &addr,
+            "--topic",
+            "history",
+            "--scenario",
+            "fraud",
+            "--count",
+            "5000",
+            "--corrupt-rate",
+            "0.02",
+        ],
+    );
+    let model = dir.path().join("fraud.isoflow");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.toml");
+    let out = ok(
+        "isoflow-train",
+        &[
+            "fit",
+            "--brokers",
+            &addr,
+            "--topic",
+            "history",
+            "--max-records",
+            "4000",
+            "--features",
+            spec.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--name",
+            "fraud-history",
+        ],
+    );
+    assert!(out.contains("read 4000 records from history"), "{out}");
+    assert!(
+        out.contains("set aside"),
+        "corrupt records are set aside: {out}"
+    );
+    let meta: serde_json::Value = serde_json::from_str(&ok(
+        "isoflow",
+        &["model", "inspect", model.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(
+        meta["training"]["source"],
+        format!("kafka://{addr}/history")
+    );
+    let rows = meta["training"]["rows"].as_u64().unwrap();
+    assert!(
+        rows > 3800 && rows < 4000,
+        "{rows} rows: 4000 read, corrupt ones set aside"
+    );
+    assert_eq!(
+        meta["feature_spec"]["features"].as_array().unwrap().len(),
+        7
+    );
+    // Without a spec, a topic cannot be trained on.
+    let err = util::fails(
+        "isoflow-train",
+        &[
+            "fit",
+            "--brokers",
+            &addr,
+            "--topic",
+            "history",
+            "--out",
+            "/tmp/x",
+        ],
+    );
+    assert!(err.contains("--features"), "{err}");
+}

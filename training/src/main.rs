@@ -20,8 +20,17 @@ enum Command {
     /// Grow an isolation forest and write a model file.
     Fit {
         /// Training data: CSV with a header (or JSON lines with --features).
-        #[arg(long)]
-        input: String,
+        #[arg(long, required_unless_present = "topic")]
+        input: Option<String>,
+        /// Train on a Kafka topic's history instead (JSON records; needs --features).
+        #[arg(long, requires_all = ["topic", "features"])]
+        brokers: Option<String>,
+        /// Topic to read from the beginning (with --brokers).
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// At most this many records from the topic.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_records: usize,
         /// Model file to write.
         #[arg(long)]
         out: PathBuf,
@@ -75,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fit {
             input,
+            brokers,
+            topic,
+            max_records,
             out,
             name,
             trees,
@@ -85,6 +97,21 @@ fn main() -> anyhow::Result<()> {
             features,
             report,
         } => {
+            // A topic's history is replayed from a JSON-lines copy, through
+            // the same feature code as a file.
+            let history = tempfile_path();
+            let mut source = None;
+            let input = match (input, brokers, topic) {
+                (Some(input), _, _) => input,
+                (None, Some(brokers), Some(topic)) => {
+                    source = Some(format!("kafka://{brokers}/{topic}"));
+                    let n = train::fetch_topic(&brokers, &topic, max_records, &history)
+                        .context("reading the training topic")?;
+                    println!("read {n} records from {topic}");
+                    history.display().to_string()
+                }
+                _ => anyhow::bail!("give --input FILE, or --brokers B --topic T --features SPEC"),
+            };
             let name = name.unwrap_or_else(|| {
                 std::path::Path::new(&input)
                     .file_stem()
@@ -103,13 +130,16 @@ fn main() -> anyhow::Result<()> {
                 contamination,
                 features,
                 report,
+                source,
             };
             let bar = ProgressBar::new(trees as u64);
             bar.set_style(
                 ProgressStyle::with_template("growing trees {bar:30} {pos}/{len} {elapsed}")
                     .expect("static template"),
             );
-            let outcome = train::fit(&opts, &|| bar.inc(1)).context("isoflow-train fit failed")?;
+            let outcome = train::fit(&opts, &|| bar.inc(1));
+            let _ = std::fs::remove_file(&history);
+            let outcome = outcome.context("isoflow-train fit failed")?;
             bar.finish_and_clear();
             let m = &outcome.model;
             let t = m.training.clone().unwrap_or_default();
@@ -167,4 +197,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn tempfile_path() -> PathBuf {
+    std::env::temp_dir().join(format!("isoflow-train-{}.jsonl", std::process::id()))
 }

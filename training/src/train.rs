@@ -30,6 +30,8 @@ pub struct FitOptions {
     pub features: Option<PathBuf>,
     /// Directory for report.json and plots.
     pub report: Option<PathBuf>,
+    /// Provenance recorded in the model when `input` is a copy (e.g. `kafka://B/T`).
+    pub source: Option<String>,
 }
 
 /// What `fit` produced.
@@ -103,7 +105,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
                 .map(|e| e.roc_auc)
                 .filter(|a| a.is_finite()),
             contamination: opts.contamination,
-            source: opts.input.clone(),
+            source: opts.source.clone().unwrap_or_else(|| opts.input.clone()),
             trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
         }),
     };
@@ -180,4 +182,35 @@ pub fn evaluate_file(
         tp as f64 / evaluation.positives as f64
     };
     Ok(evaluation)
+}
+
+/// Copies up to `max` records of `topic` (from the beginning) to `path` as
+/// JSON lines, one message value per line; returns how many were read.
+pub fn fetch_topic(
+    brokers: &str,
+    topic: &str,
+    max: usize,
+    path: &std::path::Path,
+) -> Result<usize, TrainError> {
+    use std::io::Write;
+    let records =
+        isoflow::kafka::read_topic(brokers, topic, max, std::time::Duration::from_secs(5))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+    let io = |e: std::io::Error| TrainError::Data(format!("cannot write {}: {e}", path.display()));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    for r in &records {
+        // A value with a raw newline is malformed JSON anyway; keeping it on
+        // one line lets the reader set it aside like the service would.
+        let value: Vec<u8> = r
+            .value
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|&b| if b == b'\n' { b' ' } else { b })
+            .collect();
+        out.write_all(&value).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(records.len())
 }
