@@ -171,6 +171,14 @@ fn accounted_offsets(addr: &str) -> (Vec<Coordinates>, Vec<Coordinates>) {
     (scored, dead)
 }
 
+/// Waits until `total` distinct input offsets were scored or dead-lettered.
+fn wait_all_accounted(addr: &str, total: usize) {
+    wait_for("every offset accounted", Duration::from_secs(120), || {
+        let (s, d) = accounted_offsets(addr);
+        s.iter().chain(&d).collect::<HashSet<_>>().len() >= total
+    });
+}
+
 /// Every input offset, from the input topic itself.
 fn input_offsets(addr: &str) -> HashSet<(i64, i64)> {
     read_all(addr, INPUT)
@@ -351,10 +359,7 @@ fn kill_9_then_restart_loses_nothing_and_replays_same_alert_ids() {
         first.child.wait().unwrap();
     }
     let second = Service::start(&config);
-    wait_for("every offset accounted", Duration::from_secs(120), || {
-        let (s, d) = accounted_offsets(&addr);
-        s.iter().chain(&d).collect::<HashSet<_>>().len() >= total
-    });
+    wait_all_accounted(&addr, total);
     assert!(
         second.accounted() > 0,
         "the restarted service picked up the rest"
@@ -394,14 +399,7 @@ fn service_rides_out_a_broker_outage() {
     mock.cluster.broker_down(1).expect("broker down");
     std::thread::sleep(Duration::from_secs(3));
     mock.cluster.broker_up(1).expect("broker up");
-    wait_for(
-        "every offset accounted after the outage",
-        Duration::from_secs(120),
-        || {
-            let (s, d) = accounted_offsets(&addr);
-            s.iter().chain(&d).collect::<HashSet<_>>().len() >= total
-        },
-    );
+    wait_all_accounted(&addr, total);
     assert!(service.child.id() > 0);
     assert_eq!(input_offsets(&addr).len(), total);
 }

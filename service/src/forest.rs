@@ -72,6 +72,8 @@ pub struct PackedForest {
     pub normaliser: f32,
     /// Deepest leaf over all trees (bounds the kernel's walk).
     pub max_depth: u32,
+    /// Deepest leaf of each tree, in tree order.
+    pub depths: Vec<u32>,
 }
 
 impl PackedForest {
@@ -88,7 +90,7 @@ impl PackedForest {
         let total: usize = forest.trees.iter().map(|t| t.feature.len()).sum();
         let mut nodes = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(forest.trees.len());
-        let mut max_depth = 0u32;
+        let mut depths = Vec::with_capacity(forest.trees.len());
         for tree in &forest.trees {
             let offset = nodes.len() as u32;
             roots.push(offset);
@@ -105,10 +107,11 @@ impl PackedForest {
                     stack.push(r);
                 }
             }
+            let mut tree_depth = 0u32;
             for (i, &node_depth) in depth.iter().enumerate() {
                 let (l, r) = (tree.left[i], tree.right[i]);
                 nodes.push(if l == 0 && r == 0 {
-                    max_depth = max_depth.max(node_depth as u32);
+                    tree_depth = tree_depth.max(node_depth as u32);
                     PackedNode {
                         feature: LEAF,
                         threshold: leaf_path_length(node_depth, tree.leaf_size[i]) as f32,
@@ -124,13 +127,15 @@ impl PackedForest {
                     }
                 });
             }
+            depths.push(tree_depth);
         }
         Self {
             nodes,
             roots,
             dims,
             normaliser: average_path_length(forest.sample_size as f64) as f32,
-            max_depth,
+            max_depth: depths.iter().copied().max().unwrap_or(0),
+            depths,
         }
     }
 

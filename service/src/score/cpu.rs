@@ -55,29 +55,13 @@ struct CpuForest {
     layout: Layout,
 }
 
-fn tree_depth(forest: &PackedForest, root: u32) -> u32 {
-    let mut depth = 0;
-    let mut stack = vec![(root, 0u32)];
-    while let Some((i, d)) = stack.pop() {
-        let n = forest.nodes[i as usize];
-        if n.feature == LEAF {
-            depth = depth.max(d);
-        } else {
-            stack.push((n.left, d + 1));
-            stack.push((n.right, d + 1));
-        }
-    }
-    depth
-}
-
 impl CpuForest {
     fn new(packed: PackedForest) -> Self {
         let layout = if packed.max_depth > MAX_IMPLICIT_DEPTH {
             Layout::Linked
         } else {
             let (mut splits, mut leaves, mut trees) = (Vec::new(), Vec::new(), Vec::new());
-            for &root in &packed.roots {
-                let depth = tree_depth(&packed, root);
+            for (&root, &depth) in packed.roots.iter().zip(&packed.depths) {
                 let tree = ImplicitTree {
                     splits: splits.len() as u32,
                     leaves: leaves.len() as u32,
