@@ -233,6 +233,13 @@ fn parse_bench_backend(s: &str) -> Result<BenchBackend, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Mesa's Vulkan driver probes Wayland and prints an error when
+    // XDG_RUNTIME_DIR is unset, which headless hosts usually leave it. Compute
+    // never needs a display; set it while the process is still one thread.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     // The service logs its lifecycle; one-shot commands stay quiet.
     let default_level = if matches!(cli.command, Command::Run { .. }) {
