@@ -349,7 +349,8 @@ async fn run_pipeline(
         }
         if last_lag.elapsed() >= lag_every {
             last_lag = Instant::now();
-            update_lag(&consumer, &ctx.metrics);
+            // Watermark queries block on the broker: tell the runtime.
+            tokio::task::block_in_place(|| update_lag(&consumer, &ctx.metrics));
         }
         if stopping {
             break;
