@@ -46,6 +46,7 @@ impl ZEngine for CpuZEngine {
         slots: usize,
         out: &mut [f32],
     ) -> Result<(), ScoreError> {
+        zscore::check_entries(params, entries, slots, out)?;
         if self.states.len() < slots {
             self.states.resize(slots, ZState::default());
         }

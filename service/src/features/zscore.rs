@@ -8,6 +8,7 @@
 //! invocation per slot.
 
 use super::slots::SlotTable;
+use crate::score::ScoreError;
 use bytemuck::{Pod, Zeroable};
 
 /// Entry flag: this record starts its slot (first sighting or slot reuse).
@@ -150,6 +151,36 @@ impl KeySlotTable {
             param: feature,
         }
     }
+}
+
+/// Refuses a batch a z-score engine must not run: one output per entry, and
+/// every entry's slot and parameter inside the state and parameter tables.
+/// The GPU kernel trusts these indices, so both engines check them the same way.
+pub fn check_entries(
+    params: &[ZParams],
+    entries: &[ZEntry],
+    slots: usize,
+    out: &[f32],
+) -> Result<(), ScoreError> {
+    if entries.len() != out.len() {
+        return Err(ScoreError::Shape(format!(
+            "{} z-score entries, {} output slots",
+            entries.len(),
+            out.len()
+        )));
+    }
+    if let Some(bad) = entries
+        .iter()
+        .find(|e| e.slot as usize >= slots || e.param as usize >= params.len())
+    {
+        return Err(ScoreError::Shape(format!(
+            "z-score entry for slot {} / parameter {} is outside {slots} slots / {} parameters",
+            bad.slot,
+            bad.param,
+            params.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Runs entries through state on the CPU, in order; writes |z| per entry.

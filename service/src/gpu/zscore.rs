@@ -2,7 +2,7 @@
 
 use super::buffers::{allocate, grown_size, GrowableBuffer};
 use super::{dispatch_grid, GpuContext, WORKGROUP_SIZE};
-use crate::features::zscore::{ZEntry, ZParams, ZState};
+use crate::features::zscore::{check_entries, ZEntry, ZParams, ZState};
 use crate::features::ZEngine;
 use crate::score::ScoreError;
 use bytemuck::{Pod, Zeroable};
@@ -252,26 +252,7 @@ impl ZEngine for GpuZEngine {
         slots: usize,
         out: &mut [f32],
     ) -> Result<(), ScoreError> {
-        if entries.len() != out.len() {
-            return Err(ScoreError::Shape(format!(
-                "{} z-score entries, {} output slots",
-                entries.len(),
-                out.len()
-            )));
-        }
-        // The kernel indexes without bounds checks worth trusting: refuse
-        // entries that would read or write outside the buffers.
-        if let Some(bad) = entries
-            .iter()
-            .find(|e| e.slot as usize >= slots || e.param as usize >= params.len())
-        {
-            return Err(ScoreError::Shape(format!(
-                "z-score entry for slot {} / parameter {} is outside {slots} slots / {} parameters",
-                bad.slot,
-                bad.param,
-                params.len()
-            )));
-        }
+        check_entries(params, entries, slots, out)?;
         if entries.is_empty() {
             return Ok(());
         }
