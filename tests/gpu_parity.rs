@@ -35,7 +35,7 @@ fn random_tree(rng: &mut ChaCha8Rng, dims: usize, max_depth: usize, grid: bool) 
     let mut tree = pb::Tree::default();
     // (node index, depth) still to fill; node 0 is the root.
     let mut stack = vec![(0usize, 0usize)];
-    push_node(&mut tree);
+    tree.push_node(0, 0.0, 0);
     while let Some((node, depth)) = stack.pop() {
         let split = depth < max_depth && (depth == 0 || rng.gen_bool(0.8));
         if !split {
@@ -44,23 +44,14 @@ fn random_tree(rng: &mut ChaCha8Rng, dims: usize, max_depth: usize, grid: bool) 
         }
         tree.feature[node] = rng.gen_range(0..dims as u32);
         tree.threshold[node] = sample(rng, grid);
-        let left = push_node(&mut tree);
-        let right = push_node(&mut tree);
+        let left = tree.push_node(0, 0.0, 0);
+        let right = tree.push_node(0, 0.0, 0);
         tree.left[node] = left as u32;
         tree.right[node] = right as u32;
         stack.push((left, depth + 1));
         stack.push((right, depth + 1));
     }
     tree
-}
-
-fn push_node(tree: &mut pb::Tree) -> usize {
-    tree.feature.push(0);
-    tree.threshold.push(0.0);
-    tree.left.push(0);
-    tree.right.push(0);
-    tree.leaf_size.push(0);
-    tree.feature.len() - 1
 }
 
 fn sample(rng: &mut ChaCha8Rng, grid: bool) -> f32 {

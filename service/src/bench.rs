@@ -261,15 +261,7 @@ pub fn random_model(dims: usize, trees: usize, sample_size: usize, seed: u64) ->
 
 fn grow_tree(rng: &mut SplitMix64, sample: &[f32], dims: usize, depth_limit: usize) -> pb::Tree {
     let mut tree = pb::Tree::default();
-    let add = |tree: &mut pb::Tree| {
-        tree.feature.push(0);
-        tree.threshold.push(0.0);
-        tree.left.push(0);
-        tree.right.push(0);
-        tree.leaf_size.push(0);
-        tree.feature.len() - 1
-    };
-    add(&mut tree);
+    tree.push_node(0, 0.0, 0);
     // (node, depth, indices of the sample rows that reach it)
     let mut stack = vec![(0usize, 0usize, (0..sample.len() / dims).collect::<Vec<_>>())];
     while let Some((node, depth, points)) = stack.pop() {
@@ -288,7 +280,7 @@ fn grow_tree(rng: &mut SplitMix64, sample: &[f32], dims: usize, depth_limit: usi
         }
         let (left_points, right_points): (Vec<usize>, Vec<usize>) =
             points.iter().partition(|&&p| value(p) <= threshold);
-        let (left, right) = (add(&mut tree), add(&mut tree));
+        let (left, right) = (tree.push_node(0, 0.0, 0), tree.push_node(0, 0.0, 0));
         tree.feature[node] = feature as u32;
         tree.threshold[node] = threshold;
         tree.left[node] = left as u32;

@@ -191,16 +191,6 @@ impl TreeBuilder<'_> {
         self.sample[row as usize * self.dims + feature]
     }
 
-    fn push(&mut self, feature: u32, threshold: f32, leaf_size: u32) -> usize {
-        let t = &mut self.tree;
-        t.feature.push(feature);
-        t.threshold.push(threshold);
-        t.left.push(0);
-        t.right.push(0);
-        t.leaf_size.push(leaf_size);
-        t.feature.len() - 1
-    }
-
     /// Draws features without replacement until one is not constant on
     /// `idx` (constant draws do not count, as in scikit-learn's splitter).
     fn pick_split(&mut self, idx: &[u32], rng: &mut ChaCha8Rng) -> Option<(usize, f32)> {
@@ -237,9 +227,9 @@ impl TreeBuilder<'_> {
             self.pick_split(idx, rng)
         };
         let Some((feature, threshold)) = split else {
-            return self.push(0, 0.0, idx.len() as u32);
+            return self.tree.push_node(0, 0.0, idx.len() as u32);
         };
-        let node = self.push(feature as u32, threshold, 0);
+        let node = self.tree.push_node(feature as u32, threshold, 0);
         let mut mid = 0;
         for i in 0..idx.len() {
             if self.value(idx[i], feature) <= threshold {

@@ -17,6 +17,19 @@ pub use crate::pb;
 
 pub use pb::Model;
 
+impl pb::Tree {
+    /// Appends a node with no children yet (a leaf until `left`/`right` are
+    /// set) and returns its index.
+    pub fn push_node(&mut self, feature: u32, threshold: f32, leaf_size: u32) -> usize {
+        self.feature.push(feature);
+        self.threshold.push(threshold);
+        self.left.push(0);
+        self.right.push(0);
+        self.leaf_size.push(leaf_size);
+        self.feature.len() - 1
+    }
+}
+
 /// Decodes and validates a model from its protobuf bytes.
 pub fn decode(bytes: &[u8]) -> Result<Model, ModelError> {
     let model = Model::decode(bytes).map_err(|e| ModelError::Decode(e.to_string()))?;
