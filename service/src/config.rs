@@ -233,7 +233,51 @@ fn default_batch_max_ms() -> u64 {
     100
 }
 
+/// Runtime knobs from flags or `ISOFLOW_*` variables; each one set replaces
+/// the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `kafka.brokers`.
+    pub brokers: Option<String>,
+    /// `kafka.group_id`.
+    pub group: Option<String>,
+    /// `service.backend`.
+    pub backend: Option<String>,
+    /// `service.metrics_listen`.
+    pub metrics_listen: Option<String>,
+    /// `grpc.listen`.
+    pub grpc_listen: Option<String>,
+    /// `grpc.token`.
+    pub grpc_token: Option<String>,
+}
+
 impl Config {
+    /// Applies `overrides`, then validates the result.
+    pub fn apply(&mut self, overrides: Overrides) -> Result<(), ConfigError> {
+        let Overrides {
+            brokers,
+            group,
+            backend,
+            metrics_listen,
+            grpc_listen,
+            grpc_token,
+        } = overrides;
+        let fields = [
+            (brokers, &mut self.kafka.brokers),
+            (group, &mut self.kafka.group_id),
+            (backend, &mut self.service.backend),
+            (metrics_listen, &mut self.service.metrics_listen),
+            (grpc_listen, &mut self.grpc.listen),
+            (grpc_token, &mut self.grpc.token),
+        ];
+        for (value, field) in fields {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        self.validate()
+    }
+
     /// Parses TOML text (`path` only names it in messages).
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -321,6 +365,30 @@ model = "models/fraud.isoflow"
 alerts_topic = "alerts"
 dlq_topic = "dlq"
 "#;
+
+    #[test]
+    fn overrides_replace_file_values_and_are_validated() {
+        let mut c = Config::parse(GOOD, "t.toml").unwrap();
+        c.apply(Overrides {
+            brokers: Some("b:1".into()),
+            backend: Some("cpu".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:1");
+        assert_eq!(c.service.backend, "cpu");
+        assert_eq!(c.kafka.group_id, "isoflow");
+        let err = c
+            .apply(Overrides {
+                backend: Some("tpu".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected auto, gpu or cpu"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_fill_runtime_knobs() {

@@ -308,25 +308,14 @@ fn main() -> anyhow::Result<()> {
             grpc_token,
         } => {
             let mut config = isoflow::config::Config::read(&config)?;
-            if let Some(b) = brokers {
-                config.kafka.brokers = b;
-            }
-            if let Some(g) = group {
-                config.kafka.group_id = g;
-            }
-            if let Some(b) = backend {
-                config.service.backend = b;
-            }
-            if let Some(m) = metrics_listen {
-                config.service.metrics_listen = m;
-            }
-            if let Some(l) = grpc_listen {
-                config.grpc.listen = l;
-            }
-            if let Some(t) = grpc_token {
-                config.grpc.token = t;
-            }
-            config.validate()?;
+            config.apply(isoflow::config::Overrides {
+                brokers,
+                group,
+                backend,
+                metrics_listen,
+                grpc_listen,
+                grpc_token,
+            })?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
