@@ -38,5 +38,9 @@ export ISOFLOW_REQUIRE_PYTHON_GRPC=1
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The end-to-end tests run the `isoflow` and `isoflow-train` binaries of the
+# other workspace crates; cargo builds a package's binaries only for that
+# package's own tests, so build them all first.
+cargo build --release --workspace --bins
 # Benches run once in test mode, on small inputs.
-ISOFLOW_BENCH_ROWS=${ISOFLOW_BENCH_ROWS:-2000} cargo test --release --workspace --all-targets
+ISOFLOW_BENCH_ROWS=${ISOFLOW_BENCH_ROWS:-2000} cargo test --release --workspace --all-targets --no-fail-fast
