@@ -3,8 +3,12 @@
 use crate::score::RowScore;
 use std::io::Write;
 
+/// Rows formatted per parallel work item.
+const FORMAT_ROWS: usize = 1 << 16;
+
 /// Writes the header and one line per row. `z` is row-major with
-/// `z_names.len()` values per row; `alerts[row]` is the decision.
+/// `z_names.len()` values per row; `alerts[row]` is the decision. Parts of a
+/// big output are formatted on all cores and written in order.
 pub fn write_scores(
     out: &mut impl Write,
     scores: &[RowScore],
@@ -12,21 +16,36 @@ pub fn write_scores(
     z_names: &[String],
     z: &[f32],
 ) -> std::io::Result<()> {
+    use rayon::prelude::*;
     out.write_all(b"score,alert")?;
     for name in z_names {
         write!(out, ",z_{name}")?;
     }
     out.write_all(b"\n")?;
     let nz = z_names.len();
-    let mut buf = ryu::Buffer::new();
-    for (row, (s, &alert)) in scores.iter().zip(alerts).enumerate() {
-        out.write_all(buf.format(s.score).as_bytes())?;
-        out.write_all(if alert { b",1" } else { b",0" })?;
-        for &value in &z[row * nz..(row + 1) * nz] {
-            out.write_all(b",")?;
-            out.write_all(buf.format(value).as_bytes())?;
-        }
-        out.write_all(b"\n")?;
+    let parts: Vec<Vec<u8>> = scores
+        .par_chunks(FORMAT_ROWS)
+        .zip(alerts.par_chunks(FORMAT_ROWS))
+        .enumerate()
+        .map(|(part, (scores, alerts))| {
+            let first = part * FORMAT_ROWS;
+            let mut text = Vec::with_capacity(scores.len() * (14 + 12 * nz));
+            let mut buf = ryu::Buffer::new();
+            for (i, (s, &alert)) in scores.iter().zip(alerts).enumerate() {
+                let row = first + i;
+                text.extend_from_slice(buf.format(s.score).as_bytes());
+                text.extend_from_slice(if alert { b",1" } else { b",0" });
+                for &value in &z[row * nz..(row + 1) * nz] {
+                    text.push(b',');
+                    text.extend_from_slice(buf.format(value).as_bytes());
+                }
+                text.push(b'\n');
+            }
+            text
+        })
+        .collect();
+    for part in parts {
+        out.write_all(&part)?;
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! The implicit-layout walk on AVX-512: sixteen rows per instruction.
+//!
+//! Gathers are slow on most AVX-512 parts, so nothing here gathers per
+//! level. Instead each level's split features and thresholds (at most 128
+//! nodes for trees of depth ≤ 8) live in a few vector registers and every
+//! lane picks its node with an in-register permute; the lane's feature value
+//! is picked from the block's transposed columns with compare-and-blend.
+//! Decisions (`x <= threshold` left, else right, NaN right) and the f32 sum
+//! in tree order are those of the scalar walk, so results are bit-identical.
+
+use super::Split;
+use std::arch::x86_64::*;
+
+/// Deepest tree this walk takes (levels 0..8 hold at most 128 nodes).
+pub(super) const MAX_DEPTH: u32 = 8;
+/// Widest row this walk takes; wider rows cost more blends than they save.
+pub(super) const MAX_DIMS: usize = 16;
+/// Lanes per vector.
+const W: usize = 16;
+/// Start of each level's nodes in a tree's table; levels 0–4 get one full
+/// vector each so a single permute serves them.
+const LEVEL_OFFSET: [usize; MAX_DEPTH as usize] = [0, 16, 32, 48, 64, 80, 112, 176];
+/// Table entries per tree.
+const TABLE_LEN: usize = 304;
+
+/// Whether this CPU runs the AVX-512 walk.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// Per-level split tables of every tree, padded for whole-vector loads.
+#[derive(Clone, Debug)]
+pub(super) struct Tables {
+    features: Vec<i32>,
+    thresholds: Vec<f32>,
+    leaves: Vec<f32>,
+    /// Per tree: (table offset, leaf offset, depth).
+    trees: Vec<(usize, usize, u32)>,
+    dims: usize,
+}
+
+impl Tables {
+    /// Builds the tables from complete trees in breadth-first order:
+    /// `(splits, leaves, depth)` per tree.
+    pub(super) fn new<'a>(
+        dims: usize,
+        trees: impl Iterator<Item = (&'a [Split], &'a [f32], u32)>,
+    ) -> Self {
+        let mut t = Self {
+            features: Vec::new(),
+            thresholds: Vec::new(),
+            leaves: Vec::new(),
+            trees: Vec::new(),
+            dims,
+        };
+        for (splits, leaves, depth) in trees {
+            debug_assert!(depth <= MAX_DEPTH);
+            let base = t.features.len();
+            t.features.resize(base + TABLE_LEN, 0);
+            t.thresholds.resize(base + TABLE_LEN, 0.0);
+            for (level, &offset) in LEVEL_OFFSET.iter().enumerate().take(depth as usize) {
+                let first = (1 << level) - 1;
+                for j in 0..1 << level {
+                    let split = splits[first + j];
+                    t.features[base + offset + j] = split.feature as i32;
+                    t.thresholds[base + offset + j] = split.threshold;
+                }
+            }
+            t.trees.push((base, t.leaves.len(), depth));
+            t.leaves.extend_from_slice(leaves);
+        }
+        t
+    }
+
+    /// Adds each row's path length in every tree, in tree order, to `sums`.
+    /// `rows` holds `sums.len()` rows, at most `BLOCK` of them.
+    pub(super) fn accumulate<const BLOCK: usize>(&self, rows: &[f32], sums: &mut [f32]) {
+        assert!(available(), "AVX-512 walk on a CPU without AVX-512");
+        assert!(sums.len() <= BLOCK && rows.len() == sums.len() * self.dims);
+        // SAFETY: AVX-512F is present (checked above); the shapes are checked.
+        unsafe { self.accumulate_avx512::<BLOCK>(rows, sums) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn accumulate_avx512<const BLOCK: usize>(&self, rows: &[f32], sums: &mut [f32]) {
+        let dims = self.dims;
+        let n = sums.len();
+        // Column-major copy of the block; padding lanes walk zeros and are
+        // never read back.
+        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
+        for (r, row) in rows.chunks_exact(dims).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                columns[d][r] = x;
+            }
+        }
+        let mut acc = [0f32; BLOCK];
+        // One copy of the walk per row width, so the per-feature blends
+        // unroll and the row's columns stay in registers.
+        macro_rules! by_dims {
+            ($($d:literal)*) => {
+                match dims {
+                    $($d => self.walk::<BLOCK, $d>(&columns, n.div_ceil(W), &mut acc),)*
+                    _ => unreachable!("rows wider than MAX_DIMS take the portable walk"),
+                }
+            };
+        }
+        by_dims!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        for (s, &a) in sums.iter_mut().zip(&acc) {
+            *s += a;
+        }
+    }
+
+    /// Walks `groups` groups of 16 rows of `D` features through every tree,
+    /// adding the leaves' path lengths to `acc`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn walk<const BLOCK: usize, const D: usize>(
+        &self,
+        columns: &[[f32; BLOCK]; MAX_DIMS],
+        groups: usize,
+        acc: &mut [f32; BLOCK],
+    ) {
+        let one = _mm512_set1_epi32(1);
+        for &(table, leaf_base, depth) in &self.trees {
+            let features = self.features.as_ptr().add(table);
+            let thresholds = self.thresholds.as_ptr().add(table);
+            let leaves = self.leaves.as_ptr().add(leaf_base);
+            for g in 0..groups {
+                let mut xs = [_mm512_setzero_ps(); D];
+                let mut d = 0;
+                while d < D {
+                    xs[d] = _mm512_loadu_ps(columns[d].as_ptr().add(g * W));
+                    d += 1;
+                }
+                let mut pos = _mm512_setzero_si512();
+                let mut level = 0;
+                while level < depth as usize {
+                    let offset = LEVEL_OFFSET[level];
+                    let (f, t) = lookup(features.add(offset), thresholds.add(offset), level, pos);
+                    let mut x = xs[0];
+                    let mut d = 1;
+                    while d < D {
+                        let is_d = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
+                        x = _mm512_mask_blend_ps(is_d, x, xs[d]);
+                        d += 1;
+                    }
+                    let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
+                    pos = _mm512_add_epi32(pos, pos);
+                    pos = _mm512_mask_add_epi32(pos, right, pos, one);
+                    level += 1;
+                }
+                let leaf = _mm512_i32gather_ps::<4>(pos, leaves);
+                let a = acc.as_mut_ptr().add(g * W);
+                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), leaf));
+            }
+        }
+    }
+}
+
+/// Each lane's split (feature, threshold) at node `pos` of level `level`,
+/// whose table entries start at `features` / `thresholds`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn lookup(
+    features: *const i32,
+    thresholds: *const f32,
+    level: usize,
+    pos: __m512i,
+) -> (__m512i, __m512) {
+    let f = |k: usize| _mm512_loadu_si512(features.add(k * W).cast());
+    let t = |k: usize| _mm512_loadu_ps(thresholds.add(k * W));
+    // Two vectors (32 entries) per permute; bits 5 and 6 of `pos` then
+    // choose among the pairs.
+    let pair = |k: usize| {
+        (
+            _mm512_permutex2var_epi32(f(k), pos, f(k + 1)),
+            _mm512_permutex2var_ps(t(k), pos, t(k + 1)),
+        )
+    };
+    let pick = |bit: i32, lo: (__m512i, __m512), hi: (__m512i, __m512)| {
+        let m = _mm512_test_epi32_mask(pos, _mm512_set1_epi32(bit));
+        (
+            _mm512_mask_blend_epi32(m, lo.0, hi.0),
+            _mm512_mask_blend_ps(m, lo.1, hi.1),
+        )
+    };
+    match level {
+        0..=4 => (
+            _mm512_permutexvar_epi32(pos, f(0)),
+            _mm512_permutexvar_ps(pos, t(0)),
+        ),
+        5 => pair(0),
+        6 => pick(32, pair(0), pair(2)),
+        _ => pick(64, pick(32, pair(0), pair(2)), pick(32, pair(4), pair(6))),
+    }
+}
