@@ -308,6 +308,85 @@ pub fn read_csv(reader: impl Read, wanted: &Wanted) -> Result<Columns, InputErro
     Ok(cols)
 }
 
+/// Parses JSON records keeping only what a [`Wanted`] reads.
+///
+/// Most of a record's cost is allocating values nobody reads; the picker
+/// keeps the top-level keys that are a wanted path or the first segment of a
+/// dotted one and skips the rest unparsed, so [`lookup`] on the result finds
+/// exactly what it finds on the whole record. Anything unusual (not an
+/// object, escaped keys, invalid JSON) is parsed whole, so results and error
+/// messages never differ from `serde_json::from_slice`.
+#[derive(Clone, Debug, Default)]
+pub struct JsonPicker {
+    paths: Vec<String>,
+}
+
+impl JsonPicker {
+    /// A picker for the fields `wanted` reads.
+    pub fn new(wanted: &Wanted) -> Self {
+        Self {
+            paths: wanted
+                .numeric
+                .iter()
+                .chain(&wanted.keys)
+                .chain(&wanted.time)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn keeps(&self, key: &str) -> bool {
+        self.paths.iter().any(|p| {
+            p == key
+                || (p.len() > key.len() && p.starts_with(key) && p.as_bytes()[key.len()] == b'.')
+        })
+    }
+
+    /// Parses one record: an object holding the kept keys, or whatever
+    /// `serde_json::from_slice` makes of anything else.
+    pub fn parse(&self, text: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let picked = serde::de::DeserializeSeed::deserialize(self, &mut de).and_then(|m| {
+            de.end()?;
+            Ok(m)
+        });
+        match picked {
+            Ok(map) => Ok(serde_json::Value::Object(map)),
+            Err(_) => serde_json::from_slice(text),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &JsonPicker {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &JsonPicker {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        // Borrowed keys: an escaped key fails here and the record is
+        // parsed whole instead.
+        while let Some(key) = map.next_key::<&'de str>()? {
+            if self.keeps(key) {
+                out.insert(key.to_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Looks up a dotted path (`a.b.c`) in a JSON object.
 pub fn lookup<'v>(value: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
     if let Some(v) = value.get(path) {
@@ -352,14 +431,16 @@ pub fn json_key(record: &serde_json::Value, path: &str, row: usize) -> Result<St
 /// Reads JSON lines (one object per line; blank lines are skipped).
 pub fn read_jsonl(reader: impl BufRead, wanted: &Wanted) -> Result<Columns, InputError> {
     let mut cols = Columns::new(wanted);
+    let picker = JsonPicker::new(wanted);
     for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         let row = cols.rows + 1;
-        let record: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| InputError::Json {
+        let record = picker
+            .parse(line.as_bytes())
+            .map_err(|e| InputError::Json {
                 row,
                 message: e.to_string(),
             })?;
@@ -532,6 +613,55 @@ mod tests {
             err.to_string(),
             format!("row {}, column 'b': 'oops' is not a number", i + 1)
         );
+    }
+
+    #[test]
+    fn picked_records_read_like_whole_records() {
+        let want = Wanted {
+            numeric: vec!["a".into(), "v.x".into(), "m.n".into()],
+            keys: vec!["k".into()],
+            time: Some("t".into()),
+        };
+        let picker = JsonPicker::new(&want);
+        let texts = [
+            r#"{"a":1,"v":{"x":2.5,"y":[1,2]},"k":"dev","t":10,"junk":{"deep":[{"z":1}]},"m.n":3}"#,
+            r#"{"a":"4","v":{"x":"5"},"k":7,"t":1.5,"m":{"n":6}}"#,
+            r#"{"a":1,"a":2,"v":{"x":1},"k":"x","t":0,"m.n":1}"#,
+            r#"{"a":1,"v":3,"k":"x","t":0,"m.n":1}"#,
+            r#"{"a":null,"v":{"x":1},"k":"x","t":0,"m.n":1}"#,
+            r#"{"a":true,"v":{"x":1},"k":{"o":1},"t":0,"m.n":1}"#,
+            r#"{"a":1,"v":{"x":1},"k":"x","t":0,"m.n":1}"#,
+            r#"[1,2]"#,
+            r#"{"a":1,"#,
+            r#"{"a":1} trailing"#,
+        ];
+        for text in texts {
+            let whole = serde_json::from_slice::<serde_json::Value>(text.as_bytes());
+            let picked = picker.parse(text.as_bytes());
+            match (&whole, &picked) {
+                (Ok(whole), Ok(picked)) => {
+                    let (mut a, mut b) = (Columns::new(&want), Columns::new(&want));
+                    let ra = a
+                        .push_json(&want, whole, 1, None)
+                        .map_err(|e| e.to_string());
+                    let rb = b
+                        .push_json(&want, picked, 1, None)
+                        .map_err(|e| e.to_string());
+                    assert_eq!(ra, rb, "{text}");
+                    assert_eq!((&a.numeric, &a.time), (&b.numeric, &b.time), "{text}");
+                    assert_eq!(
+                        a.keys.iter().map(|k| &k.names).collect::<Vec<_>>(),
+                        b.keys.iter().map(|k| &k.names).collect::<Vec<_>>(),
+                        "{text}"
+                    );
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                _ => panic!("{text}: {whole:?} vs {picked:?}"),
+            }
+        }
+        // Unread fields are not kept.
+        let picked = picker.parse(texts[0].as_bytes()).unwrap();
+        assert!(picked.get("junk").is_none());
     }
 
     #[test]

@@ -22,6 +22,12 @@
 //!   replayed by every replica; [`pb`] holds all generated code.
 //! - [`gen`]: labelled synthetic scenarios; [`demo`]: everything in one process.
 
+/// Scoring requests and Kafka batches allocate and free many short-lived
+/// buffers across threads; mimalloc's per-thread heaps keep that off the
+/// critical path where the system allocator trims and re-faults pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod alerts;
 pub mod api;
 pub mod bench;

@@ -144,7 +144,10 @@ pub async fn serve(
     let health_on_stop = health.clone();
     router
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // The builder's `tcp_nodelay` applies only to listeners it binds
+            // itself; without it a response's last frame can wait out the
+            // peer's delayed ACK (~40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 shutdown.cancelled().await;
                 health_on_stop
