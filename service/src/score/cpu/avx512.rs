@@ -15,6 +15,9 @@ use std::arch::x86_64::*;
 pub(super) const MAX_DEPTH: u32 = 8;
 /// Widest row this walk takes; wider rows cost more blends than they save.
 pub(super) const MAX_DIMS: usize = 16;
+/// Rows wider than this pick each lane's value with one gather instead of
+/// a compare-and-blend per feature.
+const GATHER_ABOVE: usize = 4;
 /// Lanes per vector.
 const W: usize = 16;
 /// Start of each level's nodes in a tree's table; levels 0–4 get one full
@@ -99,7 +102,10 @@ impl Tables {
         macro_rules! by_dims {
             ($($d:literal)*) => {
                 match dims {
-                    $($d => self.walk::<BLOCK, $d>(&columns, n.div_ceil(W), &mut acc),)*
+                    $($d if $d > GATHER_ABOVE => {
+                        self.walk::<BLOCK, $d, 4>(&columns, n.div_ceil(W), &mut acc)
+                    })*
+                    $($d => self.walk::<BLOCK, $d, 2>(&columns, n.div_ceil(W), &mut acc),)*
                     _ => unreachable!("rows wider than MAX_DIMS take the portable walk"),
                 }
             };
@@ -111,46 +117,75 @@ impl Tables {
     }
 
     /// Walks `groups` groups of 16 rows of `D` features through every tree,
-    /// adding the leaves' path lengths to `acc`.
+    /// `PAIR` groups side by side, adding the leaves' path lengths to `acc`.
+    /// Blending keeps `PAIR × D` columns in registers, so it pairs two
+    /// groups; gathering keeps none and pairs four.
+    // Index loops, not iterator adapters: the adapters were not inlined
+    // into this target-feature function and cost a call per step.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn walk<const BLOCK: usize, const D: usize>(
+    unsafe fn walk<const BLOCK: usize, const D: usize, const PAIR: usize>(
         &self,
         columns: &[[f32; BLOCK]; MAX_DIMS],
         groups: usize,
         acc: &mut [f32; BLOCK],
     ) {
+        debug_assert!((BLOCK / W).is_multiple_of(PAIR));
         let one = _mm512_set1_epi32(1);
+        let block = _mm512_set1_epi32(BLOCK as i32);
         for &(table, leaf_base, depth) in &self.trees {
             let features = self.features.as_ptr().add(table);
             let thresholds = self.thresholds.as_ptr().add(table);
             let leaves = self.leaves.as_ptr().add(leaf_base);
-            for g in 0..groups {
-                let mut xs = [_mm512_setzero_ps(); D];
-                let mut d = 0;
-                while d < D {
-                    xs[d] = _mm512_loadu_ps(columns[d].as_ptr().add(g * W));
-                    d += 1;
+            // Groups walk side by side so one's permutes and compares fill
+            // another's latency. A short last step walks padding groups,
+            // which lie inside the block (BLOCK / W is a multiple of PAIR).
+            for g0 in (0..groups).step_by(PAIR) {
+                let mut xs = [[_mm512_setzero_ps(); D]; PAIR];
+                let mut lanes = [_mm512_setzero_si512(); PAIR];
+                for p in 0..PAIR {
+                    let g = g0 + p;
+                    let mut d = 0;
+                    while d < D {
+                        xs[p][d] = _mm512_loadu_ps(columns[d].as_ptr().add(g * W));
+                        d += 1;
+                    }
+                    lanes[p] = _mm512_add_epi32(
+                        _mm512_set1_epi32((g * W) as i32),
+                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                    );
                 }
-                let mut pos = _mm512_setzero_si512();
+                let mut pos = [_mm512_setzero_si512(); PAIR];
                 let mut level = 0;
                 while level < depth as usize {
                     let offset = LEVEL_OFFSET[level];
-                    let (f, t) = lookup(features.add(offset), thresholds.add(offset), level, pos);
-                    let mut x = xs[0];
-                    let mut d = 1;
-                    while d < D {
-                        let is_d = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
-                        x = _mm512_mask_blend_ps(is_d, x, xs[d]);
-                        d += 1;
+                    for p in 0..PAIR {
+                        let (f, t) =
+                            lookup(features.add(offset), thresholds.add(offset), level, pos[p]);
+                        let x = if D > GATHER_ABOVE {
+                            let at = _mm512_add_epi32(_mm512_mullo_epi32(f, block), lanes[p]);
+                            _mm512_i32gather_ps::<4>(at, columns.as_ptr().cast::<f32>())
+                        } else {
+                            let mut x = xs[p][0];
+                            let mut d = 1;
+                            while d < D {
+                                let is_d = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
+                                x = _mm512_mask_blend_ps(is_d, x, xs[p][d]);
+                                d += 1;
+                            }
+                            x
+                        };
+                        let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
+                        pos[p] = _mm512_add_epi32(pos[p], pos[p]);
+                        pos[p] = _mm512_mask_add_epi32(pos[p], right, pos[p], one);
                     }
-                    let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
-                    pos = _mm512_add_epi32(pos, pos);
-                    pos = _mm512_mask_add_epi32(pos, right, pos, one);
                     level += 1;
                 }
-                let leaf = _mm512_i32gather_ps::<4>(pos, leaves);
-                let a = acc.as_mut_ptr().add(g * W);
-                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), leaf));
+                for p in 0..PAIR {
+                    let leaf = _mm512_i32gather_ps::<4>(pos[p], leaves);
+                    let a = acc.as_mut_ptr().add((g0 + p) * W);
+                    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), leaf));
+                }
             }
         }
     }
