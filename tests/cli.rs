@@ -323,6 +323,23 @@ fn bad_arguments_say_what_was_expected() {
         ],
     );
     assert!(err.contains("--trees"), "{err}");
+    // `isoflow run` without a config: the flags must describe a pipeline.
+    let err = fails("isoflow", &["run", "--brokers", "127.0.0.1:1"]);
+    assert!(err.contains("--input-topic"), "{err}");
+    let err = fails(
+        "isoflow",
+        &["run", "--brokers", "127.0.0.1:1", "--input-topic", "tx"],
+    );
+    assert!(
+        err.contains("also needs --model, --alerts-topic and --dlq-topic"),
+        "{err}"
+    );
+    #[rustfmt::skip]
+    let err = fails(
+        "isoflow",
+        &["run", "--input-topic", "tx", "--model", "m", "--alerts-topic", "a", "--dlq-topic", "d"],
+    );
+    assert!(err.contains("--brokers"), "{err}");
 }
 
 #[test]

@@ -149,11 +149,14 @@ fn accounted_offsets(addr: &str) -> (Vec<Coordinates>, Vec<Coordinates>) {
         .iter()
         .map(|r| {
             let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-            let id = v["id"].as_str().unwrap().to_owned();
-            let mut parts = id.rsplitn(3, '/');
-            let offset = parts.next().unwrap().parse().unwrap();
-            let partition = parts.next().unwrap().parse().unwrap();
-            (partition, offset)
+            assert_eq!(v["source"]["topic"], INPUT, "{v}");
+            assert!(v["model"].as_str().unwrap().contains('@'), "{v}");
+            assert!(v["alert"].is_boolean() && v["score"].is_f64(), "{v}");
+            let source = &v["source"];
+            (
+                source["partition"].as_i64().unwrap(),
+                source["offset"].as_i64().unwrap(),
+            )
         })
         .collect();
     let dead: Vec<(i64, i64)> = read_all(addr, "dlq")
@@ -194,7 +197,17 @@ fn every_record_is_scored_or_dead_lettered_and_anomalies_alert() {
     let addr = broker.addr();
     let config = setup(&addr, &|t, n| broker.create_topic(t, n), dir.path(), 4, 500);
     let truth = produce(&addr, dir.path(), 6000, 0.03, 11);
-    let service = Service::start(&config);
+    // The one-pipeline flag form, no config file.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+    #[rustfmt::skip]
+    let service = Service::start_with(
+        &[
+            "--brokers", &addr, "--input-topic", INPUT, "--model", model.to_str().unwrap(),
+            "--alerts-topic", "alerts", "--dlq-topic", "dlq", "--scores-topic", "scores",
+            "--group", "e2e", "--batch-size", "500", "--linger-ms", "50",
+        ],
+        &config,
+    );
     wait_for("all records accounted", Duration::from_secs(60), || {
         service.accounted() >= 6000
     });
@@ -218,10 +231,21 @@ fn every_record_is_scored_or_dead_lettered_and_anomalies_alert() {
         let id = header(r, "isoflow.record.id").expect("original headers kept");
         assert_eq!(truth[id], "corrupt", "{id} dead-lettered but not corrupt");
         assert_eq!(header(r, "isoflow.source.topic"), Some(INPUT));
-        assert!(!header(r, "isoflow.dlq.reason").unwrap().is_empty());
-        classes.insert(header(r, "isoflow.dlq.class").unwrap().to_owned());
+        assert!(!header(r, "isoflow.error.message").unwrap().is_empty());
+        classes.insert(header(r, "isoflow.error.reason").unwrap().to_owned());
     }
-    assert!(classes.contains("malformed_json"), "{classes:?}");
+    assert!(classes.contains("invalid_json"), "{classes:?}");
+    let codes = [
+        "invalid_json",
+        "missing_field",
+        "wrong_type",
+        "non_finite",
+        "too_large",
+    ];
+    assert!(
+        classes.iter().all(|c| codes.contains(&c.as_str())),
+        "{classes:?}"
+    );
     assert!(classes.len() >= 2, "{classes:?}");
 
     // Detection: injected anomalies alert, normal traffic mostly does not.

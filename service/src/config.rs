@@ -249,6 +249,92 @@ pub struct Overrides {
     pub grpc_listen: Option<String>,
     /// `grpc.token`.
     pub grpc_token: Option<String>,
+    /// One pipeline described by flags.
+    pub pipeline: PipelineFlags,
+}
+
+/// One pipeline from flags (`--input-topic`, `--model`, ...). With
+/// `input_topic`, they replace the file's pipeline reading that topic, or
+/// add one named after the topic; without it, they adjust the file's only
+/// pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineFlags {
+    /// `input_topic`.
+    pub input_topic: Option<String>,
+    /// `model`: a model file, or a registry name (`name` or `name@version`).
+    pub model: Option<PathBuf>,
+    /// `alerts_topic`.
+    pub alerts_topic: Option<String>,
+    /// `dlq_topic`.
+    pub dlq_topic: Option<String>,
+    /// `scores_topic`.
+    pub scores_topic: Option<String>,
+    /// `batch_max_records`.
+    pub batch_size: Option<usize>,
+    /// `batch_max_ms`.
+    pub linger_ms: Option<u64>,
+}
+
+impl PipelineFlags {
+    fn is_empty(&self) -> bool {
+        self.input_topic.is_none()
+            && self.model.is_none()
+            && self.alerts_topic.is_none()
+            && self.dlq_topic.is_none()
+            && self.scores_topic.is_none()
+            && self.batch_size.is_none()
+            && self.linger_ms.is_none()
+    }
+
+    /// Sets the fields given on `p`.
+    fn set(self, p: &mut PipelineConfig) {
+        let PipelineFlags {
+            input_topic,
+            model,
+            alerts_topic,
+            dlq_topic,
+            scores_topic,
+            batch_size,
+            linger_ms,
+        } = self;
+        for (value, field) in [
+            (input_topic, &mut p.input_topic),
+            (alerts_topic, &mut p.alerts_topic),
+            (dlq_topic, &mut p.dlq_topic),
+            (scores_topic, &mut p.scores_topic),
+        ] {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        if let Some(m) = model {
+            p.model = m;
+        }
+        if let Some(n) = batch_size {
+            p.batch_max_records = n;
+        }
+        if let Some(ms) = linger_ms {
+            p.batch_max_ms = ms;
+        }
+    }
+}
+
+impl Default for Config {
+    /// No file: defaults everywhere, no brokers and no pipelines yet (flags
+    /// must supply them).
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig {
+                brokers: String::new(),
+                group_id: default_group(),
+                session_timeout_ms: default_session_timeout_ms(),
+                properties: BTreeMap::new(),
+            },
+            service: ServiceConfig::default(),
+            grpc: GrpcConfig::default(),
+            pipelines: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -261,6 +347,7 @@ impl Config {
             metrics_listen,
             grpc_listen,
             grpc_token,
+            pipeline,
         } = overrides;
         let fields = [
             (brokers, &mut self.kafka.brokers),
@@ -275,7 +362,54 @@ impl Config {
                 *field = v;
             }
         }
+        self.apply_pipeline(pipeline)?;
         self.validate()
+    }
+
+    fn apply_pipeline(&mut self, flags: PipelineFlags) -> Result<(), ConfigError> {
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let at = match &flags.input_topic {
+            Some(topic) => self.pipelines.iter().position(|p| &p.input_topic == topic),
+            None if self.pipelines.len() == 1 => Some(0),
+            None => {
+                return bad(format!(
+                    "pipeline flags without --input-topic: the config has {} pipelines, say which with --input-topic",
+                    self.pipelines.len()
+                ))
+            }
+        };
+        match at {
+            Some(i) => flags.set(&mut self.pipelines[i]),
+            None => {
+                let (Some(topic), Some(model), Some(alerts), Some(dlq)) = (
+                    flags.input_topic.clone(),
+                    flags.model.clone(),
+                    flags.alerts_topic.clone(),
+                    flags.dlq_topic.clone(),
+                ) else {
+                    return bad(format!(
+                        "--input-topic {}: a new pipeline also needs --model, --alerts-topic and --dlq-topic",
+                        flags.input_topic.as_deref().unwrap_or_default()
+                    ));
+                };
+                let mut p = PipelineConfig {
+                    name: topic.clone(),
+                    input_topic: topic,
+                    model,
+                    alerts_topic: alerts,
+                    dlq_topic: dlq,
+                    scores_topic: String::new(),
+                    batch_max_records: default_batch_max_records(),
+                    batch_max_ms: default_batch_max_ms(),
+                };
+                flags.set(&mut p);
+                self.pipelines.push(p);
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text (`path` only names it in messages).
@@ -302,7 +436,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.kafka.brokers.trim().is_empty() {
-            return bad("kafka.brokers is empty".into());
+            return bad("kafka.brokers is empty: set it in the file or pass --brokers".into());
         }
         if self
             .service
@@ -324,7 +458,7 @@ impl Config {
             );
         }
         if self.pipelines.is_empty() {
-            return bad("no [[pipeline]] entries".into());
+            return bad("no pipeline: pass --input-topic, --model, --alerts-topic and --dlq-topic, or [[pipeline]] entries in --config".into());
         }
         let mut names = std::collections::HashSet::new();
         for p in &self.pipelines {
@@ -388,6 +522,86 @@ dlq_topic = "dlq"
             err.to_string().contains("expected auto, gpu or cpu"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn flags_alone_describe_one_pipeline() {
+        let mut c = Config::default();
+        let flags = PipelineFlags {
+            input_topic: Some("tx".into()),
+            model: Some("m.isoflow".into()),
+            alerts_topic: Some("a".into()),
+            dlq_topic: Some("d".into()),
+            batch_size: Some(512),
+            linger_ms: Some(20),
+            ..Default::default()
+        };
+        c.apply(Overrides {
+            brokers: Some("b:1".into()),
+            pipeline: flags.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!((p.name.as_str(), p.input_topic.as_str()), ("tx", "tx"));
+        assert_eq!((p.batch_max_records, p.batch_max_ms), (512, 20));
+        assert_eq!(p.scores_topic, "");
+
+        // Missing the rest of a new pipeline, or the brokers: said plainly.
+        let err = Config::default()
+            .apply(Overrides {
+                brokers: Some("b:1".into()),
+                pipeline: PipelineFlags {
+                    input_topic: Some("tx".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--model, --alerts-topic and --dlq-topic"),
+            "{err}"
+        );
+        let err = Config::default()
+            .apply(Overrides {
+                pipeline: flags,
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("--brokers"), "{err}");
+        let err = Config::default()
+            .apply(Overrides {
+                brokers: Some("b:1".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("--input-topic"), "{err}");
+    }
+
+    #[test]
+    fn flags_adjust_the_file_pipeline_they_name() {
+        let mut c = Config::parse(GOOD, "t.toml").unwrap();
+        c.apply(Overrides {
+            pipeline: PipelineFlags {
+                scores_topic: Some("scores".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.pipelines[0].scores_topic, "scores");
+        c.apply(Overrides {
+            pipeline: PipelineFlags {
+                input_topic: Some("transactions".into()),
+                dlq_topic: Some("dlq2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.pipelines.len(), 1);
+        assert_eq!(c.pipelines[0].dlq_topic, "dlq2");
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 
-/// Header carrying the reason.
-pub const REASON: &str = "isoflow.dlq.reason";
-/// Header carrying the reason class (`malformed_json`, `missing_field`, `not_a_number`, `non_finite`, `oversized`).
-pub const REASON_CLASS: &str = "isoflow.dlq.class";
+/// Header carrying the reason code: `invalid_json`, `missing_field`,
+/// `wrong_type`, `non_finite` or `too_large`.
+pub const REASON: &str = "isoflow.error.reason";
+/// Header carrying the human-readable message.
+pub const MESSAGE: &str = "isoflow.error.message";
 /// Header carrying the source topic.
 pub const TOPIC: &str = "isoflow.source.topic";
 /// Header carrying the source partition.
@@ -18,9 +19,9 @@ pub const OFFSET: &str = "isoflow.source.offset";
 /// Why a record could not be scored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
-    /// Short class for metrics.
+    /// Reason code (the `isoflow.error.reason` header and the metrics label).
     pub class: &'static str,
-    /// Human reason.
+    /// Human-readable message.
     pub reason: String,
 }
 
@@ -30,10 +31,11 @@ impl Rejection {
         use crate::input::InputError::*;
         let class = match e {
             MissingField { .. } | MissingColumn { .. } => "missing_field",
-            NotANumber { .. } => "not_a_number",
+            // Valid JSON that is not an object, or a value that is not a
+            // number: the record is JSON, its types are wrong.
+            NotANumber { .. } | Json { .. } => "wrong_type",
             NonFinite { .. } => "non_finite",
-            Json { .. } => "malformed_json",
-            Io(_) | Csv(_) => "unreadable",
+            Io(_) | Csv(_) => "invalid_json",
         };
         // Row numbers mean nothing inside a stream batch; the source
         // coordinates travel in headers instead.
@@ -69,8 +71,8 @@ pub fn headers(
     let partition = partition.to_string();
     let offset = offset.to_string();
     for (k, v) in [
-        (REASON, rejection.reason.as_str()),
-        (REASON_CLASS, rejection.class),
+        (REASON, rejection.class),
+        (MESSAGE, rejection.reason.as_str()),
         (TOPIC, topic),
         (PARTITION, partition.as_str()),
         (OFFSET, offset.as_str()),
@@ -107,8 +109,11 @@ mod tests {
             value: "abc".into(),
         };
         assert_eq!(
-            Rejection::from_input(&e).reason,
-            "column 'amount': 'abc' is not a number"
+            Rejection::from_input(&e),
+            Rejection {
+                class: "wrong_type",
+                reason: "column 'amount': 'abc' is not a number".into()
+            }
         );
         let e = InputError::NonFinite {
             row: 9,

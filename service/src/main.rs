@@ -72,24 +72,54 @@ enum Command {
     },
     /// Run the streaming service: consume records, score, publish alerts and DLQ.
     Run {
-        /// Service configuration (TOML).
+        /// Service configuration (TOML); may hold several pipelines. Flags
+        /// override it, and can describe one pipeline without it.
         #[arg(long, env = "ISOFLOW_CONFIG")]
-        config: PathBuf,
-        /// Override kafka.brokers.
+        config: Option<PathBuf>,
+        /// Bootstrap servers (kafka.brokers).
         #[arg(long, env = "ISOFLOW_BROKERS")]
         brokers: Option<String>,
-        /// Override kafka.group_id.
+        /// Topic of the records to score (a pipeline's input_topic).
+        #[arg(long, env = "ISOFLOW_INPUT_TOPIC")]
+        input_topic: Option<String>,
+        /// Model file, or a registry name (`name` or `name@version`) cached in grpc.models_dir.
+        #[arg(long, env = "ISOFLOW_MODEL")]
+        model: Option<PathBuf>,
+        /// Topic alerts are published to.
+        #[arg(long, env = "ISOFLOW_ALERTS_TOPIC")]
+        alerts_topic: Option<String>,
+        /// Dead-letter topic for records that cannot be scored.
+        #[arg(long, env = "ISOFLOW_DLQ_TOPIC")]
+        dlq_topic: Option<String>,
+        /// Optional topic with one score message per record.
+        #[arg(long, env = "ISOFLOW_SCORES_TOPIC")]
+        scores_topic: Option<String>,
+        /// Consumer group prefix (kafka.group_id).
         #[arg(long, env = "ISOFLOW_GROUP")]
         group: Option<String>,
-        /// Override service.backend (auto, gpu, cpu).
+        /// Backend: auto, gpu or cpu (service.backend).
         #[arg(long, env = "ISOFLOW_BACKEND")]
         backend: Option<String>,
-        /// Override service.metrics_listen (e.g. 127.0.0.1:9898).
-        #[arg(long, env = "ISOFLOW_METRICS_LISTEN")]
-        metrics_listen: Option<String>,
-        /// Override grpc.listen (empty: no gRPC API).
-        #[arg(long, env = "ISOFLOW_GRPC_LISTEN")]
-        grpc_listen: Option<String>,
+        /// Records per batch at most (batch_max_records; default 4096).
+        #[arg(long, env = "ISOFLOW_BATCH_SIZE")]
+        batch_size: Option<usize>,
+        /// Milliseconds a partial batch waits (batch_max_ms; default 100).
+        #[arg(long, env = "ISOFLOW_LINGER_MS")]
+        linger_ms: Option<u64>,
+        /// Serve Prometheus /metrics and /health here (service.metrics_listen, e.g. 127.0.0.1:9898).
+        #[arg(
+            long = "metrics",
+            visible_alias = "metrics-listen",
+            env = "ISOFLOW_METRICS_LISTEN"
+        )]
+        metrics: Option<String>,
+        /// Serve the gRPC API here (grpc.listen, e.g. 127.0.0.1:50051).
+        #[arg(
+            long = "grpc",
+            visible_alias = "grpc-listen",
+            env = "ISOFLOW_GRPC_LISTEN"
+        )]
+        grpc: Option<String>,
         /// Override grpc.token: bearer token every RPC but health must carry.
         #[arg(long, env = "ISOFLOW_GRPC_TOKEN", hide_env_values = true)]
         grpc_token: Option<String>,
@@ -301,20 +331,39 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             config,
             brokers,
+            input_topic,
+            model,
+            alerts_topic,
+            dlq_topic,
+            scores_topic,
             group,
             backend,
-            metrics_listen,
-            grpc_listen,
+            batch_size,
+            linger_ms,
+            metrics,
+            grpc,
             grpc_token,
         } => {
-            let mut config = isoflow::config::Config::read(&config)?;
+            let mut config = match config {
+                Some(path) => isoflow::config::Config::read(&path)?,
+                None => isoflow::config::Config::default(),
+            };
             config.apply(isoflow::config::Overrides {
                 brokers,
                 group,
                 backend,
-                metrics_listen,
-                grpc_listen,
+                metrics_listen: metrics,
+                grpc_listen: grpc,
                 grpc_token,
+                pipeline: isoflow::config::PipelineFlags {
+                    input_topic,
+                    model,
+                    alerts_topic,
+                    dlq_topic,
+                    scores_topic,
+                    batch_size,
+                    linger_ms,
+                },
             })?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {

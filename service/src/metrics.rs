@@ -268,14 +268,14 @@ mod tests {
         *r.backend.lock().unwrap() = "cpu".into();
         let m = r.pipeline("fraud");
         m.records_in.fetch_add(10, Relaxed);
-        m.dlq_inc("malformed_json");
+        m.dlq_inc("invalid_json");
         m.batch_latency.observe(0.02);
         let text = r.render();
         assert!(
             text.contains("isoflow_records_in_total{pipeline=\"fraud\"} 10"),
             "{text}"
         );
-        assert!(text.contains("isoflow_dlq_total{pipeline=\"fraud\",reason=\"malformed_json\"} 1"));
+        assert!(text.contains("isoflow_dlq_total{pipeline=\"fraud\",reason=\"invalid_json\"} 1"));
         assert!(text
             .contains("isoflow_batch_latency_seconds_bucket{pipeline=\"fraud\",le=\"0.025\"} 1"));
         assert!(

@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -210,6 +210,42 @@ pub fn parse_id(id: &str) -> Result<(String, Option<u32>), String> {
             Ok((name.to_owned(), Some(version)))
         }
     }
+}
+
+/// Loads the model a pipeline names: a model file, or else a registry name
+/// (`name` for its newest version, or `name@version`) looked up in the
+/// registry's cache folder `dir`.
+pub fn resolve_model(spec: &Path, dir: &Path) -> Result<pb::Model, ModelError> {
+    if spec.is_file() {
+        return model::load(spec);
+    }
+    let text = spec.display().to_string();
+    if let Ok((name, version)) = parse_id(&text) {
+        if check_name(&name).is_ok() {
+            let cached = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let file = e.ok()?.file_name().into_string().ok()?;
+                    let (n, v) = parse_id(file.strip_suffix(".isoflow")?).ok()?;
+                    (n == name && version.is_none_or(|want| v == Some(want))).then_some((v?, file))
+                })
+                .max();
+            if let Some((_, file)) = cached {
+                return model::load(&dir.join(file));
+            }
+        }
+    }
+    Err(ModelError::Read {
+        path: text.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no such file, and no model '{text}' in the registry cache {} (put one with `isoflow model put`)",
+                dir.display()
+            ),
+        ),
+    })
 }
 
 /// Checks a model name: non-empty, letters, digits, `_`, `-`, `.`.
@@ -709,6 +745,38 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pipelines_name_models_by_file_or_registry_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
+        let mut m = model::load(&file).unwrap();
+        for v in [1, 2, 10] {
+            m.version = v;
+            model::save(&m, &dir.path().join(format!("fraud@{v}.isoflow"))).unwrap();
+        }
+        assert_eq!(resolve_model(&file, dir.path()).unwrap().name, m.name);
+        assert_eq!(
+            resolve_model(Path::new("fraud"), dir.path())
+                .unwrap()
+                .version,
+            10
+        );
+        assert_eq!(
+            resolve_model(Path::new("fraud@2"), dir.path())
+                .unwrap()
+                .version,
+            2
+        );
+        let err = resolve_model(Path::new("fraud@3"), dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no model 'fraud@3' in the registry cache"),
+            "{err}"
+        );
+        let err = resolve_model(Path::new("nope.isoflow"), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("nope.isoflow"), "{err}");
+    }
+
     use super::*;
 
     #[test]

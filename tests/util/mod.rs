@@ -227,12 +227,19 @@ pub struct Service {
 impl Service {
     /// Starts `isoflow run --config CONFIG` with metrics on a free port.
     pub fn start(config: &std::path::Path) -> Service {
+        Self::start_with(&["--config", config.to_str().unwrap()], config)
+    }
+
+    /// Starts `isoflow run ARGS --metrics <free port> --backend cpu`; its
+    /// log goes next to `near`.
+    pub fn start_with(args: &[&str], near: &std::path::Path) -> Service {
         let metrics_port = free_port();
-        let log = config.with_extension(format!("{metrics_port}.log"));
+        let log = near.with_extension(format!("{metrics_port}.log"));
         let child = Command::new(bin("isoflow"))
-            .args(["run", "--config", config.to_str().unwrap()])
+            .arg("run")
+            .args(args)
             .args([
-                "--metrics-listen",
+                "--metrics",
                 &format!("127.0.0.1:{metrics_port}"),
                 "--backend",
                 "cpu",

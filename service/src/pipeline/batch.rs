@@ -56,7 +56,7 @@ pub(super) async fn process(
             rejected.push((
                 i,
                 Rejection {
-                    class: "oversized",
+                    class: "too_large",
                     reason: format!(
                         "message of {} bytes exceeds max_message_bytes {}",
                         value.len(),
@@ -72,7 +72,7 @@ pub(super) async fn process(
                 rejected.push((
                     i,
                     Rejection {
-                        class: "malformed_json",
+                        class: "invalid_json",
                         reason: format!("not JSON: {e}"),
                     },
                 ));
@@ -155,7 +155,7 @@ pub(super) async fn process(
         }
         if !ctx.config.scores_topic.is_empty() {
             let line = serde_json::json!({
-                "id": format!("{}/{}/{}", topic, record.partition, record.offset),
+                "source": { "topic": topic, "partition": record.partition, "offset": record.offset },
                 "key": key,
                 "score": scored.scores[row].score,
                 "alert": scored.alerts[row],

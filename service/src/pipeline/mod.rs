@@ -19,7 +19,7 @@ use crate::features::ZEngine;
 use crate::forest::PackedForest;
 use crate::kafka::{self, KafkaError, Record};
 use crate::metrics::{PipelineMetrics, Registry};
-use crate::model::{self, pb, ModelError};
+use crate::model::{pb, ModelError};
 use crate::score::{Backend, Engine, ScoreError, Scorer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -138,10 +138,12 @@ pub async fn run(
         .map_err(crate::config::ConfigError::Invalid)?;
     let mut states = Vec::new();
     for p in &config.pipelines {
-        let model = model::load(&p.model).map_err(|source| PipelineError::Model {
-            pipeline: p.name.clone(),
-            source,
-        })?;
+        let model = crate::registry::resolve_model(&p.model, &config.grpc.models_dir).map_err(
+            |source| PipelineError::Model {
+                pipeline: p.name.clone(),
+                source,
+            },
+        )?;
         states.push(model);
     }
     let engine = tokio::task::spawn_blocking(move || Engine::select(backend))
