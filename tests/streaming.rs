@@ -317,8 +317,10 @@ fn sigterm_drains_commits_and_exits_zero() {
     let mock = Mock::new();
     let addr = mock.addr.clone();
     let config = setup(&addr, &mock.create(), dir.path(), 2, 100);
-    // Enough records that the signal lands mid-stream.
-    let total = 40000;
+    // Enough records that the signal lands mid-stream, few enough that the
+    // scores topic stays under the mock cluster's 5 MB per partition (it
+    // drops the oldest messages beyond that).
+    let total = 30000;
     produce(&addr, dir.path(), total, 0.0, 12);
     let mut first = Service::start(&config);
     wait_for("first records", Duration::from_secs(30), || {
@@ -372,7 +374,8 @@ fn kill_9_then_restart_loses_nothing_and_replays_same_alert_ids() {
     let mock = Mock::new();
     let addr = mock.addr.clone();
     let config = setup(&addr, &mock.create(), dir.path(), 2, 100);
-    let total = 40000;
+    // Under the mock cluster's 5 MB per partition of scores (see above).
+    let total = 30000;
     produce(&addr, dir.path(), total, 0.01, 13);
     {
         let mut first = Service::start(&config);
@@ -551,4 +554,34 @@ fn trains_on_a_topics_history_with_the_service_feature_code() {
         ],
     );
     assert!(err.contains("--features"), "{err}");
+}
+
+#[test]
+fn bench_pipeline_measures_consume_throughput_and_alert_latency() {
+    let broker = Broker::memory();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+    #[rustfmt::skip]
+    let out = ok(
+        "isoflow",
+        &[
+            "bench", "pipeline", "--brokers", &broker.addr(), "--records", "6000",
+            "--rate", "2000", "--seconds", "2", "--backend", "cpu",
+            "--model", model.to_str().unwrap(),
+        ],
+    );
+    // Every phase reports a positive figure.
+    let figure = |label: &str| -> f64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(label));
+        let line = line.unwrap_or_else(|| panic!("no '{label}' line in:\n{out}"));
+        line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no figure after '{label}' in:\n{out}"))
+    };
+    for label in ["produce", "raw consume", "end to end"] {
+        assert!(figure(label) > 0.0, "{label}:\n{out}");
+    }
+    let latency = out.lines().find(|l| l.contains("produce → alert")).unwrap();
+    assert!(latency.contains("p50") && latency.contains("p99"), "{out}");
 }

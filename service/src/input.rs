@@ -408,6 +408,14 @@ impl JsonPicker {
         }
     }
 
+    /// Also keeps `path` (e.g. the entity key field); empty adds nothing.
+    pub fn with_path(mut self, path: &str) -> Self {
+        if !path.is_empty() {
+            self.paths.push(path.to_owned());
+        }
+        self
+    }
+
     fn keeps(&self, key: &str) -> bool {
         self.paths.iter().any(|p| {
             p == key

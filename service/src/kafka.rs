@@ -64,6 +64,10 @@ pub fn consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Some brokers (tansu among them) hold a fetch for its whole wait
+        // even when records arrive; librdkafka's 500 ms default would then
+        // sit in every record's latency.
+        .set("fetch.wait.max.ms", "10")
         .set("session.timeout.ms", session_timeout_ms.to_string())
         .set(
             "heartbeat.interval.ms",
@@ -83,7 +87,9 @@ pub fn producer(
 ) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(brokers, extra);
     c.set("acks", "all")
-        .set("linger.ms", "5")
+        // Callers await acknowledgements right after sending (a batch's
+        // alerts before its commit), so lingering only adds latency.
+        .set("linger.ms", "1")
         .set("message.timeout.ms", "60000")
         .set("queue.buffering.max.messages", "200000");
     for (k, v) in extra {

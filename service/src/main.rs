@@ -16,6 +16,43 @@ struct Cli {
     command: Command,
 }
 
+/// What `isoflow bench` measures besides scoring.
+#[derive(Subcommand, Debug)]
+enum BenchTarget {
+    /// The streaming service on a broker, in one run: raw consume rate of a
+    /// topic, records/s end to end through a pipeline, and produce-to-alert
+    /// latency at an offered rate. Creates fresh `isoflow-bench-*` topics.
+    Pipeline {
+        /// Bootstrap servers.
+        #[arg(long, env = "ISOFLOW_BROKERS")]
+        brokers: String,
+        /// Records for the throughput phases.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Offered rate of the latency phase, records/s.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Length of the latency phase, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Fraud model to score with.
+        #[arg(long, default_value = "models/fraud.isoflow")]
+        model: PathBuf,
+        /// Backend: auto, gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Pipeline batch size, records.
+        #[arg(long, default_value_t = 4096)]
+        batch_size: usize,
+        /// Pipeline linger, ms.
+        #[arg(long, default_value_t = 20)]
+        linger_ms: u64,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Score every row of a CSV or JSON-lines file; writes `score,alert[,z_<name>...]`.
@@ -47,7 +84,11 @@ enum Command {
     /// List the GPU adapters found (name, backend, type, limits that matter).
     Info,
     /// Measure scoring throughput on synthetic data, CPU and GPU side by side.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        /// `pipeline`: the streaming service against a broker.
+        #[command(subcommand)]
+        target: Option<BenchTarget>,
         /// Which backends to measure: cpu, gpu, or both.
         #[arg(long, default_value = "both", value_parser = parse_bench_backend)]
         backend: BenchBackend,
@@ -440,6 +481,45 @@ fn main() -> anyhow::Result<()> {
             println!("cpu: {} threads", rayon_threads());
         }
         Command::Bench {
+            target:
+                Some(BenchTarget::Pipeline {
+                    brokers,
+                    records,
+                    rate,
+                    seconds,
+                    partitions,
+                    model,
+                    backend,
+                    batch_size,
+                    linger_ms,
+                }),
+            ..
+        } => {
+            if records < 2 || rate <= 0.0 || seconds <= 0.0 || batch_size == 0 || linger_ms == 0 {
+                anyhow::bail!(
+                    "bench pipeline: expected --records >= 2 and --rate, --seconds, --batch-size, --linger-ms > 0"
+                );
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime
+                .block_on(isoflow::pipeline_bench::run(
+                    isoflow::pipeline_bench::PipelineBenchOptions {
+                        brokers,
+                        records,
+                        rate,
+                        seconds,
+                        partitions,
+                        model,
+                        backend,
+                        batch_size,
+                        linger_ms,
+                    },
+                ))
+                .context("isoflow bench pipeline failed")?;
+            println!("{report}");
+        }
+        Command::Bench {
+            target: None,
             backend,
             rows,
             dims,

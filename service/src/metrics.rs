@@ -142,13 +142,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers a pipeline and returns its metrics.
+    /// The metrics of pipeline `name`, registered on first use (so an
+    /// observer may ask before the pipeline starts).
     pub fn pipeline(&self, name: &str) -> Arc<PipelineMetrics> {
+        let mut pipelines = self.pipelines.lock().expect("metrics lock");
+        if let Some((_, m)) = pipelines.iter().find(|(n, _)| n == name) {
+            return m.clone();
+        }
         let m = Arc::new(PipelineMetrics::default());
-        self.pipelines
-            .lock()
-            .expect("metrics lock")
-            .push((name.to_owned(), m.clone()));
+        pipelines.push((name.to_owned(), m.clone()));
         m
     }
 

@@ -46,13 +46,26 @@ pub(super) async fn process(
         .map(|s| s.key_field.clone())
         .unwrap_or_default();
 
-    // Parse; anything that cannot become a feature row is rejected with a reason.
+    // Parse, on all cores, keeping only the fields the features and the
+    // entity key read (alerts re-read their whole record); anything that
+    // cannot become a feature row is rejected with a reason.
+    let picker = crate::input::JsonPicker::new(&wanted).with_path(&key_field);
+    let parsed: Vec<Option<Result<serde_json::Value, serde_json::Error>>> = {
+        use rayon::prelude::*;
+        batch
+            .par_iter()
+            .map(|r| {
+                let value = r.value.as_deref().unwrap_or_default();
+                (value.len() <= ctx.max_message_bytes).then(|| picker.parse(value))
+            })
+            .collect()
+    };
     let mut columns = Columns::new(&wanted);
     let mut accepted: Vec<(usize, serde_json::Value)> = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-    for (i, record) in batch.iter().enumerate() {
+    for (i, (record, parsed)) in batch.iter().zip(parsed).enumerate() {
         let value = record.value.as_deref().unwrap_or_default();
-        if value.len() > ctx.max_message_bytes {
+        let Some(parsed) = parsed else {
             rejected.push((
                 i,
                 Rejection {
@@ -65,8 +78,8 @@ pub(super) async fn process(
                 },
             ));
             continue;
-        }
-        let parsed: serde_json::Value = match serde_json::from_slice(value) {
+        };
+        let parsed: serde_json::Value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 rejected.push((
@@ -136,7 +149,8 @@ pub(super) async fn process(
                     score: scored.scores[row].score,
                     features: &scored.matrix[row * dims..(row + 1) * dims],
                     z: &scored.z[row * nz..(row + 1) * nz],
-                    record: record_json,
+                    record: &serde_json::from_slice(batch[*i].value.as_deref().unwrap_or_default())
+                        .unwrap_or_else(|_| record_json.clone()),
                 },
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");

@@ -25,7 +25,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Why the service stopped with an error.
@@ -229,7 +229,16 @@ pub async fn run(
         tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model.name, version = state.model.version, backend = engine.name(), "pipeline starting");
         let stop = failed.clone();
         tasks.spawn(async move {
-            let result = run_pipeline(ctx, consumer, state, stop.clone(), drain).await;
+            let consumer = Arc::new(consumer);
+            let probe_stop = stop.child_token();
+            let probe = tokio::spawn(probe_lag(
+                consumer.clone(),
+                ctx.metrics.clone(),
+                probe_stop.clone(),
+            ));
+            let result = run_pipeline(ctx, &consumer, state, stop.clone(), drain).await;
+            probe_stop.cancel();
+            let _ = probe.await;
             if result.is_err() {
                 stop.cancel();
             }
@@ -256,7 +265,7 @@ pub async fn run(
 /// The consume → score → publish → commit loop of one pipeline.
 async fn run_pipeline(
     ctx: PipelineContext,
-    consumer: StreamConsumer,
+    consumer: &StreamConsumer,
     state: ScoringState,
     shutdown: CancellationToken,
     drain: Duration,
@@ -266,8 +275,6 @@ async fn run_pipeline(
     let mut shadow_rx = ctx.handle.shadow_receiver();
     let mut shadow: Option<Shadow> = None;
     let max_wait = Duration::from_millis(ctx.config.batch_max_ms);
-    let lag_every = Duration::from_secs(5);
-    let mut last_lag = Instant::now();
     // Next offset per partition whose output this process has already had
     // acknowledged. After a rebalance the consumer resumes from the last
     // commit, which may be behind: those records are done, and feeding them
@@ -340,7 +347,7 @@ async fn run_pipeline(
                 let next = done.entry(r.partition).or_insert(0);
                 *next = (*next).max(r.offset + 1);
             }
-            let work = batch::process(&ctx, &consumer, &mut state, &mut shadow, batch);
+            let work = batch::process(&ctx, consumer, &mut state, &mut shadow, batch);
             if stopping {
                 tokio::time::timeout(drain, work)
                     .await
@@ -348,11 +355,6 @@ async fn run_pipeline(
             } else {
                 work.await?;
             }
-        }
-        if last_lag.elapsed() >= lag_every {
-            last_lag = Instant::now();
-            // Watermark queries block on the broker: tell the runtime.
-            tokio::task::block_in_place(|| update_lag(&consumer, &ctx.metrics));
         }
         if stopping {
             break;
@@ -373,6 +375,24 @@ async fn run_pipeline(
         "pipeline drained and stopped"
     );
     Ok(())
+}
+
+/// Updates the consumer-lag gauge every 5 s until `stop`. Watermark
+/// queries wait on the broker (tansu answers them behind a pending fetch),
+/// so they run on a blocking thread of their own, never in the batch loop.
+async fn probe_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: Arc<PipelineMetrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let (consumer, metrics) = (consumer.clone(), metrics.clone());
+        let _ = tokio::task::spawn_blocking(move || update_lag(&consumer, &metrics)).await;
+    }
 }
 
 /// Consumer lag: high watermark minus position, summed over assigned partitions.

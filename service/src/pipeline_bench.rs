@@ -1,0 +1,401 @@
+//! `isoflow bench pipeline`: the streaming service against a real broker, in
+//! one run. First the raw consume rate of a topic (a plain consumer, no
+//! work), then the same topic end to end through a pipeline, then the
+//! latency from producing a record to receiving its alert at an offered
+//! rate. Records are the generated fraud stream, scored by a fraud model.
+
+use crate::commands::GenCommandError;
+use crate::config::{Config, PipelineConfig};
+use crate::gen::{GenOptions, Scenario};
+use crate::kafka::{self, KafkaError};
+use crate::metrics::Registry;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct PipelineBenchOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Records for the throughput phases.
+    pub records: usize,
+    /// Offered rate (records/s) of the latency phase.
+    pub rate: f64,
+    /// Length of the latency phase.
+    pub seconds: f64,
+    /// Partitions of the input topic.
+    pub partitions: i32,
+    /// Fraud model the pipeline scores with.
+    pub model: PathBuf,
+    /// `auto`, `gpu` or `cpu`.
+    pub backend: String,
+    /// Pipeline batch size (records).
+    pub batch_size: usize,
+    /// Pipeline linger (ms).
+    pub linger_ms: u64,
+}
+
+/// Why the bench could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineBenchError {
+    /// Broker or client failure.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Producing the records failed.
+    #[error(transparent)]
+    Produce(#[from] GenCommandError),
+    /// The pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    /// A phase did not finish in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug)]
+pub struct PipelineBenchReport {
+    /// Options the run used.
+    pub options: PipelineBenchOptions,
+    /// Input topic.
+    pub topic: String,
+    /// Records/s produced (acknowledged).
+    pub produce_rate: f64,
+    /// Records/s a plain consumer reads, first record to last.
+    pub consume_rate: f64,
+    /// Records/s through the pipeline (scored or dead-lettered), first
+    /// batch to last.
+    pub pipeline_rate: f64,
+    /// Records produced in the latency phase.
+    pub latency_records: usize,
+    /// Alerts whose latency was measured.
+    pub alerts: usize,
+    /// Produce-to-alert latency percentiles (p50, p99, max), seconds.
+    pub latency: Option<(f64, f64, f64)>,
+}
+
+impl std::fmt::Display for PipelineBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "pipeline: {} records on {} ({} partitions), model {}, backend {}, batch {} / {} ms",
+            o.records,
+            self.topic,
+            o.partitions,
+            o.model.display(),
+            o.backend,
+            o.batch_size,
+            o.linger_ms
+        )?;
+        writeln!(
+            f,
+            "  produce              {:>12.0} records/s",
+            self.produce_rate
+        )?;
+        writeln!(
+            f,
+            "  raw consume          {:>12.0} records/s",
+            self.consume_rate
+        )?;
+        writeln!(
+            f,
+            "  end to end           {:>12.0} records/s  ({:.2} of raw consume)",
+            self.pipeline_rate,
+            self.pipeline_rate / self.consume_rate
+        )?;
+        match self.latency {
+            Some((p50, p99, max)) => write!(
+                f,
+                "  produce → alert at {:.0} records/s offered ({} records, {} alerts): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                o.rate,
+                self.latency_records,
+                self.alerts,
+                p50 * 1e3,
+                p99 * 1e3,
+                max * 1e3
+            ),
+            None => write!(
+                f,
+                "  produce → alert at {:.0} records/s offered ({} records): no alert arrived",
+                o.rate, self.latency_records
+            ),
+        }
+    }
+}
+
+/// Runs the three phases on fresh topics named `isoflow-bench-<stamp>-*`.
+pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, PipelineBenchError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let topic = format!("isoflow-bench-{stamp}-in");
+    let alerts_topic = format!("isoflow-bench-{stamp}-alerts");
+    let dlq_topic = format!("isoflow-bench-{stamp}-dlq");
+    let brokers = options.brokers.as_str();
+    kafka::create_topics(brokers, &[&topic], options.partitions).await?;
+    kafka::create_topics(brokers, &[&alerts_topic, &dlq_topic], 1).await?;
+
+    // One stream for both phases, so event time only moves forward.
+    let latency_records = (options.rate * options.seconds).round().max(1.0) as usize;
+    let stream = crate::gen::generate(&GenOptions {
+        scenario: Scenario::Fraud,
+        count: options.records + latency_records,
+        seed: 0,
+        corrupt_rate: 0.0,
+        start_ts: 1_767_225_600.0,
+    })
+    .map_err(GenCommandError::from)?;
+    let (bulk, paced) = stream.split_at(options.records);
+
+    let started = Instant::now();
+    crate::commands::produce(bulk, brokers, &|_| topic.clone(), 0.0).await?;
+    let produce_rate = bulk.len() as f64 / started.elapsed().as_secs_f64();
+
+    let consume_rate = raw_consume(brokers, &topic, &stamp.to_string(), bulk.len()).await?;
+
+    // The pipeline, in this process, reading the same topic from the start.
+    let registry = Arc::new(Registry::default());
+    let mut config = Config::default();
+    config.kafka.brokers = options.brokers.clone();
+    config.kafka.group_id = format!("isoflow-bench-{stamp}");
+    config.service.backend = options.backend.clone();
+    config.pipelines.push(PipelineConfig {
+        name: "bench".into(),
+        input_topic: topic.clone(),
+        model: options.model.clone(),
+        alerts_topic: alerts_topic.clone(),
+        dlq_topic: dlq_topic.clone(),
+        scores_topic: String::new(),
+        batch_max_records: options.batch_size,
+        batch_max_ms: options.linger_ms,
+    });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(crate::pipeline::run(
+        config,
+        registry.clone(),
+        Arc::new(crate::pipeline::Handles::default()),
+        shutdown.clone(),
+    ));
+    let metrics = registry.pipeline("bench");
+    let accounted =
+        || metrics.scored.load(std::sync::atomic::Ordering::Relaxed) + metrics.dlq_total();
+    let phase = |what: &str, want: u64, limit: Duration| {
+        let what = what.to_owned();
+        let running = &running;
+        async move {
+            let deadline = Instant::now() + limit;
+            let mut first: Option<(Instant, u64)> = None;
+            loop {
+                let done = accounted();
+                if first.is_none() && done > 0 {
+                    first = Some((Instant::now(), done));
+                }
+                if done >= want {
+                    return Ok(first);
+                }
+                if running.is_finished() {
+                    return Err(None);
+                }
+                if Instant::now() > deadline {
+                    return Err(Some(PipelineBenchError::Timeout(format!(
+                        "{what}: {done} of {want} records through the pipeline after {limit:?}"
+                    ))));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let limit = Duration::from_secs(120);
+    let bulk_total = bulk.len() as u64;
+    let first = match phase("end to end", bulk_total, limit).await {
+        Ok(first) => first,
+        Err(e) => return Err(fail(e, shutdown, running).await),
+    };
+    let last = Instant::now();
+    let pipeline_rate = match first {
+        Some((at, done)) if bulk_total > done && last > at => {
+            (bulk_total - done) as f64 / (last - at).as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+
+    // Latency: alerts are read as they arrive while records are produced at
+    // the offered rate; each alert carries its record, hence its id.
+    let watcher = kafka::consumer(
+        brokers,
+        &format!("isoflow-bench-{stamp}-watch"),
+        6000,
+        &Default::default(),
+    )?;
+    watcher
+        .subscribe(&[&alerts_topic])
+        .map_err(KafkaError::from)?;
+    let index: HashMap<&str, usize> = paced
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let sent: Vec<std::sync::OnceLock<Instant>> = (0..paced.len())
+        .map(|_| std::sync::OnceLock::new())
+        .collect();
+    let producing = paced_produce(brokers, &topic, paced, options.rate, &sent);
+    let mut latencies = Vec::new();
+    let collecting = async {
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(50), watcher.recv()).await {
+                Ok(Ok(m)) => {
+                    let now = Instant::now();
+                    let id = m
+                        .payload()
+                        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                        .and_then(|a| a["record"]["id"].as_str().map(str::to_owned));
+                    if let Some(at) = id
+                        .and_then(|id| index.get(id.as_str()).copied())
+                        .and_then(|i| sent[i].get().copied())
+                    {
+                        latencies.push((now - at).as_secs_f64());
+                    }
+                }
+                Ok(Err(e)) => return Err(PipelineBenchError::from(KafkaError::from(e))),
+                Err(_) => {}
+            }
+            // Done once every paced record is through and the alerts topic
+            // has been quiet for a second.
+            if accounted() >= bulk_total + paced.len() as u64 {
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    return Ok(());
+                }
+            }
+            if running.is_finished() {
+                return Ok(());
+            }
+        }
+    };
+    let (produced, collected) = tokio::join!(producing, collecting);
+    shutdown.cancel();
+    let stopped = running.await.expect("pipeline task does not panic");
+    produced?;
+    collected?;
+    stopped?;
+    if accounted() < bulk_total + paced.len() as u64 {
+        return Err(PipelineBenchError::Timeout(
+            "latency phase: the pipeline stopped before every record was through".into(),
+        ));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let latency = (!latencies.is_empty()).then(|| (pick(0.5), pick(0.99), pick(1.0)));
+    Ok(PipelineBenchReport {
+        topic,
+        produce_rate,
+        consume_rate,
+        pipeline_rate,
+        latency_records: paced.len(),
+        alerts: latencies.len(),
+        latency,
+        options,
+    })
+}
+
+/// Stops the pipeline and returns the error that ended a phase: the
+/// pipeline's own when it failed, else the phase's.
+async fn fail(
+    error: Option<PipelineBenchError>,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), crate::pipeline::PipelineError>>,
+) -> PipelineBenchError {
+    shutdown.cancel();
+    match running.await.expect("pipeline task does not panic") {
+        Err(e) => e.into(),
+        Ok(()) => error
+            .unwrap_or_else(|| PipelineBenchError::Timeout("the pipeline stopped early".into())),
+    }
+}
+
+/// Records/s a consumer in its own group reads `count` records of `topic`
+/// from the start, timed from the first record to the last.
+async fn raw_consume(
+    brokers: &str,
+    topic: &str,
+    stamp: &str,
+    count: usize,
+) -> Result<f64, PipelineBenchError> {
+    let consumer: StreamConsumer = kafka::consumer(
+        brokers,
+        &format!("isoflow-bench-{stamp}-raw"),
+        6000,
+        &Default::default(),
+    )?;
+    consumer.subscribe(&[topic]).map_err(KafkaError::from)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first = None;
+    let mut seen = 0usize;
+    while seen < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(_)) => {
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+            Ok(Err(e)) => return Err(KafkaError::from(e).into()),
+            Err(_) => {
+                return Err(PipelineBenchError::Timeout(format!(
+                    "raw consume: {seen} of {count} records after 120 s"
+                )))
+            }
+        }
+    }
+    let span = first.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
+    Ok((count.saturating_sub(1)) as f64 / span.max(1e-9))
+}
+
+/// Produces `records` at `rate` records/s, noting when each was handed to
+/// the producer.
+async fn paced_produce(
+    brokers: &str,
+    topic: &str,
+    records: &[crate::gen::GeneratedRecord],
+    rate: f64,
+    sent: &[std::sync::OnceLock<Instant>],
+) -> Result<(), PipelineBenchError> {
+    let producer = kafka::producer(brokers, &Default::default())?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let _ = sent[i].set(Instant::now());
+        let record = FutureRecord::to(topic)
+            .key(r.key.as_bytes())
+            .payload(&r.value);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| KafkaError::from(e))?;
+        pending.push(delivery);
+    }
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(KafkaError::from(e).into()),
+            Err(_) => {
+                return Err(PipelineBenchError::Timeout(
+                    "latency phase: the producer went away".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
