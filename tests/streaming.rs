@@ -585,3 +585,79 @@ fn bench_pipeline_measures_consume_throughput_and_alert_latency() {
     let latency = out.lines().find(|l| l.contains("produce → alert")).unwrap();
     assert!(latency.contains("p50") && latency.contains("p99"), "{out}");
 }
+
+#[test]
+fn tabular_rows_replayed_as_json_score_exactly_as_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    for topic in ["rows", "rows-alerts", "rows-dlq", "rows-scores"] {
+        broker.create_topic(topic, 1);
+    }
+    let csv = util::data("tabular/mammography.csv");
+    let model = dir.path().join("m.isoflow");
+    let (csv_s, model_s) = (csv.to_str().unwrap(), model.to_str().unwrap());
+    ok(
+        "isoflow-train",
+        &["fit", "--input", csv_s, "--out", model_s],
+    );
+    let offline = dir.path().join("offline.csv");
+    #[rustfmt::skip]
+    ok("isoflow", &["score", "--model", model_s, "--input", csv_s,
+                    "--output", offline.to_str().unwrap(), "--backend", "cpu"]);
+    let offline: Vec<f32> = std::fs::read_to_string(&offline)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+
+    // Each row as a JSON object whose fields carry the CSV column names, in
+    // file order on one partition, so a record's offset is its row.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let names: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<String> = lines
+        .map(|l| {
+            let fields: Vec<String> = names
+                .iter()
+                .zip(l.split(','))
+                .map(|(n, v)| format!("\"{n}\":{v}"))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        })
+        .collect();
+    assert_eq!(rows.len(), offline.len());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let producer = isoflow::kafka::producer(&addr, &Default::default()).unwrap();
+        let mut pending = Vec::new();
+        for row in &rows {
+            let record = rdkafka::producer::FutureRecord::<(), _>::to("rows").payload(row);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+        }
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+    });
+
+    #[rustfmt::skip]
+    let service = Service::start_with(
+        &["--brokers", &addr, "--input-topic", "rows", "--model", model_s,
+          "--alerts-topic", "rows-alerts", "--dlq-topic", "rows-dlq",
+          "--scores-topic", "rows-scores", "--group", "replay"],
+        &model,
+    );
+    wait_for("every row scored", Duration::from_secs(60), || {
+        service.accounted() as usize >= rows.len()
+    });
+    let scores = read_at_least(&addr, "rows-scores", rows.len());
+    assert_eq!(scores.len(), rows.len());
+    for r in &scores {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let row = v["source"]["offset"].as_u64().unwrap() as usize;
+        let online = v["score"].as_f64().unwrap() as f32;
+        assert_eq!(online, offline[row], "row {row}: online {v} vs offline");
+    }
+    assert!(read_all(&addr, "rows-dlq").is_empty());
+}
