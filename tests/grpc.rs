@@ -56,6 +56,7 @@ input_topic = "tx"
 model = "{}"
 alerts_topic = "alerts"
 dlq_topic = "dlq"
+shadow_scores_topic = "shadow-scores"
 batch_max_records = 500
 batch_max_ms = 50
 "#,
@@ -147,7 +148,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let broker = util::Broker::memory();
     let brokers = broker.addr();
-    isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq"], 2)
+    isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq", "shadow-scores"], 2)
         .await
         .unwrap();
     let a = Replica::start(dir.path(), "a", &brokers);
@@ -360,6 +361,40 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     assert_eq!(s.shadow_model, base);
     assert_eq!(s.live_model, new_id);
     assert!(s.live_alert_rate > 0.0, "{s:?}");
+    // Its scores of new records go to the shadow scores topic, marked.
+    #[rustfmt::skip]
+    util::ok("isoflow", &["gen", "--brokers", &brokers, "--scenario", "fraud",
+                          "--count", "1000", "--seed", "6", "--topic", "tx"]);
+    let shadow_brokers = brokers.clone();
+    let shadow_scores = tokio::task::spawn_blocking(move || {
+        let mut read = Vec::new();
+        for _ in 0..20 {
+            read = isoflow::kafka::read_topic(
+                &shadow_brokers,
+                "shadow-scores",
+                100_000,
+                Duration::from_secs(2),
+            )
+            .unwrap();
+            if read.len() >= 1000 {
+                break;
+            }
+        }
+        read
+    })
+    .await
+    .unwrap();
+    assert!(
+        shadow_scores.len() >= 1000,
+        "{} shadow scores",
+        shadow_scores.len()
+    );
+    for r in &shadow_scores {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["model"], base.as_str(), "{v}");
+        assert_eq!(v["shadow"], true, "{v}");
+        assert!(v["score"].is_f64() && v["source"]["offset"].is_i64(), "{v}");
+    }
 
     // Delete refused while live or shadow; unknown is NOT_FOUND.
     for version in [put.version, base_version] {
@@ -381,7 +416,8 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
 
-    // Score by model and by pipeline; the answer names the version.
+    // Score by model, by pipeline, and by neither (the only pipeline's live
+    // model); the answer names the version.
     let records: Vec<Vec<u8>> = alerts
         .iter()
         .take(5)
@@ -390,7 +426,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
             serde_json::to_vec(&v["record"]).unwrap()
         })
         .collect();
-    for (model, pipeline) in [(new_id.as_str(), ""), ("", "fraud")] {
+    for (model, pipeline) in [(new_id.as_str(), ""), ("", "fraud"), ("", "")] {
         let scored = scoring_a
             .score(authed(pb::ScoreRequest {
                 model: model.into(),

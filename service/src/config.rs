@@ -188,6 +188,9 @@ pub struct PipelineConfig {
     /// Optional topic with one message per scored record.
     #[serde(default)]
     pub scores_topic: String,
+    /// Optional topic with one message per record scored by the shadow model.
+    #[serde(default)]
+    pub shadow_scores_topic: String,
     /// Flush a batch at this many records...
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
@@ -269,6 +272,8 @@ pub struct PipelineFlags {
     pub dlq_topic: Option<String>,
     /// `scores_topic`.
     pub scores_topic: Option<String>,
+    /// `shadow_scores_topic`.
+    pub shadow_scores_topic: Option<String>,
     /// `batch_max_records`.
     pub batch_size: Option<usize>,
     /// `batch_max_ms`.
@@ -282,6 +287,7 @@ impl PipelineFlags {
             && self.alerts_topic.is_none()
             && self.dlq_topic.is_none()
             && self.scores_topic.is_none()
+            && self.shadow_scores_topic.is_none()
             && self.batch_size.is_none()
             && self.linger_ms.is_none()
     }
@@ -294,6 +300,7 @@ impl PipelineFlags {
             alerts_topic,
             dlq_topic,
             scores_topic,
+            shadow_scores_topic,
             batch_size,
             linger_ms,
         } = self;
@@ -302,6 +309,7 @@ impl PipelineFlags {
             (alerts_topic, &mut p.alerts_topic),
             (dlq_topic, &mut p.dlq_topic),
             (scores_topic, &mut p.scores_topic),
+            (shadow_scores_topic, &mut p.shadow_scores_topic),
         ] {
             if let Some(v) = value {
                 *field = v;
@@ -402,6 +410,7 @@ impl Config {
                     alerts_topic: alerts,
                     dlq_topic: dlq,
                     scores_topic: String::new(),
+                    shadow_scores_topic: String::new(),
                     batch_max_records: default_batch_max_records(),
                     batch_max_ms: default_batch_max_ms(),
                 };

@@ -153,6 +153,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             alerts_topic: ALERTS.into(),
             dlq_topic: DLQ.into(),
             scores_topic: String::new(),
+            shadow_scores_topic: String::new(),
             batch_max_records: 2048,
             batch_max_ms: 50,
         });

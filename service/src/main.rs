@@ -135,6 +135,9 @@ enum Command {
         /// Optional topic with one score message per record.
         #[arg(long, env = "ISOFLOW_SCORES_TOPIC")]
         scores_topic: Option<String>,
+        /// Optional topic with one message per record the shadow model scores.
+        #[arg(long, env = "ISOFLOW_SHADOW_SCORES_TOPIC")]
+        shadow_scores_topic: Option<String>,
         /// Consumer group prefix (kafka.group_id).
         #[arg(long, env = "ISOFLOW_GROUP")]
         group: Option<String>,
@@ -377,6 +380,7 @@ fn main() -> anyhow::Result<()> {
             alerts_topic,
             dlq_topic,
             scores_topic,
+            shadow_scores_topic,
             group,
             backend,
             batch_size,
@@ -402,6 +406,7 @@ fn main() -> anyhow::Result<()> {
                     alerts_topic,
                     dlq_topic,
                     scores_topic,
+                    shadow_scores_topic,
                     batch_size,
                     linger_ms,
                 },

@@ -173,6 +173,7 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
         alerts_topic: alerts_topic.clone(),
         dlq_topic: dlq_topic.clone(),
         scores_topic: String::new(),
+        shadow_scores_topic: String::new(),
         batch_max_records: options.batch_size,
         batch_max_ms: options.linger_ms,
     });

@@ -436,8 +436,18 @@ impl ModelRegistry {
     ) -> Result<(Arc<pb::Model>, Option<String>), RegistryError> {
         let handle = self.pipeline(pipeline)?;
         let model = self.get(name, Some(version))?;
+        let live = handle.live_model();
+        if mode == Mode::Shadow && model.feature_spec != live.feature_spec {
+            // The shadow scores the live model's features; it cannot score
+            // a different spec's without state of its own.
+            return Err(RegistryError::BadRequest(format!(
+                "shadow {} has a different feature spec from live {}: a shadow model must share the live model's features",
+                model_id(&model),
+                model_id(&live)
+            )));
+        }
         let previous = match mode {
-            Mode::Live => Some(model_id(&handle.live_model())),
+            Mode::Live => Some(model_id(&live)),
             Mode::Shadow => handle.shadow_model().map(|m| model_id(&m)),
         };
         let event = Event::Activate {

@@ -264,9 +264,24 @@ impl ScoringService for ScoringApi {
                     ))
                 })?
                 .live_model(),
-            _ => {
+            (true, true) => {
+                // Neither: the process's only pipeline, if it has one.
+                let all = self.registry.handles().all();
+                match all.as_slice() {
+                    [only] => only.live_model(),
+                    _ => {
+                        let names: Vec<&str> = all.iter().map(|h| h.name.as_str()).collect();
+                        return Err(Status::invalid_argument(format!(
+                            "no model or pipeline named, and this process runs {} pipelines ({}): set model (name or name@version) or pipeline",
+                            names.len(),
+                            names.join(", ")
+                        )));
+                    }
+                }
+            }
+            (false, false) => {
                 return Err(Status::invalid_argument(
-                    "set exactly one of model (name or name@version) and pipeline",
+                    "set model (name or name@version) or pipeline, not both",
                 ))
             }
         };

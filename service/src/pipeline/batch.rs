@@ -20,6 +20,8 @@ struct ScoredBatch {
     z: Vec<f32>,
     alerts: Vec<bool>,
     shadow_alerts: u64,
+    /// The shadow model's id, scores and decisions, when one scored.
+    shadow: Option<(String, Vec<RowScore>, Vec<bool>)>,
 }
 
 pub(super) async fn process(
@@ -167,6 +169,24 @@ pub(super) async fn process(
                 .await,
             ));
         }
+        let shadow_topic = ctx.config.shadow_scores_topic.as_str();
+        if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
+            // Same shape as the scores topic; `alert` is what the shadow
+            // would have decided, never published as an alert.
+            let line = serde_json::json!({
+                "source": { "topic": topic, "partition": record.partition, "offset": record.offset },
+                "key": key,
+                "score": scores[row].score,
+                "alert": alerts[row],
+                "model": model,
+                "shadow": true,
+            });
+            let payload = serde_json::to_vec(&line).expect("score serializes");
+            deliveries.push((
+                shadow_topic,
+                send(ctx, shadow_topic, key.as_bytes(), &payload, None).await,
+            ));
+        }
         if !ctx.config.scores_topic.is_empty() {
             let line = serde_json::json!({
                 "source": { "topic": topic, "partition": record.partition, "offset": record.offset },
@@ -285,21 +305,25 @@ fn score(
         state.features.rules(),
     );
     let mut shadow_alerts = 0;
+    let mut shadow_scored = None;
     if let Some(shadow) = shadow {
-        // A shadow model with another feature spec cannot reuse these
-        // features; it is counted as scoring nothing.
+        // Activation refuses a shadow with another feature spec; one that
+        // predates the live model's change scores nothing until replaced.
         if shadow.model.feature_spec == state.model.feature_spec && features.rows > 0 {
             let mut shadow_scores = vec![RowScore::default(); features.rows];
             shadow.scorer.score(&features.matrix, &mut shadow_scores)?;
-            shadow_alerts = crate::decision::decide(
+            let decided = crate::decision::decide(
                 &shadow_scores,
                 &features.matrix,
                 shadow.model.threshold,
                 state.features.rules(),
-            )
-            .iter()
-            .filter(|&&a| a)
-            .count() as u64;
+            );
+            shadow_alerts = decided.iter().filter(|&&a| a).count() as u64;
+            shadow_scored = Some((
+                crate::registry::model_id(&shadow.model),
+                shadow_scores,
+                decided,
+            ));
         }
     }
     Ok(ScoredBatch {
@@ -308,6 +332,7 @@ fn score(
         z: features.z,
         alerts,
         shadow_alerts,
+        shadow: shadow_scored,
     })
 }
 
