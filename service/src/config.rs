@@ -260,23 +260,31 @@ pub struct Overrides {
 /// `input_topic`, they replace the file's pipeline reading that topic, or
 /// add one named after the topic; without it, they adjust the file's only
 /// pipeline.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct PipelineFlags {
-    /// `input_topic`.
+    /// Topic of the records to score (a pipeline's input_topic).
+    #[arg(long, env = "ISOFLOW_INPUT_TOPIC")]
     pub input_topic: Option<String>,
-    /// `model`: a model file, or a registry name (`name` or `name@version`).
+    /// Model file, or a registry name (`name` or `name@version`) cached in grpc.models_dir.
+    #[arg(long, env = "ISOFLOW_MODEL")]
     pub model: Option<PathBuf>,
-    /// `alerts_topic`.
+    /// Topic alerts are published to.
+    #[arg(long, env = "ISOFLOW_ALERTS_TOPIC")]
     pub alerts_topic: Option<String>,
-    /// `dlq_topic`.
+    /// Dead-letter topic for records that cannot be scored.
+    #[arg(long, env = "ISOFLOW_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
-    /// `scores_topic`.
+    /// Optional topic with one score message per record.
+    #[arg(long, env = "ISOFLOW_SCORES_TOPIC")]
     pub scores_topic: Option<String>,
-    /// `shadow_scores_topic`.
+    /// Optional topic with one message per record the shadow model scores.
+    #[arg(long, env = "ISOFLOW_SHADOW_SCORES_TOPIC")]
     pub shadow_scores_topic: Option<String>,
-    /// `batch_max_records`.
+    /// Records per batch at most (batch_max_records; default 4096).
+    #[arg(long, env = "ISOFLOW_BATCH_SIZE")]
     pub batch_size: Option<usize>,
-    /// `batch_max_ms`.
+    /// Milliseconds a partial batch waits (batch_max_ms; default 100).
+    #[arg(long, env = "ISOFLOW_LINGER_MS")]
     pub linger_ms: Option<u64>,
 }
 

@@ -22,35 +22,7 @@ enum BenchTarget {
     /// The streaming service on a broker, in one run: raw consume rate of a
     /// topic, records/s end to end through a pipeline, and produce-to-alert
     /// latency at an offered rate. Creates fresh `isoflow-bench-*` topics.
-    Pipeline {
-        /// Bootstrap servers.
-        #[arg(long, env = "ISOFLOW_BROKERS")]
-        brokers: String,
-        /// Records for the throughput phases.
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        /// Offered rate of the latency phase, records/s.
-        #[arg(long, default_value_t = 20_000.0)]
-        rate: f64,
-        /// Length of the latency phase, seconds.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// Partitions of the input topic.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Fraud model to score with.
-        #[arg(long, default_value = "models/fraud.isoflow")]
-        model: PathBuf,
-        /// Backend: auto, gpu or cpu.
-        #[arg(long, default_value = "auto")]
-        backend: String,
-        /// Pipeline batch size, records.
-        #[arg(long, default_value_t = 4096)]
-        batch_size: usize,
-        /// Pipeline linger, ms.
-        #[arg(long, default_value_t = 20)]
-        linger_ms: u64,
-    },
+    Pipeline(isoflow::pipeline_bench::PipelineBenchOptions),
 }
 
 #[derive(Subcommand)]
@@ -120,36 +92,15 @@ enum Command {
         /// Bootstrap servers (kafka.brokers).
         #[arg(long, env = "ISOFLOW_BROKERS")]
         brokers: Option<String>,
-        /// Topic of the records to score (a pipeline's input_topic).
-        #[arg(long, env = "ISOFLOW_INPUT_TOPIC")]
-        input_topic: Option<String>,
-        /// Model file, or a registry name (`name` or `name@version`) cached in grpc.models_dir.
-        #[arg(long, env = "ISOFLOW_MODEL")]
-        model: Option<PathBuf>,
-        /// Topic alerts are published to.
-        #[arg(long, env = "ISOFLOW_ALERTS_TOPIC")]
-        alerts_topic: Option<String>,
-        /// Dead-letter topic for records that cannot be scored.
-        #[arg(long, env = "ISOFLOW_DLQ_TOPIC")]
-        dlq_topic: Option<String>,
-        /// Optional topic with one score message per record.
-        #[arg(long, env = "ISOFLOW_SCORES_TOPIC")]
-        scores_topic: Option<String>,
-        /// Optional topic with one message per record the shadow model scores.
-        #[arg(long, env = "ISOFLOW_SHADOW_SCORES_TOPIC")]
-        shadow_scores_topic: Option<String>,
+        /// The one pipeline the flags describe.
+        #[command(flatten)]
+        pipeline: isoflow::config::PipelineFlags,
         /// Consumer group prefix (kafka.group_id).
         #[arg(long, env = "ISOFLOW_GROUP")]
         group: Option<String>,
         /// Backend: auto, gpu or cpu (service.backend).
         #[arg(long, env = "ISOFLOW_BACKEND")]
         backend: Option<String>,
-        /// Records per batch at most (batch_max_records; default 4096).
-        #[arg(long, env = "ISOFLOW_BATCH_SIZE")]
-        batch_size: Option<usize>,
-        /// Milliseconds a partial batch waits (batch_max_ms; default 100).
-        #[arg(long, env = "ISOFLOW_LINGER_MS")]
-        linger_ms: Option<u64>,
         /// Serve Prometheus /metrics and /health here (service.metrics_listen, e.g. 127.0.0.1:9898).
         #[arg(
             long = "metrics",
@@ -375,16 +326,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             config,
             brokers,
-            input_topic,
-            model,
-            alerts_topic,
-            dlq_topic,
-            scores_topic,
-            shadow_scores_topic,
+            pipeline,
             group,
             backend,
-            batch_size,
-            linger_ms,
             metrics,
             grpc,
             grpc_token,
@@ -400,16 +344,7 @@ fn main() -> anyhow::Result<()> {
                 metrics_listen: metrics,
                 grpc_listen: grpc,
                 grpc_token,
-                pipeline: isoflow::config::PipelineFlags {
-                    input_topic,
-                    model,
-                    alerts_topic,
-                    dlq_topic,
-                    scores_topic,
-                    shadow_scores_topic,
-                    batch_size,
-                    linger_ms,
-                },
+                pipeline,
             })?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -486,40 +421,12 @@ fn main() -> anyhow::Result<()> {
             println!("cpu: {} threads", rayon_threads());
         }
         Command::Bench {
-            target:
-                Some(BenchTarget::Pipeline {
-                    brokers,
-                    records,
-                    rate,
-                    seconds,
-                    partitions,
-                    model,
-                    backend,
-                    batch_size,
-                    linger_ms,
-                }),
+            target: Some(BenchTarget::Pipeline(options)),
             ..
         } => {
-            if records < 2 || rate <= 0.0 || seconds <= 0.0 || batch_size == 0 || linger_ms == 0 {
-                anyhow::bail!(
-                    "bench pipeline: expected --records >= 2 and --rate, --seconds, --batch-size, --linger-ms > 0"
-                );
-            }
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime
-                .block_on(isoflow::pipeline_bench::run(
-                    isoflow::pipeline_bench::PipelineBenchOptions {
-                        brokers,
-                        records,
-                        rate,
-                        seconds,
-                        partitions,
-                        model,
-                        backend,
-                        batch_size,
-                        linger_ms,
-                    },
-                ))
+                .block_on(isoflow::pipeline_bench::run(options))
                 .context("isoflow bench pipeline failed")?;
             println!("{report}");
         }

@@ -18,26 +18,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// What to measure.
-#[derive(Clone, Debug)]
+/// What to measure (also the flags of `isoflow bench pipeline`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct PipelineBenchOptions {
     /// Bootstrap servers.
+    #[arg(long, env = "ISOFLOW_BROKERS")]
     pub brokers: String,
     /// Records for the throughput phases.
+    #[arg(long, default_value_t = 200_000)]
     pub records: usize,
-    /// Offered rate (records/s) of the latency phase.
+    /// Offered rate of the latency phase, records/s.
+    #[arg(long, default_value_t = 20_000.0)]
     pub rate: f64,
-    /// Length of the latency phase.
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Partitions of the input topic.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// Fraud model the pipeline scores with.
+    /// Fraud model to score with.
+    #[arg(long, default_value = "models/fraud.isoflow")]
     pub model: PathBuf,
-    /// `auto`, `gpu` or `cpu`.
+    /// Backend: auto, gpu or cpu.
+    #[arg(long, default_value = "auto")]
     pub backend: String,
-    /// Pipeline batch size (records).
+    /// Pipeline batch size, records.
+    #[arg(long, default_value_t = 4096)]
     pub batch_size: usize,
-    /// Pipeline linger (ms).
+    /// Pipeline linger, ms.
+    #[arg(long, default_value_t = 20)]
     pub linger_ms: u64,
 }
 
@@ -56,6 +65,9 @@ pub enum PipelineBenchError {
     /// A phase did not finish in time.
     #[error("{0}")]
     Timeout(String),
+    /// The options cannot make a run.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// The figures of one run.
@@ -132,6 +144,17 @@ impl std::fmt::Display for PipelineBenchReport {
 
 /// Runs the three phases on fresh topics named `isoflow-bench-<stamp>-*`.
 pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, PipelineBenchError> {
+    let o = &options;
+    if o.records < 2
+        || !(o.rate > 0.0 && o.seconds > 0.0)
+        || o.batch_size == 0
+        || o.linger_ms == 0
+        || o.partitions < 1
+    {
+        return Err(PipelineBenchError::Options(
+            "expected --records >= 2, --partitions >= 1 and --rate, --seconds, --batch-size, --linger-ms > 0".into(),
+        ));
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
