@@ -227,6 +227,19 @@ fn every_record_is_scored_or_dead_lettered_and_anomalies_alert() {
     let dlq = read_all(&addr, "dlq");
     assert!(!dlq.is_empty());
     let mut classes = HashSet::new();
+    let dead_ids: HashSet<&str> = dlq
+        .iter()
+        .map(|r| header(r, "isoflow.record.id").expect("original headers kept"))
+        .collect();
+    let corrupt_ids: HashSet<&str> = truth
+        .iter()
+        .filter(|(_, kind)| kind.as_str() == "corrupt")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(
+        dead_ids, corrupt_ids,
+        "every corrupt record, and only those, dead-lettered"
+    );
     for r in &dlq {
         let id = header(r, "isoflow.record.id").expect("original headers kept");
         assert_eq!(truth[id], "corrupt", "{id} dead-lettered but not corrupt");

@@ -61,9 +61,13 @@ fn damage(valid: &[u8], how: Damage, rng: &mut Rng) -> Vec<u8> {
     }
 }
 
-/// Removes one numeric field other than "ts" (event time may come from Kafka
-/// instead, so a record without it is not necessarily broken), or replaces
-/// its value with `replacement`.
+/// Numeric fields no shipped model reads (a service ignores fields its model
+/// does not use, so spoiling one leaves the record scoreable, not corrupt),
+/// and "ts" (event time may come from Kafka instead).
+const UNSCORED: [&str; 3] = ["\"ts\"", "\"dst_port\"", "\"seq\""];
+
+/// Removes one numeric field a model reads, or replaces its value with
+/// `replacement`, so the record cannot be scored.
 fn edit_number(valid: &[u8], rng: &mut Rng, replacement: Option<&str>) -> Vec<u8> {
     // The scenarios only write ASCII.
     let text = std::str::from_utf8(valid).expect("scenario records are ASCII");
@@ -74,7 +78,7 @@ fn edit_number(valid: &[u8], rng: &mut Rng, replacement: Option<&str>) -> Vec<u8
         .enumerate()
         .filter(|(_, field)| {
             let (name, value) = field.split_once(':').unwrap_or((field, ""));
-            name != "\"ts\"" && !value.starts_with('"')
+            !UNSCORED.contains(&name) && !value.starts_with('"')
         })
         .map(|(i, _)| i)
         .collect();
