@@ -465,6 +465,41 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     // Still up.
     assert_eq!(status(&mut scoring_a).await.live_model, new_id);
 
+    // The CLI client: JSON lines, and the same records as CSV, score alike.
+    let jsonl = dir.path().join("remote.jsonl");
+    #[rustfmt::skip]
+    util::ok("isoflow", &["gen", "--scenario", "fraud", "--count", "300", "--seed", "9",
+                          "--out", jsonl.to_str().unwrap()]);
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let columns: Vec<String> = objects[0].keys().cloned().collect();
+    let mut csv = columns.join(",") + "\n";
+    for o in &objects {
+        let row: Vec<String> = columns
+            .iter()
+            .map(|c| match &o[c] {
+                serde_json::Value::String(t) => t.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        csv += &(row.join(",") + "\n");
+    }
+    let csv_path = dir.path().join("remote.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let remote_score = |input: &Path, out: &str| {
+        let out = dir.path().join(out);
+        #[rustfmt::skip]
+        util::ok("isoflow", &["score", "--grpc", &a.address, "--token", TOKEN, "--pipeline", "fraud",
+                              "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        std::fs::read_to_string(out).unwrap()
+    };
+    let from_jsonl = remote_score(&jsonl, "remote-jsonl.out");
+    assert_eq!(from_jsonl.lines().count(), 301, "{from_jsonl}");
+    assert_eq!(remote_score(&csv_path, "remote-csv.out"), from_jsonl);
+
     python_client(dir.path(), &b.address, &brokers);
     eprintln!("grpc end to end in {:?}", started.elapsed());
     drop((a, b));

@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, required_unless_present = "pipeline")]
         model: Option<PathBuf>,
         /// Score through a running service's gRPC API at this address instead
-        /// of locally (JSON-lines input).
+        /// of locally (JSON lines, or CSV rows sent as JSON objects).
         #[arg(long)]
         grpc: Option<String>,
         /// With --grpc: score with this pipeline's live model.

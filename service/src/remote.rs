@@ -129,7 +129,9 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scores a JSON-lines file (or stdin) through the API; writes `score,alert`.
+/// Scores a JSON-lines or CSV file (or stdin) through the API; writes
+/// `score,alert`. CSV rows go as JSON objects keyed by the header's column
+/// names (numbers as numbers), the form a model trained from CSV reads.
 pub async fn score(
     address: &str,
     token: Option<&str>,
@@ -139,13 +141,28 @@ pub async fn score(
     output: &str,
 ) -> anyhow::Result<()> {
     let (_, mut scoring) = client::connect(address, token).await?;
-    let reader: Box<dyn BufRead> = if input == "-" {
+    let mut reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
             std::fs::File::open(input).with_context(|| format!("cannot read {input}"))?,
         ))
     };
+    let first = reader
+        .fill_buf()?
+        .iter()
+        .copied()
+        .find(|b| !b.is_ascii_whitespace());
+    let mut records: Box<dyn Iterator<Item = anyhow::Result<Vec<u8>>>> =
+        match isoflow::input::Format::detect(input, first) {
+            isoflow::input::Format::JsonLines => Box::new(
+                reader
+                    .lines()
+                    .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                    .map(|l| Ok(l?.into_bytes())),
+            ),
+            isoflow::input::Format::Csv => csv_as_json(reader)?,
+        };
     let sink: Box<dyn Write> = if output == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -153,28 +170,20 @@ pub async fn score(
     };
     let mut sink = std::io::BufWriter::new(sink);
     writeln!(sink, "score,alert")?;
-    let mut lines = reader.lines();
     let (mut rows, mut alerts) = (0usize, 0usize);
     loop {
-        let mut records = Vec::with_capacity(CHUNK);
-        for line in lines.by_ref() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            records.push(line.into_bytes());
-            if records.len() == CHUNK {
-                break;
-            }
-        }
-        if records.is_empty() {
+        let chunk: Vec<Vec<u8>> = records
+            .by_ref()
+            .take(CHUNK)
+            .collect::<anyhow::Result<_>>()?;
+        if chunk.is_empty() {
             break;
         }
         let r = scoring
             .score(pb::ScoreRequest {
                 model: model.to_owned(),
                 pipeline: pipeline.to_owned(),
-                records,
+                records: chunk,
                 ..Default::default()
             })
             .await
@@ -191,6 +200,39 @@ pub async fn score(
         eprintln!("scored {rows} records through {address}: {alerts} alerts -> {output}");
     }
     Ok(())
+}
+
+/// CSV rows as JSON objects keyed by the header's column names; a field
+/// that reads as a finite number goes as a number, anything else as text.
+fn csv_as_json(
+    reader: Box<dyn BufRead>,
+) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Vec<u8>>>>> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
+    let names: Vec<String> = csv
+        .headers()
+        .context("cannot read the CSV header")?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    Ok(Box::new(csv.into_records().enumerate().map(
+        move |(i, row)| {
+            let row = row.with_context(|| format!("CSV row {}", i + 1))?;
+            let object: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(row.iter())
+                .map(|(name, field)| {
+                    let value = match field.trim().parse::<f64>() {
+                        Ok(x) if x.is_finite() => serde_json::json!(x),
+                        _ => serde_json::Value::String(field.to_owned()),
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            Ok(serde_json::to_vec(&object)?)
+        },
+    )))
 }
 
 async fn connect(
