@@ -285,6 +285,9 @@ pub struct ModelRegistry {
     handles: Arc<Handles>,
     /// Serialises version assignment within this process.
     put_lock: tokio::sync::Mutex<()>,
+    /// Every activation the topic carried, by (pipeline, mode), including
+    /// pipelines other replicas run: deletes must respect those too.
+    activations: RwLock<BTreeMap<(String, &'static str), (String, u32)>>,
 }
 
 impl ModelRegistry {
@@ -333,6 +336,7 @@ impl ModelRegistry {
             topic,
             handles,
             put_lock: tokio::sync::Mutex::new(()),
+            activations: RwLock::new(BTreeMap::new()),
         }))
     }
 
@@ -386,6 +390,18 @@ impl ModelRegistry {
     /// Where `name@version` is in use in this process.
     pub fn usage(&self, name: &str, version: u32) -> Vec<(String, Mode)> {
         let mut out = Vec::new();
+        // Pipelines of other replicas, as their activations said; this
+        // process's own pipelines are judged by their actual state below.
+        for ((pipeline, mode), (n, v)) in self.activations.read().expect("registry lock").iter() {
+            if n == name && *v == version && self.handles.get(pipeline).is_none() {
+                let mode = if *mode == Mode::Live.as_str() {
+                    Mode::Live
+                } else {
+                    Mode::Shadow
+                };
+                out.push((pipeline.clone(), mode));
+            }
+        }
         for h in self.handles.all() {
             let live = h.live_model();
             if live.name == name && live.version == version {
@@ -551,6 +567,14 @@ impl ModelRegistry {
                 mode,
                 target,
             } => {
+                {
+                    let mut activations = self.activations.write().expect("registry lock");
+                    let slot = (pipeline.clone(), mode.as_str());
+                    match &target {
+                        Some(t) => activations.insert(slot, t.clone()),
+                        None => activations.remove(&slot),
+                    };
+                }
                 // Pipelines this process does not run are some other
                 // replica's business.
                 let Some(handle) = self.handles.get(&pipeline) else {
@@ -755,6 +779,46 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn delete_respects_activations_of_pipelines_other_replicas_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let registry = runtime
+            .block_on(ModelRegistry::open(
+                dir.path().into(),
+                "",
+                "",
+                Arc::new(Handles::default()),
+            ))
+            .unwrap();
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
+        let m = model::load(&file).unwrap();
+        registry.seed(&m);
+        // Another replica's pipeline, known only through the topic.
+        registry
+            .apply(Event::Activate {
+                pipeline: "elsewhere".into(),
+                mode: Mode::Shadow,
+                target: Some((m.name.clone(), m.version)),
+            })
+            .unwrap();
+        let refused = runtime
+            .block_on(registry.delete(&m.name, m.version))
+            .unwrap_err();
+        assert!(refused.to_string().contains("elsewhere"), "{refused}");
+        // Once cleared there, the delete goes through.
+        registry
+            .apply(Event::Activate {
+                pipeline: "elsewhere".into(),
+                mode: Mode::Shadow,
+                target: None,
+            })
+            .unwrap();
+        runtime
+            .block_on(registry.delete(&m.name, m.version))
+            .unwrap();
+    }
+
     #[test]
     fn pipelines_name_models_by_file_or_registry_name() {
         let dir = tempfile::tempdir().unwrap();
