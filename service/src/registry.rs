@@ -287,8 +287,11 @@ pub struct ModelRegistry {
     put_lock: tokio::sync::Mutex<()>,
     /// Every activation the topic carried, by (pipeline, mode), including
     /// pipelines other replicas run: deletes must respect those too.
-    activations: RwLock<BTreeMap<(String, &'static str), (String, u32)>>,
+    activations: RwLock<Activations>,
 }
+
+/// (pipeline, mode) → (model name, version).
+type Activations = BTreeMap<(String, &'static str), (String, u32)>;
 
 impl ModelRegistry {
     /// Opens the registry: creates `dir` and loads the models cached there,
