@@ -9,12 +9,13 @@ use crate::config::{Config, PipelineConfig};
 use crate::gen::{GenOptions, Scenario};
 use crate::kafka::{self, KafkaError};
 use crate::metrics::Registry;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -250,71 +251,93 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
         _ => f64::NAN,
     };
 
-    // Latency: alerts are read as they arrive while records are produced at
-    // the offered rate; each alert carries its record, hence its id.
-    let watcher = kafka::consumer(
-        brokers,
-        &format!("isoflow-bench-{stamp}-watch"),
-        6000,
-        &Default::default(),
-    )?;
+    // Latency: alerts are read as they arrive, on a thread of their own so
+    // a busy runtime cannot delay the receipt time, while records are
+    // produced at the offered rate; each alert carries its record's id.
+    let watcher: BaseConsumer = kafka::client_config(brokers, &Default::default())
+        .set("group.id", format!("isoflow-bench-{stamp}-watch"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(KafkaError::from)?;
     watcher
         .subscribe(&[&alerts_topic])
         .map_err(KafkaError::from)?;
-    let index: HashMap<&str, usize> = paced
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id.as_str(), i))
-        .collect();
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let watching = std::thread::spawn({
+        let (stop, received) = (watch_stop.clone(), received.clone());
+        move || -> Result<(), KafkaError> {
+            while !stop.load(Relaxed) {
+                match watcher.poll(Duration::from_millis(20)) {
+                    Some(Ok(m)) => {
+                        let now = Instant::now();
+                        let id = m
+                            .payload()
+                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                            .and_then(|a| a["record"]["id"].as_str().map(str::to_owned));
+                        if let Some(id) = id {
+                            received.lock().expect("receipts lock").push((id, now));
+                        }
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+    });
     let sent: Vec<std::sync::OnceLock<Instant>> = (0..paced.len())
         .map(|_| std::sync::OnceLock::new())
         .collect();
     let producing = paced_produce(brokers, &topic, paced, options.rate, &sent);
-    let mut latencies = Vec::new();
-    let collecting = async {
-        let mut quiet_since: Option<Instant> = None;
+    let settling = async {
+        // Done once every paced record is through and no alert has arrived
+        // for a second.
+        let mut last = (0usize, Instant::now());
         loop {
-            match tokio::time::timeout(Duration::from_millis(50), watcher.recv()).await {
-                Ok(Ok(m)) => {
-                    let now = Instant::now();
-                    let id = m
-                        .payload()
-                        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-                        .and_then(|a| a["record"]["id"].as_str().map(str::to_owned));
-                    if let Some(at) = id
-                        .and_then(|id| index.get(id.as_str()).copied())
-                        .and_then(|i| sent[i].get().copied())
-                    {
-                        latencies.push((now - at).as_secs_f64());
-                    }
-                }
-                Ok(Err(e)) => return Err(PipelineBenchError::from(KafkaError::from(e))),
-                Err(_) => {}
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let seen = received.lock().expect("receipts lock").len();
+            if seen != last.0 {
+                last = (seen, Instant::now());
             }
-            // Done once every paced record is through and the alerts topic
-            // has been quiet for a second.
-            if accounted() >= bulk_total + paced.len() as u64 {
-                let since = *quiet_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(1) {
-                    return Ok(());
-                }
-            }
-            if running.is_finished() {
-                return Ok(());
+            let through = accounted() >= bulk_total + paced.len() as u64;
+            if (through && last.1.elapsed() > Duration::from_secs(1)) || running.is_finished() {
+                return;
             }
         }
     };
-    let (produced, collected) = tokio::join!(producing, collecting);
+    let (produced, ()) = tokio::join!(producing, settling);
+    watch_stop.store(true, Relaxed);
+    let watched = tokio::task::spawn_blocking(move || watching.join())
+        .await
+        .expect("join task does not panic")
+        .expect("watcher thread does not panic");
     shutdown.cancel();
     let stopped = running.await.expect("pipeline task does not panic");
     produced?;
-    collected?;
+    watched?;
     stopped?;
     if accounted() < bulk_total + paced.len() as u64 {
         return Err(PipelineBenchError::Timeout(
             "latency phase: the pipeline stopped before every record was through".into(),
         ));
     }
+    let index: HashMap<&str, usize> = paced
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
+    let mut latencies: Vec<f64> = received
+        .lock()
+        .expect("receipts lock")
+        .iter()
+        .filter_map(|(id, at)| {
+            let sent_at = sent[*index.get(id.as_str())?].get()?;
+            Some((*at - *sent_at).as_secs_f64())
+        })
+        .collect();
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
