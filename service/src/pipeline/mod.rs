@@ -162,8 +162,10 @@ pub async fn run(
             p.alerts_topic.clone(),
             p.dlq_topic.clone(),
         ]);
-        if !p.scores_topic.is_empty() {
-            topics.push(p.scores_topic.clone());
+        for optional in [&p.scores_topic, &p.shadow_scores_topic] {
+            if !optional.is_empty() {
+                topics.push(optional.clone());
+            }
         }
     }
     let brokers = config.kafka.brokers.clone();
