@@ -3,7 +3,7 @@
 
 mod util;
 
-use util::{data, fails, ok, parse_scores};
+use util::{data, fails, ok, parse_scores, score_args};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -115,30 +115,8 @@ fn same_seed_same_model_file() {
     };
     assert_eq!(strip(&a.model), strip(&b.model));
     let input = data("tabular/wbc.csv").display().to_string();
-    let sa = ok(
-        "isoflow",
-        &[
-            "score",
-            "--model",
-            &a.model,
-            "--input",
-            &input,
-            "--backend",
-            "cpu",
-        ],
-    );
-    let sb = ok(
-        "isoflow",
-        &[
-            "score",
-            "--model",
-            &b.model,
-            "--input",
-            &input,
-            "--backend",
-            "cpu",
-        ],
-    );
+    let sa = ok("isoflow", &score_args(&a.model, &input, "cpu"));
+    let sb = ok("isoflow", &score_args(&b.model, &input, "cpu"));
     assert_eq!(sa, sb);
 }
 
@@ -165,27 +143,11 @@ fn json_lines_and_stdin_score_like_csv() {
     std::fs::write(&jsonl_path, jsonl).unwrap();
     let from_csv = ok(
         "isoflow",
-        &[
-            "score",
-            "--model",
-            &fx.model,
-            "--input",
-            csv_path.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ],
+        &score_args(&fx.model, csv_path.to_str().unwrap(), "cpu"),
     );
     let from_jsonl = ok(
         "isoflow",
-        &[
-            "score",
-            "--model",
-            &fx.model,
-            "--input",
-            jsonl_path.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ],
+        &score_args(&fx.model, jsonl_path.to_str().unwrap(), "cpu"),
     );
     assert_eq!(from_csv, from_jsonl);
 
@@ -228,15 +190,7 @@ fn input_errors_name_row_and_column() {
     .unwrap();
     let err = fails(
         "isoflow",
-        &[
-            "score",
-            "--model",
-            &fx.model,
-            "--input",
-            bad.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ],
+        &score_args(&fx.model, bad.to_str().unwrap(), "cpu"),
     );
     assert!(
         err.contains("row 2, column 'f3': 'x7' is not a number"),
@@ -246,15 +200,7 @@ fn input_errors_name_row_and_column() {
     std::fs::write(&bad, "f0,f1,f2\n1,2,3\n").unwrap();
     let err = fails(
         "isoflow",
-        &[
-            "score",
-            "--model",
-            &fx.model,
-            "--input",
-            bad.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ],
+        &score_args(&fx.model, bad.to_str().unwrap(), "cpu"),
     );
     assert!(err.contains("no column 'f3'"), "{err}");
 

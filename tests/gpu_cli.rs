@@ -5,7 +5,7 @@
 
 mod util;
 
-use util::{data, ok, parse_scores};
+use util::{data, ok, parse_scores, score_args};
 
 #[test]
 fn gpu_scores_equal_cpu_scores_on_every_shared_set() {
@@ -34,32 +34,8 @@ fn gpu_scores_equal_cpu_scores_on_every_shared_set() {
         .unwrap()["threshold"]
             .as_f64()
             .unwrap();
-        let cpu = parse_scores(&ok(
-            "isoflow",
-            &[
-                "score",
-                "--model",
-                &model,
-                "--input",
-                &input,
-                "--backend",
-                "cpu",
-            ],
-        ))
-        .1;
-        let gpu = parse_scores(&ok(
-            "isoflow",
-            &[
-                "score",
-                "--model",
-                &model,
-                "--input",
-                &input,
-                "--backend",
-                "gpu",
-            ],
-        ))
-        .1;
+        let cpu = parse_scores(&ok("isoflow", &score_args(&model, &input, "cpu"))).1;
+        let gpu = parse_scores(&ok("isoflow", &score_args(&model, &input, "gpu"))).1;
         assert_eq!(cpu.len(), gpu.len(), "{name}: row counts");
         for (row, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
             let diff = (c[0] - g[0]).abs();
@@ -84,15 +60,7 @@ fn gpu_backend_without_adapter_is_a_clear_error() {
         &["fit", "--input", &input, "--out", &model],
     );
     let out = std::process::Command::new(util::bin("isoflow"))
-        .args([
-            "score",
-            "--model",
-            &model,
-            "--input",
-            &input,
-            "--backend",
-            "gpu",
-        ])
+        .args(score_args(&model, &input, "gpu"))
         .env("WGPU_BACKEND", "metal")
         .output()
         .unwrap();
@@ -102,15 +70,7 @@ fn gpu_backend_without_adapter_is_a_clear_error() {
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
     // auto falls back to the CPU and still scores every row.
     let out = std::process::Command::new(util::bin("isoflow"))
-        .args([
-            "score",
-            "--model",
-            &model,
-            "--input",
-            &input,
-            "--backend",
-            "auto",
-        ])
+        .args(score_args(&model, &input, "auto"))
         .env("WGPU_BACKEND", "metal")
         .output()
         .unwrap();

@@ -13,6 +13,11 @@ use util::{bin, ok, wait_for, Broker, Service};
 
 const INPUT: &str = "transactions";
 
+/// Records of the mock-cluster recovery tests: few enough that their scores
+/// topic stays under the mock cluster's 5 MB per partition (it drops the
+/// oldest messages beyond that).
+const MOCK_RECORDS: usize = 30_000;
+
 /// (partition, offset) of an input record.
 type Coordinates = (i64, i64);
 
@@ -330,10 +335,8 @@ fn sigterm_drains_commits_and_exits_zero() {
     let mock = Mock::new();
     let addr = mock.addr.clone();
     let config = setup(&addr, &mock.create(), dir.path(), 2, 100);
-    // Enough records that the signal lands mid-stream, few enough that the
-    // scores topic stays under the mock cluster's 5 MB per partition (it
-    // drops the oldest messages beyond that).
-    let total = 30000;
+    // Enough records that the signal lands mid-stream.
+    let total = MOCK_RECORDS;
     produce(&addr, dir.path(), total, 0.0, 12);
     let mut first = Service::start(&config);
     wait_for("first records", Duration::from_secs(30), || {
@@ -387,8 +390,7 @@ fn kill_9_then_restart_loses_nothing_and_replays_same_alert_ids() {
     let mock = Mock::new();
     let addr = mock.addr.clone();
     let config = setup(&addr, &mock.create(), dir.path(), 2, 100);
-    // Under the mock cluster's 5 MB per partition of scores (see above).
-    let total = 30000;
+    let total = MOCK_RECORDS;
     produce(&addr, dir.path(), total, 0.01, 13);
     {
         let mut first = Service::start(&config);

@@ -8,7 +8,7 @@
 
 mod util;
 
-use util::{data, ok, parse_scores};
+use util::{data, ok, parse_scores, score_args};
 
 const SPEC: &str = r#"
 [[feature]]
@@ -75,15 +75,7 @@ fn check_backend(backend: &str) {
         );
         let out = ok(
             "isoflow",
-            &[
-                "score",
-                "--model",
-                model.to_str().unwrap(),
-                "--input",
-                input,
-                "--backend",
-                backend,
-            ],
+            &score_args(model.to_str().unwrap(), input, backend),
         );
         let (header, rows) = parse_scores(&out);
         assert_eq!(header, ["score", "alert", "z_value"]);

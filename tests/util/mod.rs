@@ -56,6 +56,19 @@ pub fn fails(name: &str, args: &[&str]) -> String {
     String::from_utf8(out.stderr).expect("utf-8 stderr")
 }
 
+/// Arguments of `isoflow score --model M --input I --backend B`.
+pub fn score_args<'a>(model: &'a str, input: &'a str, backend: &'a str) -> [&'a str; 7] {
+    [
+        "score",
+        "--model",
+        model,
+        "--input",
+        input,
+        "--backend",
+        backend,
+    ]
+}
+
 /// Parses `score,alert[,z...]` output into rows of f64.
 pub fn parse_scores(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
     let mut lines = text.lines();
