@@ -186,7 +186,7 @@ pub async fn gen_to_kafka(
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     crate::kafka::create_topics(brokers, &refs, partitions).await?;
     let started = std::time::Instant::now();
-    produce(&records, brokers, &topic_of, rate).await?;
+    produce(&records, brokers, &topic_of, rate, None).await?;
     write_truth(&records, truth)?;
     let secs = started.elapsed().as_secs_f64();
     Ok(format!(
@@ -201,11 +201,14 @@ pub async fn gen_to_kafka(
 /// Produces generated records to `topic_of(scenario)`, keyed by entity, with
 /// the record id in the [`RECORD_ID_HEADER`] header, paced to `rate`
 /// records/s when positive; returns once the broker acknowledged them all.
+/// With `sent` (one cell per record), notes when each record was handed to
+/// the producer.
 pub async fn produce(
     records: &[crate::gen::GeneratedRecord],
     brokers: &str,
     topic_of: &(dyn Fn(crate::gen::Scenario) -> String + Sync),
     rate: f64,
+    sent: Option<&[std::sync::OnceLock<std::time::Instant>]>,
 ) -> Result<(), GenCommandError> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
@@ -218,6 +221,9 @@ pub async fn produce(
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
+        }
+        if let Some(sent) = sent {
+            let _ = sent[i].set(std::time::Instant::now());
         }
         let headers = OwnedHeaders::new().insert(Header {
             key: RECORD_ID_HEADER,

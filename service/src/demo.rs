@@ -191,7 +191,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         let brokers = brokers.clone();
         let records = records.clone();
         tokio::spawn(async move {
-            crate::commands::produce(&records, &brokers, &|s| topic_of(s), 0.0).await
+            crate::commands::produce(&records, &brokers, &|s| topic_of(s), 0.0, None).await
         })
     };
     let tally = Arc::new(Mutex::new(AlertTally::default()));

@@ -5,7 +5,7 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use std::collections::BTreeMap;
@@ -53,12 +53,12 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
 /// A consumer for at-least-once processing: offsets are stored only by the
 /// pipeline once a batch's alerts and DLQ messages are acknowledged, then
 /// committed. Starts from the earliest offset when the group has none.
-pub fn consumer(
+pub fn consumer<C: rdkafka::config::FromClientConfig>(
     brokers: &str,
     group: &str,
     session_timeout_ms: u32,
     extra: &BTreeMap<String, String>,
-) -> Result<StreamConsumer, KafkaError> {
+) -> Result<C, KafkaError> {
     let mut c = client_config(brokers, extra);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")

@@ -11,7 +11,6 @@ use crate::kafka::{self, KafkaError};
 use crate::metrics::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -179,7 +178,7 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     let (bulk, paced) = stream.split_at(options.records);
 
     let started = Instant::now();
-    crate::commands::produce(bulk, brokers, &|_| topic.clone(), 0.0).await?;
+    crate::commands::produce(bulk, brokers, &|_| topic.clone(), 0.0, None).await?;
     let produce_rate = bulk.len() as f64 / started.elapsed().as_secs_f64();
 
     let consume_rate = raw_consume(brokers, &topic, &stamp.to_string(), bulk.len()).await?;
@@ -254,13 +253,12 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     // Latency: alerts are read as they arrive, on a thread of their own so
     // a busy runtime cannot delay the receipt time, while records are
     // produced at the offered rate; each alert carries its record's id.
-    let watcher: BaseConsumer = kafka::client_config(brokers, &Default::default())
-        .set("group.id", format!("isoflow-bench-{stamp}-watch"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(KafkaError::from)?;
+    let watcher: BaseConsumer = kafka::consumer(
+        brokers,
+        &format!("isoflow-bench-{stamp}-watch"),
+        6000,
+        &Default::default(),
+    )?;
     watcher
         .subscribe(&[&alerts_topic])
         .map_err(KafkaError::from)?;
@@ -291,7 +289,8 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     let sent: Vec<std::sync::OnceLock<Instant>> = (0..paced.len())
         .map(|_| std::sync::OnceLock::new())
         .collect();
-    let producing = paced_produce(brokers, &topic, paced, options.rate, &sent);
+    let topic_of = |_| topic.clone();
+    let producing = crate::commands::produce(paced, brokers, &topic_of, options.rate, Some(&sent));
     let settling = async {
         // Done once every paced record is through and no alert has arrived
         // for a second.
@@ -405,44 +404,4 @@ async fn raw_consume(
     }
     let span = first.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
     Ok((count.saturating_sub(1)) as f64 / span.max(1e-9))
-}
-
-/// Produces `records` at `rate` records/s, noting when each was handed to
-/// the producer.
-async fn paced_produce(
-    brokers: &str,
-    topic: &str,
-    records: &[crate::gen::GeneratedRecord],
-    rate: f64,
-    sent: &[std::sync::OnceLock<Instant>],
-) -> Result<(), PipelineBenchError> {
-    let producer = kafka::producer(brokers, &Default::default())?;
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        let due = Duration::from_secs_f64(i as f64 / rate);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-        let _ = sent[i].set(Instant::now());
-        let record = FutureRecord::to(topic)
-            .key(r.key.as_bytes())
-            .payload(&r.value);
-        let delivery = producer
-            .send_result(record)
-            .map_err(|(e, _)| KafkaError::from(e))?;
-        pending.push(delivery);
-    }
-    for delivery in pending {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(KafkaError::from(e).into()),
-            Err(_) => {
-                return Err(PipelineBenchError::Timeout(
-                    "latency phase: the producer went away".into(),
-                ))
-            }
-        }
-    }
-    Ok(())
 }

@@ -202,7 +202,7 @@ pub async fn run(
         };
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
-        let consumer = kafka::consumer(
+        let consumer: StreamConsumer = kafka::consumer(
             &config.kafka.brokers,
             &format!("{}.{}", config.kafka.group_id, p.name),
             config.kafka.session_timeout_ms,
