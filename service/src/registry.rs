@@ -90,7 +90,7 @@ pub enum RegistryError {
 }
 
 /// Where a model is activated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     /// Scores and alerts.
     Live,
@@ -291,7 +291,7 @@ pub struct ModelRegistry {
 }
 
 /// (pipeline, mode) → (model name, version).
-type Activations = BTreeMap<(String, &'static str), (String, u32)>;
+type Activations = BTreeMap<(String, Mode), (String, u32)>;
 
 impl ModelRegistry {
     /// Opens the registry: creates `dir` and loads the models cached there,
@@ -397,12 +397,7 @@ impl ModelRegistry {
         // process's own pipelines are judged by their actual state below.
         for ((pipeline, mode), (n, v)) in self.activations.read().expect("registry lock").iter() {
             if n == name && *v == version && self.handles.get(pipeline).is_none() {
-                let mode = if *mode == Mode::Live.as_str() {
-                    Mode::Live
-                } else {
-                    Mode::Shadow
-                };
-                out.push((pipeline.clone(), mode));
+                out.push((pipeline.clone(), *mode));
             }
         }
         for h in self.handles.all() {
@@ -572,7 +567,7 @@ impl ModelRegistry {
             } => {
                 {
                     let mut activations = self.activations.write().expect("registry lock");
-                    let slot = (pipeline.clone(), mode.as_str());
+                    let slot = (pipeline.clone(), mode);
                     match &target {
                         Some(t) => activations.insert(slot, t.clone()),
                         None => activations.remove(&slot),
