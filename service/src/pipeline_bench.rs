@@ -210,38 +210,29 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     let metrics = registry.pipeline("bench");
     let accounted =
         || metrics.scored.load(std::sync::atomic::Ordering::Relaxed) + metrics.dlq_total();
-    let phase = |what: &str, want: u64, limit: Duration| {
-        let what = what.to_owned();
-        let running = &running;
-        async move {
-            let deadline = Instant::now() + limit;
-            let mut first: Option<(Instant, u64)> = None;
-            loop {
-                let done = accounted();
-                if first.is_none() && done > 0 {
-                    first = Some((Instant::now(), done));
-                }
-                if done >= want {
-                    return Ok(first);
-                }
-                if running.is_finished() {
-                    return Err(None);
-                }
-                if Instant::now() > deadline {
-                    return Err(Some(PipelineBenchError::Timeout(format!(
-                        "{what}: {done} of {want} records through the pipeline after {limit:?}"
-                    ))));
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    };
     let limit = Duration::from_secs(120);
     let bulk_total = bulk.len() as u64;
-    let first = match phase("end to end", bulk_total, limit).await {
-        Ok(first) => first,
-        Err(e) => return Err(fail(e, shutdown, running).await),
-    };
+    let deadline = Instant::now() + limit;
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let done = accounted();
+        if first.is_none() && done > 0 {
+            first = Some((Instant::now(), done));
+        }
+        if done >= bulk_total {
+            break;
+        }
+        if running.is_finished() {
+            return Err(fail(None, shutdown, running).await);
+        }
+        if Instant::now() > deadline {
+            let timeout = PipelineBenchError::Timeout(format!(
+                "end to end: {done} of {bulk_total} records through the pipeline after {limit:?}"
+            ));
+            return Err(fail(Some(timeout), shutdown, running).await);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let last = Instant::now();
     let pipeline_rate = match first {
         Some((at, done)) if bulk_total > done && last > at => {
