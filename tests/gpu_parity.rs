@@ -7,6 +7,7 @@ use isoflow::features::spec::fields_spec;
 use isoflow::features::zscore::{KeySlotTable, ZEntry, ZParams, FLAG_RESET, Z_INFINITE};
 use isoflow::features::{CpuZEngine, ZEngine};
 use isoflow::forest::PackedForest;
+use isoflow::gpu::iforest::{Walk, TILED_MAX_DEPTH, TILED_MAX_DIMS};
 use isoflow::gpu::{list_adapters, GpuContext, GpuScorer, GpuZEngine};
 use isoflow::model::pb;
 use isoflow::score::cpu::CpuScorer;
@@ -111,6 +112,8 @@ fn forest_scores_match_cpu() {
         (4, 64, 12),
         (6, 16, 25),
         (8, 5, 30),
+        (9, 16, 9),
+        (9, 17, 6),
         (10, 33, 16),
         (12, 8, 20),
     ];
@@ -118,16 +121,29 @@ fn forest_scores_match_cpu() {
         let seed = 1000 + i as u64;
         let (forest, grid) = random_forest(seed, dims, trees, depth);
         let mut cpu = CpuScorer::new(forest.clone());
-        let mut gpu = GpuScorer::new(ctx.clone(), &forest).expect("gpu scorer");
-        // The same scorer across sizes: buffers grow, then are reused.
-        for rows in [1, 1001, 64, 3] {
-            let batch = random_rows(seed + rows as u64, rows, dims, grid);
-            let mut want = vec![RowScore::default(); rows];
-            let mut got = vec![RowScore::default(); rows];
-            cpu.score(&batch, &mut want).unwrap();
-            gpu.score(&batch, &mut got).expect("gpu score");
-            let case = format!("depth {depth}, dims {dims}, trees {trees}, rows {rows}");
-            assert_scores_match(&got, &want, &case);
+        let tiled = forest.max_depth <= TILED_MAX_DEPTH && dims <= TILED_MAX_DIMS;
+        let best = GpuScorer::new(ctx.clone(), &forest).expect("gpu scorer");
+        assert_eq!(
+            matches!(best.walk(), Walk::Tiled { .. }),
+            tiled,
+            "depth {depth}, dims {dims}"
+        );
+        let linked = GpuScorer::linked(ctx.clone(), &forest).expect("gpu scorer");
+        assert_eq!(linked.walk(), Walk::Linked);
+        for mut gpu in [best, linked] {
+            // The same scorer across sizes: buffers grow, then are reused.
+            for rows in [1, 1001, 64, 3] {
+                let batch = random_rows(seed + rows as u64, rows, dims, grid);
+                let mut want = vec![RowScore::default(); rows];
+                let mut got = vec![RowScore::default(); rows];
+                cpu.score(&batch, &mut want).unwrap();
+                gpu.score(&batch, &mut got).expect("gpu score");
+                let case = format!(
+                    "{:?}: depth {depth}, dims {dims}, trees {trees}, rows {rows}",
+                    gpu.walk()
+                );
+                assert_scores_match(&got, &want, &case);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 use crate::features::zscore::{KeySlotTable, ZEntry, ZParams, Z_INFINITE};
 use crate::features::{CpuZEngine, ZEngine};
 use crate::forest::PackedForest;
+use crate::gpu::iforest::Walk;
 use crate::gpu::{GpuContext, GpuScorer, GpuTimings, GpuZEngine};
 use crate::model::pb;
 use crate::score::cpu::CpuScorer;
@@ -90,6 +91,11 @@ pub struct BenchReport {
     pub adapter: Option<String>,
     /// GPU phases; `total` is the end-to-end time including transfers.
     pub gpu: Option<GpuTimings>,
+    /// Which kernel the GPU phases ran (`tiled` or `linked`).
+    pub gpu_walk: Option<Walk>,
+    /// Kernel-only time of the linked walk on the same rows, when the
+    /// phases above ran the tiled walk: the two kernels side by side.
+    pub linked_kernel: Option<Duration>,
     /// Largest |score_cpu − score_gpu| (and mean path) over all rows.
     pub max_abs_diff: Option<f32>,
     /// Z-score results, when keys were asked for.
@@ -158,6 +164,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, ScoreError> {
         let warm = opts.rows.min(gpu.chunk_rows());
         gpu.score(&rows[..warm * opts.dims], &mut gpu_out[..warm])?;
         report.gpu = Some(gpu.score_timed(&rows, &mut gpu_out)?);
+        report.gpu_walk = Some(gpu.walk());
+        if gpu.walk() != Walk::Linked {
+            let mut linked = GpuScorer::linked(ctx.clone(), &forest)?;
+            let mut linked_out = vec![RowScore::default(); opts.rows];
+            linked.score(&rows[..warm * opts.dims], &mut linked_out[..warm])?;
+            report.linked_kernel = Some(linked.score_timed(&rows, &mut linked_out)?.kernel);
+        }
         if run_cpu {
             report.max_abs_diff = Some(
                 cpu_out
@@ -360,7 +373,14 @@ impl fmt::Display for BenchReport {
         if let Some(gpu) = &self.gpu {
             line(f, "gpu end-to-end", self.rows, gpu.total)?;
             line(f, "gpu upload", self.rows, gpu.upload)?;
-            line(f, "gpu kernel only", self.rows, gpu.kernel)?;
+            let kernel = match self.gpu_walk {
+                Some(Walk::Tiled { .. }) => "gpu kernel only (tiled)",
+                _ => "gpu kernel only (linked)",
+            };
+            line(f, kernel, self.rows, gpu.kernel)?;
+            if let Some(time) = self.linked_kernel {
+                line(f, "gpu kernel only (linked)", self.rows, time)?;
+            }
             line(f, "gpu readback", self.rows, gpu.readback)?;
         }
         if let Some(diff) = self.max_abs_diff {

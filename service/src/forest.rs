@@ -195,6 +195,93 @@ impl PackedForest {
     }
 }
 
+/// An internal node of an [`ImplicitForest`]: `x[feature] <= threshold`
+/// goes to child `2i+1`, anything else (greater, or NaN) to `2i+2`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Split {
+    /// Feature column.
+    pub feature: u32,
+    /// Split threshold.
+    pub threshold: f32,
+}
+
+/// Where one tree of an [`ImplicitForest`] lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImplicitTree {
+    /// Index of the tree's first split in [`ImplicitForest::splits`].
+    pub splits: u32,
+    /// Index of the tree's first leaf in [`ImplicitForest::leaves`].
+    pub leaves: u32,
+    /// The tree's depth D: `2^D − 1` splits and `2^D` leaves.
+    pub depth: u32,
+}
+
+/// Every tree as a complete binary tree of its own depth D in breadth-first
+/// order: node `i` has children `2i+1` and `2i+2`, so a walk is D steps of
+/// arithmetic with no child pointers to load, and every walk of a tree takes
+/// the same number of steps (no divergence between SIMD lanes or GPU
+/// invocations). A leaf above depth D is repeated over every position beneath
+/// it; the splits above those copies are never decisive.
+#[derive(Clone, Debug, Default)]
+pub struct ImplicitForest {
+    /// All trees' splits.
+    pub splits: Vec<Split>,
+    /// All trees' leaf path lengths.
+    pub leaves: Vec<f32>,
+    /// Per tree, in tree order.
+    pub trees: Vec<ImplicitTree>,
+}
+
+impl ImplicitForest {
+    /// Lays out `packed`; memory grows as 2^depth per tree, so callers bound
+    /// the depth first.
+    pub fn new(packed: &PackedForest) -> Self {
+        let mut f = Self::default();
+        for (&root, &depth) in packed.roots.iter().zip(&packed.depths) {
+            let tree = ImplicitTree {
+                splits: f.splits.len() as u32,
+                leaves: f.leaves.len() as u32,
+                depth,
+            };
+            f.splits
+                .resize(f.splits.len() + (1 << depth) - 1, Split::default());
+            f.leaves.resize(f.leaves.len() + (1 << depth), 0.0);
+            let mut stack = vec![(root, 0usize, 0u32)];
+            while let Some((node, pos, level)) = stack.pop() {
+                let n = packed.nodes[node as usize];
+                if level == depth {
+                    f.leaves[tree.leaves as usize + pos - ((1 << depth) - 1)] = n.threshold;
+                    continue;
+                }
+                let (left, right) = if n.feature == LEAF {
+                    (node, node)
+                } else {
+                    f.splits[tree.splits as usize + pos] = Split {
+                        feature: n.feature,
+                        threshold: n.threshold,
+                    };
+                    (n.left, n.right)
+                };
+                stack.push((left, 2 * pos + 1, level + 1));
+                stack.push((right, 2 * pos + 2, level + 1));
+            }
+            f.trees.push(tree);
+        }
+        f
+    }
+
+    /// Each tree's splits, leaves and depth, in tree order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[Split], &[f32], u32)> + '_ {
+        self.trees.iter().map(|t| {
+            (
+                &self.splits[t.splits as usize..][..(1 << t.depth) - 1],
+                &self.leaves[t.leaves as usize..][..1 << t.depth],
+                t.depth,
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

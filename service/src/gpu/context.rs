@@ -1,6 +1,6 @@
 //! Adapter discovery and the long-lived device, queue and pipelines.
 
-use super::{IFOREST_WGSL, ZSCORE_WGSL};
+use super::{IFOREST_TILED_WGSL, IFOREST_WGSL, ZSCORE_WGSL};
 use crate::score::ScoreError;
 use std::fmt;
 use std::sync::mpsc;
@@ -119,6 +119,7 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) iforest: Kernel,
+    pub(crate) iforest_tiled: Kernel,
     pub(crate) zscore: Kernel,
     /// First uncaptured error or device loss, taken by [`Self::check`].
     fault: Arc<Mutex<Option<String>>>,
@@ -187,6 +188,12 @@ impl GpuContext {
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let iforest = Kernel::new(&device, "iforest", IFOREST_WGSL, &iforest_bindings());
+        let iforest_tiled = Kernel::new(
+            &device,
+            "iforest tiled",
+            IFOREST_TILED_WGSL,
+            &iforest_bindings(),
+        );
         let zscore = Kernel::new(&device, "zscore", ZSCORE_WGSL, &zscore_bindings());
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(ScoreError::Device(format!(
@@ -207,6 +214,7 @@ impl GpuContext {
             queue,
             limits,
             iforest,
+            iforest_tiled,
             zscore,
             fault,
         }))
@@ -345,7 +353,8 @@ fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-/// nodes, roots, rows (read); out (read_write); params (uniform).
+/// Both forest kernels: the forest's two buffers, rows (read); out
+/// (read_write); params (uniform).
 fn iforest_bindings() -> [wgpu::BindGroupLayoutEntry; 5] {
     [
         storage(0, true),

@@ -3,7 +3,8 @@
 //! - [`context`]: adapter discovery and the long-lived device, queue and
 //!   compiled pipelines, shared by every scorer through an `Arc`. Acquiring a
 //!   device is separate from the work so tests can bring their own adapter.
-//! - [`iforest`]: [`GpuScorer`], the isolation-forest kernel's host side. The
+//! - [`iforest`]: [`GpuScorer`], the host side of the two isolation-forest
+//!   kernels (tiled for shallow, narrow forests; linked for the rest). The
 //!   forest is uploaded once; batches stream through two ping-pong buffer sets
 //!   so the upload of one chunk overlaps the compute and readback of the last.
 //! - [`zscore`]: [`GpuZEngine`], per-slot EWMA state resident on the device.
@@ -32,6 +33,12 @@ pub const WORKGROUP_SIZE: u32 = 64;
 pub(crate) const IFOREST_WGSL: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shaders/iforest.wgsl"
+));
+
+/// Source of the tiled isolation-forest kernel (shallow, narrow forests).
+pub(crate) const IFOREST_TILED_WGSL: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shaders/iforest_tiled.wgsl"
 ));
 
 /// Source of the z-score kernel.
@@ -75,6 +82,22 @@ mod tests {
         assert!(ZSCORE_WGSL.contains(&infinite), "zscore.wgsl: {infinite}");
         for src in [IFOREST_WGSL, ZSCORE_WGSL] {
             assert!(src.contains("@workgroup_size(WORKGROUP_SIZE)"));
+        }
+        use iforest::{STAGE_WORDS, TILE_ROWS, TILE_STRIDE};
+        for constant in [
+            format!("const TILE_ROWS: u32 = {TILE_ROWS}u;"),
+            format!("const TILE_STRIDE: u32 = {TILE_STRIDE}u;"),
+            format!("const STAGE_WORDS: u32 = {STAGE_WORDS}u;"),
+            format!(
+                "var<workgroup> tile: array<f32, {}>;",
+                TILE_ROWS * TILE_STRIDE
+            ),
+            "@workgroup_size(TILE_ROWS)".to_string(),
+        ] {
+            assert!(
+                IFOREST_TILED_WGSL.contains(&constant),
+                "iforest_tiled.wgsl: {constant}"
+            );
         }
     }
 

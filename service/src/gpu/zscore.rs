@@ -113,20 +113,52 @@ impl GpuZEngine {
     /// Sorts `entries` stably by slot into `sorted`/`order_host` and records
     /// where each slot's segment starts.
     fn segment(&mut self, entries: &[ZEntry]) {
+        let n = entries.len();
+        let slots = entries
+            .iter()
+            .map(|e| e.slot as usize + 1)
+            .max()
+            .unwrap_or(0);
         self.order_host.clear();
-        self.order_host.extend(0..entries.len() as u32);
-        self.order_host.sort_by_key(|&i| entries[i as usize].slot);
-        self.sorted.clear();
-        self.sorted
-            .extend(self.order_host.iter().map(|&i| entries[i as usize]));
         self.starts_host.clear();
-        self.starts_host.push(0);
-        for i in 1..self.sorted.len() {
-            if self.sorted[i].slot != self.sorted[i - 1].slot {
-                self.starts_host.push(i as u32);
+        if slots > 8 * n {
+            // Few records over a large table: a comparison sort is cheaper
+            // than a count per slot.
+            self.order_host.extend(0..n as u32);
+            self.order_host.sort_by_key(|&i| entries[i as usize].slot);
+            self.sorted.clear();
+            self.sorted
+                .extend(self.order_host.iter().map(|&i| entries[i as usize]));
+            self.starts_host.push(0);
+            for i in 1..n {
+                if self.sorted[i].slot != self.sorted[i - 1].slot {
+                    self.starts_host.push(i as u32);
+                }
+            }
+        } else {
+            // Counting sort: linear and stable, where sorting tens of
+            // millions of indices by comparison takes seconds.
+            let mut next = vec![0u32; slots];
+            for e in entries {
+                next[e.slot as usize] += 1;
+            }
+            let mut at = 0u32;
+            for count in &mut next {
+                if *count > 0 {
+                    self.starts_host.push(at);
+                }
+                (at, *count) = (at + *count, at);
+            }
+            self.order_host.resize(n, 0);
+            self.sorted.resize(n, ZEntry::default());
+            for (i, e) in entries.iter().enumerate() {
+                let p = &mut next[e.slot as usize];
+                self.order_host[*p as usize] = i as u32;
+                self.sorted[*p as usize] = *e;
+                *p += 1;
             }
         }
-        self.starts_host.push(self.sorted.len() as u32);
+        self.starts_host.push(n as u32);
     }
 
     /// Runs one sub-batch small enough for every binding.

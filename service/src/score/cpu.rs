@@ -1,7 +1,7 @@
 //! The CPU scorer: the GPU kernel's twin, parallel over rows on all cores.
 
 use super::{check_shape, RowScore, ScoreError, Scorer};
-use crate::forest::{score_from_mean_path, PackedForest, LEAF};
+use crate::forest::{score_from_mean_path, ImplicitForest, PackedForest};
 use rayon::prelude::*;
 use std::cmp::Ordering::{Equal, Less};
 
@@ -21,33 +21,11 @@ const LANES: usize = 8;
 /// deeper forests use the linked layout.
 const MAX_IMPLICIT_DEPTH: u32 = 12;
 
-/// An internal node of the implicit layout.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Split {
-    feature: u32,
-    threshold: f32,
-}
-
-/// One tree as a complete binary tree of its own depth D in breadth-first
-/// order: node `i` has children `2i+1` (x ≤ threshold) and `2i+2`, so a walk
-/// is D steps of arithmetic with no child pointers to load. A leaf above
-/// depth D is repeated over every position beneath it.
-#[derive(Clone, Copy, Debug)]
-struct ImplicitTree {
-    splits: u32,
-    leaves: u32,
-    depth: u32,
-}
-
 /// The CPU layout of a packed forest.
 #[derive(Clone, Debug)]
 enum Layout {
     /// Complete trees with implicit children (depth ≤ [`MAX_IMPLICIT_DEPTH`]).
-    Implicit {
-        splits: Vec<Split>,
-        leaves: Vec<f32>,
-        trees: Vec<ImplicitTree>,
-    },
+    Implicit(ImplicitForest),
     /// The packed nodes themselves, for deeper forests.
     Linked,
 }
@@ -66,69 +44,17 @@ impl CpuForest {
         let layout = if packed.max_depth > MAX_IMPLICIT_DEPTH {
             Layout::Linked
         } else {
-            let (mut splits, mut leaves, mut trees) = (Vec::new(), Vec::new(), Vec::new());
-            for (&root, &depth) in packed.roots.iter().zip(&packed.depths) {
-                let tree = ImplicitTree {
-                    splits: splits.len() as u32,
-                    leaves: leaves.len() as u32,
-                    depth,
-                };
-                splits.resize(
-                    splits.len() + (1 << depth) - 1,
-                    Split {
-                        feature: 0,
-                        threshold: 0.0,
-                    },
-                );
-                leaves.resize(leaves.len() + (1 << depth), 0.0);
-                let mut stack = vec![(root, 0usize, 0u32)];
-                while let Some((node, pos, level)) = stack.pop() {
-                    let n = packed.nodes[node as usize];
-                    if level == depth {
-                        leaves[tree.leaves as usize + pos - ((1 << depth) - 1)] = n.threshold;
-                        continue;
-                    }
-                    let (left, right) = if n.feature == LEAF {
-                        (node, node)
-                    } else {
-                        splits[tree.splits as usize + pos] = Split {
-                            feature: n.feature,
-                            threshold: n.threshold,
-                        };
-                        (n.left, n.right)
-                    };
-                    stack.push((left, 2 * pos + 1, level + 1));
-                    stack.push((right, 2 * pos + 2, level + 1));
-                }
-                trees.push(tree);
-            }
-            Layout::Implicit {
-                splits,
-                leaves,
-                trees,
-            }
+            Layout::Implicit(ImplicitForest::new(&packed))
         };
         #[cfg(target_arch = "x86_64")]
         let simd = match &layout {
-            Layout::Implicit {
-                splits,
-                leaves,
-                trees,
-            } if vector
-                && avx512::available()
-                && packed.max_depth <= avx512::MAX_DEPTH
-                && packed.dims <= avx512::MAX_DIMS =>
+            Layout::Implicit(implicit)
+                if vector
+                    && avx512::available()
+                    && packed.max_depth <= avx512::MAX_DEPTH
+                    && packed.dims <= avx512::MAX_DIMS =>
             {
-                Some(avx512::Tables::new(
-                    packed.dims,
-                    trees.iter().map(|t| {
-                        (
-                            &splits[t.splits as usize..][..(1 << t.depth) - 1],
-                            &leaves[t.leaves as usize..][..1 << t.depth],
-                            t.depth,
-                        )
-                    }),
-                ))
+                Some(avx512::Tables::new(packed.dims, implicit.iter()))
             }
             _ => None,
         };
@@ -171,14 +97,8 @@ impl CpuForest {
                     }
                 }
             }
-            Layout::Implicit {
-                splits,
-                leaves,
-                trees,
-            } => {
-                for tree in trees {
-                    let splits = &splits[tree.splits as usize..][..(1 << tree.depth) - 1];
-                    let leaves = &leaves[tree.leaves as usize..][..1 << tree.depth];
+            Layout::Implicit(implicit) => {
+                for (splits, leaves, depth) in implicit.iter() {
                     let walk = |pos: usize, row: &[f32]| {
                         // SAFETY: `pos` stays below `splits.len()` for the
                         // `depth` steps a walk takes (complete tree), and
@@ -195,7 +115,7 @@ impl CpuForest {
                     let mut group_sums = sums.chunks_exact_mut(LANES);
                     for (group, gsums) in (&mut groups).zip(&mut group_sums) {
                         let mut pos = [0usize; LANES];
-                        for _ in 0..tree.depth {
+                        for _ in 0..depth {
                             for (k, p) in pos.iter_mut().enumerate() {
                                 *p = walk(*p, &group[k * dims..(k + 1) * dims]);
                             }
@@ -210,7 +130,7 @@ impl CpuForest {
                         .zip(group_sums.into_remainder())
                     {
                         let mut p = 0;
-                        for _ in 0..tree.depth {
+                        for _ in 0..depth {
                             p = walk(p, row);
                         }
                         *sum += leaves[p - splits.len()];

@@ -8,7 +8,7 @@
 //! Decisions (`x <= threshold` left, else right, NaN right) and the f32 sum
 //! in tree order are those of the scalar walk, so results are bit-identical.
 
-use super::Split;
+use crate::forest::Split;
 use std::arch::x86_64::*;
 
 /// Deepest tree this walk takes (levels 0..8 hold at most 128 nodes).
