@@ -7,7 +7,7 @@ use isoflow::features::spec::fields_spec;
 use isoflow::features::zscore::{KeySlotTable, ZEntry, ZParams, FLAG_RESET, Z_INFINITE};
 use isoflow::features::{CpuZEngine, ZEngine};
 use isoflow::forest::PackedForest;
-use isoflow::gpu::iforest::{Walk, TILED_MAX_DEPTH, TILED_MAX_DIMS};
+use isoflow::gpu::iforest::{Walk, IMPLICIT_MAX_DEPTH, IMPLICIT_MAX_DIMS};
 use isoflow::gpu::{list_adapters, GpuContext, GpuScorer, GpuZEngine};
 use isoflow::model::pb;
 use isoflow::score::cpu::CpuScorer;
@@ -114,6 +114,7 @@ fn forest_scores_match_cpu() {
         (8, 5, 30),
         (9, 16, 9),
         (9, 17, 6),
+        (12, 16, 5),
         (10, 33, 16),
         (12, 8, 20),
     ];
@@ -121,11 +122,11 @@ fn forest_scores_match_cpu() {
         let seed = 1000 + i as u64;
         let (forest, grid) = random_forest(seed, dims, trees, depth);
         let mut cpu = CpuScorer::new(forest.clone());
-        let tiled = forest.max_depth <= TILED_MAX_DEPTH && dims <= TILED_MAX_DIMS;
+        let implicit = forest.max_depth <= IMPLICIT_MAX_DEPTH && dims <= IMPLICIT_MAX_DIMS;
         let best = GpuScorer::new(ctx.clone(), &forest).expect("gpu scorer");
         assert_eq!(
-            matches!(best.walk(), Walk::Tiled { .. }),
-            tiled,
+            best.walk() == Walk::Implicit,
+            implicit,
             "depth {depth}, dims {dims}"
         );
         let linked = GpuScorer::linked(ctx.clone(), &forest).expect("gpu scorer");

@@ -91,10 +91,10 @@ pub struct BenchReport {
     pub adapter: Option<String>,
     /// GPU phases; `total` is the end-to-end time including transfers.
     pub gpu: Option<GpuTimings>,
-    /// Which kernel the GPU phases ran (`tiled` or `linked`).
+    /// Which kernel the GPU phases ran.
     pub gpu_walk: Option<Walk>,
     /// Kernel-only time of the linked walk on the same rows, when the
-    /// phases above ran the tiled walk: the two kernels side by side.
+    /// phases above ran the implicit walk: the two kernels side by side.
     pub linked_kernel: Option<Duration>,
     /// Largest |score_cpu − score_gpu| (and mean path) over all rows.
     pub max_abs_diff: Option<f32>,
@@ -374,7 +374,7 @@ impl fmt::Display for BenchReport {
             line(f, "gpu end-to-end", self.rows, gpu.total)?;
             line(f, "gpu upload", self.rows, gpu.upload)?;
             let kernel = match self.gpu_walk {
-                Some(Walk::Tiled { .. }) => "gpu kernel only (tiled)",
+                Some(Walk::Implicit) => "gpu kernel only (implicit)",
                 _ => "gpu kernel only (linked)",
             };
             line(f, kernel, self.rows, gpu.kernel)?;

@@ -1,6 +1,6 @@
 //! Adapter discovery and the long-lived device, queue and pipelines.
 
-use super::{IFOREST_TILED_WGSL, IFOREST_WGSL, ZSCORE_WGSL};
+use super::{IFOREST_IMPLICIT_WGSL, IFOREST_WGSL, ZSCORE_WGSL};
 use crate::score::ScoreError;
 use std::fmt;
 use std::sync::mpsc;
@@ -119,7 +119,7 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) iforest: Kernel,
-    pub(crate) iforest_tiled: Kernel,
+    pub(crate) iforest_implicit: Kernel,
     pub(crate) zscore: Kernel,
     /// First uncaptured error or device loss, taken by [`Self::check`].
     fault: Arc<Mutex<Option<String>>>,
@@ -188,10 +188,10 @@ impl GpuContext {
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let iforest = Kernel::new(&device, "iforest", IFOREST_WGSL, &iforest_bindings());
-        let iforest_tiled = Kernel::new(
+        let iforest_implicit = Kernel::new(
             &device,
-            "iforest tiled",
-            IFOREST_TILED_WGSL,
+            "iforest implicit",
+            IFOREST_IMPLICIT_WGSL,
             &iforest_bindings(),
         );
         let zscore = Kernel::new(&device, "zscore", ZSCORE_WGSL, &zscore_bindings());
@@ -214,7 +214,7 @@ impl GpuContext {
             queue,
             limits,
             iforest,
-            iforest_tiled,
+            iforest_implicit,
             zscore,
             fault,
         }))
@@ -266,12 +266,21 @@ impl GpuContext {
         bytes: u64,
         submission: wgpu::SubmissionIndex,
     ) -> Result<(), ScoreError> {
-        let (done, mapped) = mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, ..bytes, move |result| {
-            // The receiver outlives this callback: map_read waits for it.
-            let _ = done.send(result);
-        });
-        self.wait(submission)?;
+        let mapped = request_map(staging, wgpu::MapMode::Read, bytes);
+        self.await_map(mapped, Some(submission))
+    }
+
+    /// Waits for a mapping from [`request_map`]: first for `submission` (the
+    /// last work that uses the buffer) where known, so later submissions
+    /// keep running, then for the callback itself.
+    pub(crate) fn await_map(
+        &self,
+        mapped: MapReceiver,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<(), ScoreError> {
+        if let Some(submission) = submission {
+            self.wait(submission)?;
+        }
         let result = match mapped.try_recv() {
             Ok(result) => result,
             // The submission is done but the callback not yet run: drain it.
@@ -284,9 +293,23 @@ impl GpuContext {
                     .map_err(|_| ScoreError::Device("buffer mapping was abandoned".into()))?
             }
         };
-        result.map_err(|e| ScoreError::Device(format!("mapping results for readback: {e}")))?;
+        result.map_err(|e| ScoreError::Device(format!("mapping a transfer buffer: {e}")))?;
         self.check()
     }
+}
+
+/// Receives the outcome of a buffer mapping.
+pub(crate) type MapReceiver = mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>;
+
+/// Asks for the first `bytes` of `buffer` to be mapped once the GPU is done
+/// with it; [`GpuContext::await_map`] waits for it.
+pub(crate) fn request_map(buffer: &wgpu::Buffer, mode: wgpu::MapMode, bytes: u64) -> MapReceiver {
+    let (done, mapped) = mpsc::channel();
+    buffer.map_async(mode, ..bytes, move |result| {
+        // The receiver may be gone if the buffer was replaced; nothing waits then.
+        let _ = done.send(result);
+    });
+    mapped
 }
 
 fn record(sink: &Mutex<Option<String>>, message: String) {

@@ -1,17 +1,17 @@
-//! Host side of `shaders/iforest.wgsl` and `shaders/iforest_tiled.wgsl`: the
-//! GPU isolation-forest scorer.
+//! Host side of `shaders/iforest.wgsl` and `shaders/iforest_implicit.wgsl`:
+//! the GPU isolation-forest scorer.
 //!
 //! Two walks share one bind group layout and differ only in what the two
 //! forest buffers hold:
-//! - **tiled** (depth ≤ [`TILED_MAX_DEPTH`], ≤ [`TILED_MAX_DIMS`] features,
-//!   which covers ψ ≤ 512): trees in the implicit layout, grouped into stages
-//!   that a workgroup copies into workgroup memory, rows tiled there too. On
-//!   an H200 this walks 16-feature rows several times faster than the linked
-//!   walk (README has the figures).
+//! - **implicit** (depth ≤ [`IMPLICIT_MAX_DEPTH`], ≤ [`IMPLICIT_MAX_DIMS`]
+//!   features, which covers ψ ≤ 4096): complete trees with computed child
+//!   indices and the row held in registers. Each tree level is contiguous,
+//!   so an invocation group's loads at one level share a few cache lines.
 //! - **linked**: the packed 16-byte nodes with child indices, for anything
 //!   deeper or wider.
 
 use super::buffers::GrowableBuffer;
+use super::context::request_map;
 use super::{dispatch_grid, GpuContext, WORKGROUP_SIZE};
 use crate::forest::{ImplicitForest, PackedForest};
 use crate::score::{check_shape, RowScore, ScoreError, Scorer};
@@ -27,17 +27,10 @@ use wgpu::util::DeviceExt;
 /// several chunks and upload overlaps compute.
 pub const DEFAULT_CHUNK_ROWS: usize = 1 << 18;
 
-/// Rows per workgroup of the tiled kernel (`TILE_ROWS` in its WGSL).
-pub const TILE_ROWS: u32 = 128;
-/// Floats per row in the tiled kernel's row tile: odd, so rows reading the
-/// same feature fall in different memory banks.
-pub const TILE_STRIDE: u32 = 17;
-/// Workgroup-memory words for one stage of trees (`STAGE_WORDS` in the WGSL).
-pub const STAGE_WORDS: u32 = 1792;
-/// Deepest forest the tiled kernel takes: one depth-9 tree is 1534 words.
-pub const TILED_MAX_DEPTH: u32 = 9;
-/// Widest row the tiled kernel takes (`TILE_STRIDE - 1`).
-pub const TILED_MAX_DIMS: usize = 16;
+/// Deepest forest the implicit walk takes (2^depth leaves per tree).
+pub const IMPLICIT_MAX_DEPTH: u32 = 12;
+/// Widest row the implicit walk takes: four vec4 registers.
+pub const IMPLICIT_MAX_DIMS: usize = 16;
 
 /// Bytes copied by one thread when a chunk's rows are written to the
 /// upload staging memory in parallel.
@@ -52,59 +45,39 @@ struct KernelParams {
     trees: u32,
     max_depth: u32,
     normaliser: f32,
-    /// Stages of the tiled walk (unused by the linked walk).
-    stages: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 /// Which kernel a scorer runs, and what its two forest buffers hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Walk {
-    /// `iforest_tiled.wgsl`: stage words and their directory.
-    Tiled {
-        /// Stages the trees were grouped into.
-        stages: u32,
-    },
+    /// `iforest_implicit.wgsl`: splits, then tree directory and leaves.
+    Implicit,
     /// `iforest.wgsl`: packed nodes and root indices.
     Linked,
 }
 
-/// The tiled kernel's two buffers: stage words and the directory (see the
-/// WGSL), and the stage count. Consecutive trees share a stage while their
-/// words fit in [`STAGE_WORDS`]; every tree must fit on its own.
-pub(crate) fn tiled_layout(forest: &ImplicitForest) -> (Vec<u32>, Vec<u32>, u32) {
-    let mut words = Vec::new();
-    let mut stages: Vec<[u32; 4]> = Vec::new();
-    let mut entries = Vec::with_capacity(4 * forest.trees.len());
-    let mut open = [0u32; 4];
-    for (t, (splits, leaves, depth)) in forest.iter().enumerate() {
-        let size = (2 * splits.len() + leaves.len()) as u32;
-        debug_assert!(size <= STAGE_WORDS, "tree of depth {depth} exceeds a stage");
-        if open[1] + size > STAGE_WORDS {
-            stages.push(open);
-            open = [words.len() as u32, 0, t as u32, 0];
-        }
-        let at = open[1];
-        let n = splits.len() as u32;
-        entries.extend_from_slice(&[depth, at, at + n, at + 2 * n]);
-        words.extend(splits.iter().map(|s| s.feature));
-        words.extend(splits.iter().map(|s| s.threshold.to_bits()));
-        words.extend(leaves.iter().map(|l| l.to_bits()));
-        open[1] += size;
-        open[3] += 1;
+/// The implicit kernel's two buffers (see the WGSL): every split as
+/// (feature, threshold bits); then per tree (first split, first leaf, depth,
+/// 0) followed by every leaf's bits, leaf offsets counted in that buffer.
+pub(crate) fn implicit_buffers(forest: &ImplicitForest) -> (Vec<[u32; 2]>, Vec<u32>) {
+    let splits = forest
+        .splits
+        .iter()
+        .map(|s| [s.feature, s.threshold.to_bits()])
+        .collect();
+    let leaves_at = 4 * forest.trees.len() as u32;
+    let mut index = Vec::with_capacity(leaves_at as usize + forest.leaves.len());
+    for tree in &forest.trees {
+        index.extend_from_slice(&[tree.splits, leaves_at + tree.leaves, tree.depth, 0]);
     }
-    if open[3] > 0 {
-        stages.push(open);
-    }
-    let count = stages.len() as u32;
-    let mut directory: Vec<u32> = stages.concat();
-    directory.extend_from_slice(&entries);
-    (words, directory, count)
+    index.extend(forest.leaves.iter().map(|l| l.to_bits()));
+    (splits, index)
 }
 
-/// Whether the tiled kernel can take `forest`.
-fn tiled_fits(forest: &PackedForest) -> bool {
-    forest.max_depth <= TILED_MAX_DEPTH && forest.dims <= TILED_MAX_DIMS
+/// Whether the implicit kernel can take `forest`.
+fn implicit_fits(forest: &PackedForest) -> bool {
+    forest.max_depth <= IMPLICIT_MAX_DEPTH && forest.dims <= IMPLICIT_MAX_DIMS
 }
 
 /// Wall-clock split of one batch, from [`GpuScorer::score_timed`].
@@ -123,9 +96,21 @@ pub struct GpuTimings {
     pub total: Duration,
 }
 
+/// Where a set's upload buffer is in its map–fill–unmap–copy cycle.
+enum Mapping {
+    /// Not mapped and no map requested (new or just grown).
+    Unmapped,
+    /// Mapping requested after submission `.0`, which reads the buffer.
+    Pending(wgpu::SubmissionIndex, super::context::MapReceiver),
+}
+
 /// One of the two ping-pong buffer sets: while one chunk computes and reads
 /// back from a set, the next chunk is written into the other.
 struct ChunkBuffers {
+    /// Host-visible copy source for the rows, kept mapped between uses so
+    /// an upload is one parallel copy into memory that is already resident.
+    upload: GrowableBuffer,
+    upload_state: Mapping,
     rows: GrowableBuffer,
     out: GrowableBuffer,
     staging: GrowableBuffer,
@@ -138,6 +123,8 @@ impl ChunkBuffers {
     fn new(device: &wgpu::Device) -> Self {
         use wgpu::BufferUsages as U;
         Self {
+            upload: GrowableBuffer::new(device, "iforest upload", U::MAP_WRITE | U::COPY_SRC, 0),
+            upload_state: Mapping::Unmapped,
             rows: GrowableBuffer::new(device, "iforest rows", U::STORAGE | U::COPY_DST, 0),
             out: GrowableBuffer::new(device, "iforest out", U::STORAGE | U::COPY_SRC, 0),
             staging: GrowableBuffer::new(device, "iforest staging", U::MAP_READ | U::COPY_DST, 0),
@@ -165,9 +152,9 @@ pub struct GpuScorer {
     max_depth: u32,
     normaliser: f32,
     walk: Walk,
-    /// Packed nodes (linked) or stage words (tiled): binding 0.
+    /// Packed nodes (linked) or splits (implicit): binding 0.
     forest: wgpu::Buffer,
-    /// Root indices (linked) or the stage directory (tiled): binding 1.
+    /// Root indices (linked) or tree directory and leaves (implicit): binding 1.
     index: wgpu::Buffer,
     chunk_rows: usize,
     sets: [ChunkBuffers; 2],
@@ -199,7 +186,7 @@ impl GpuScorer {
         ctx: Arc<GpuContext>,
         forest: &PackedForest,
         chunk_rows: usize,
-        tiled: bool,
+        implicit: bool,
     ) -> Result<Self, ScoreError> {
         if forest.dims == 0 || forest.roots.is_empty() {
             return Err(ScoreError::Shape(
@@ -207,9 +194,9 @@ impl GpuScorer {
             ));
         }
         let max_binding = ctx.max_binding();
-        let (walk, forest_words, index_words) = if tiled && tiled_fits(forest) {
-            let (words, directory, stages) = tiled_layout(&ImplicitForest::new(forest));
-            (Walk::Tiled { stages }, words, directory)
+        let (walk, forest_words, index_words) = if implicit && implicit_fits(forest) {
+            let (splits, index) = implicit_buffers(&ImplicitForest::new(forest));
+            (Walk::Implicit, splits.concat(), index)
         } else {
             let nodes = bytemuck::cast_slice::<_, u32>(&forest.nodes).to_vec();
             (Walk::Linked, nodes, forest.roots.clone())
@@ -296,8 +283,11 @@ impl GpuScorer {
         for (rows, out) in rows.chunks(chunk * dims).zip(out.chunks_mut(chunk)) {
             self.ensure_capacity(out.len());
             let t = Instant::now();
-            self.upload(0, rows, out.len());
-            let idx = self.ctx.queue.submit([]);
+            self.upload(0, rows, out.len())?;
+            let mut encoder = self.encoder();
+            self.encode_upload(0, rows, &mut encoder);
+            let idx = self.ctx.queue.submit([encoder.finish()]);
+            self.remap_upload(0, idx.clone(), rows);
             self.ctx.wait(idx)?;
             timings.upload += t.elapsed();
 
@@ -335,11 +325,13 @@ impl GpuScorer {
             .enumerate()
         {
             let set = c % 2;
-            self.upload(set, rows, out.len());
+            self.upload(set, rows, out.len())?;
             let mut encoder = self.encoder();
+            self.encode_upload(set, rows, &mut encoder);
             self.encode_dispatch(set, out.len(), &mut encoder);
             self.encode_copy(set, out.len(), &mut encoder);
             let idx = self.ctx.queue.submit([encoder.finish()]);
+            self.remap_upload(set, idx.clone(), rows);
             if let Some((set, out, idx)) = pending.take() {
                 self.read(set, idx, out)?;
             }
@@ -366,6 +358,13 @@ impl GpuScorer {
         let row_bytes = (rows * self.dims * size_of::<f32>()) as u64;
         let out_bytes = (rows * size_of::<RowScore>()) as u64;
         for set in &mut self.sets {
+            // Never bound either, so only the buffer-size limit applies.
+            if set
+                .upload
+                .ensure(device, row_bytes, self.ctx.limits.max_buffer_size & !3)
+            {
+                set.upload_state = Mapping::Unmapped;
+            }
             set.rows.ensure(device, row_bytes, limit);
             set.out.ensure(device, out_bytes, limit);
             // Staging is never bound, so only the buffer-size limit applies.
@@ -389,34 +388,71 @@ impl GpuScorer {
         }
     }
 
-    /// Queues the chunk's rows and kernel parameters into buffer set `set`.
-    fn upload(&self, set: usize, rows: &[f32], count: usize) {
-        let buffers = &self.sets[set];
+    /// Writes the chunk's rows into set `set`'s upload buffer (waiting
+    /// until the GPU has finished with its last contents) and queues the
+    /// kernel parameters.
+    fn upload(&mut self, set: usize, rows: &[f32], count: usize) -> Result<(), ScoreError> {
         let params = KernelParams {
             rows: count as u32,
             dims: self.dims as u32,
             trees: self.trees,
             max_depth: self.max_depth,
             normaliser: self.normaliser,
-            stages: match self.walk {
-                Walk::Tiled { stages } => stages,
-                Walk::Linked => 0,
-            },
-            _pad: [0; 2],
+            _pad: [0; 3],
         };
-        let queue = &self.ctx.queue;
-        queue.write_buffer(&buffers.params, 0, bytemuck::bytes_of(&params));
+        let buffers = &mut self.sets[set];
+        self.ctx
+            .queue
+            .write_buffer(&buffers.params, 0, bytemuck::bytes_of(&params));
         let bytes: &[u8] = bytemuck::cast_slice(rows);
-        let Some(size) = std::num::NonZeroU64::new(bytes.len() as u64) else {
-            return;
-        };
-        // Straight into wgpu's staging memory, on every core: one thread's
-        // copy, not the bus, limits a large batch's upload.
-        match queue.write_buffer_with(buffers.rows.buffer(), 0, size) {
-            Some(mut view) => parallel_copy(view.slice(..), bytes),
-            // wgpu has already recorded the validation error; check() reports it.
-            None => {}
+        if bytes.is_empty() {
+            return Ok(());
         }
+        let upload = buffers.upload.buffer();
+        match std::mem::replace(&mut buffers.upload_state, Mapping::Unmapped) {
+            Mapping::Pending(submission, mapped) => self.ctx.await_map(mapped, Some(submission))?,
+            Mapping::Unmapped => {
+                let mapped = request_map(upload, wgpu::MapMode::Write, upload.size());
+                self.ctx.await_map(mapped, None)?;
+            }
+        }
+        {
+            let mut view = upload
+                .get_mapped_range_mut(..bytes.len() as u64)
+                .map_err(|e| ScoreError::Device(format!("writing rows for upload: {e}")))?;
+            // On every core: one thread's copy, not the bus, limits the
+            // upload of a large batch.
+            parallel_copy(view.slice(..), bytes);
+        }
+        upload.unmap();
+        Ok(())
+    }
+
+    /// Copies the uploaded rows into the set's bound row buffer.
+    fn encode_upload(&self, set: usize, rows: &[f32], encoder: &mut wgpu::CommandEncoder) {
+        let buffers = &self.sets[set];
+        let bytes = std::mem::size_of_val(rows) as u64;
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(
+                buffers.upload.buffer(),
+                0,
+                buffers.rows.buffer(),
+                0,
+                bytes,
+            );
+        }
+    }
+
+    /// Asks for set `set`'s upload buffer to be mapped again once
+    /// `submission`, which reads it, is done.
+    fn remap_upload(&mut self, set: usize, submission: wgpu::SubmissionIndex, rows: &[f32]) {
+        if rows.is_empty() {
+            return;
+        }
+        let buffers = &mut self.sets[set];
+        let upload = buffers.upload.buffer();
+        let mapped = request_map(upload, wgpu::MapMode::Write, upload.size());
+        buffers.upload_state = Mapping::Pending(submission, mapped);
     }
 
     fn encode_dispatch(&self, set: usize, count: usize, encoder: &mut wgpu::CommandEncoder) {
@@ -424,11 +460,7 @@ impl GpuScorer {
             // ensure_capacity always builds it before a dispatch.
             return;
         };
-        let per_group = match self.walk {
-            Walk::Tiled { .. } => TILE_ROWS,
-            Walk::Linked => WORKGROUP_SIZE,
-        };
-        let groups = (count as u32).div_ceil(per_group);
+        let groups = (count as u32).div_ceil(WORKGROUP_SIZE);
         let (x, y) = dispatch_grid(groups, self.ctx.limits.max_compute_workgroups_per_dimension);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("iforest"),
@@ -470,7 +502,7 @@ impl GpuScorer {
 /// The compiled kernel of a walk.
 fn kernel(ctx: &GpuContext, walk: Walk) -> &super::context::Kernel {
     match walk {
-        Walk::Tiled { .. } => &ctx.iforest_tiled,
+        Walk::Implicit => &ctx.iforest_implicit,
         Walk::Linked => &ctx.iforest,
     }
 }
@@ -514,7 +546,7 @@ fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
 impl Scorer for GpuScorer {
     fn describe(&self) -> String {
         let walk = match self.walk {
-            Walk::Tiled { .. } => "tiled",
+            Walk::Implicit => "implicit",
             Walk::Linked => "linked",
         };
         format!("gpu: {} ({walk} walk)", self.ctx.adapter_info().name)
@@ -534,47 +566,30 @@ mod tests {
     use super::*;
     use crate::bench::random_model;
 
-    /// The tiled buffers hold every tree of the implicit layout, in tree
-    /// order, in stages that fit workgroup memory.
+    /// The implicit buffers hold every tree of the layout, in tree order.
     #[test]
-    fn tiled_layout_holds_every_tree_in_order() {
-        for sample_size in [2, 16, 256, 512] {
+    fn implicit_buffers_hold_every_tree_in_order() {
+        for sample_size in [2, 16, 256, 4096] {
             let model = random_model(5, 23, sample_size, 9);
             let packed = PackedForest::from_model(&model).unwrap();
             let implicit = ImplicitForest::new(&packed);
-            let (words, directory, stages) = tiled_layout(&implicit);
-            let stages = stages as usize;
-            assert_eq!(directory.len(), 4 * (stages + implicit.trees.len()));
-            let mut next_tree = 0;
-            let mut next_word = 0;
-            for s in 0..stages {
-                let [start, len, first, count] = directory[4 * s..][..4] else {
+            let (splits, index) = implicit_buffers(&implicit);
+            assert_eq!(splits.len(), implicit.splits.len());
+            for (t, (want_splits, want_leaves, want_depth)) in implicit.iter().enumerate() {
+                let [first, leaves, depth, _] = index[4 * t..][..4] else {
                     unreachable!()
                 };
-                assert_eq!((start, first), (next_word, next_tree), "stage {s}");
-                assert!(len <= STAGE_WORDS && count > 0, "stage {s}: {len} words");
-                let stage = &words[start as usize..][..len as usize];
-                for t in first..first + count {
-                    let e = 4 * (stages + t as usize);
-                    let [depth, features, thresholds, leaves] = directory[e..][..4] else {
-                        unreachable!()
-                    };
-                    let (splits, want_leaves, want_depth) =
-                        implicit.iter().nth(t as usize).unwrap();
-                    assert_eq!(depth, want_depth);
-                    for (i, split) in splits.iter().enumerate() {
-                        assert_eq!(stage[features as usize + i], split.feature);
-                        assert_eq!(stage[thresholds as usize + i], split.threshold.to_bits());
-                    }
-                    for (i, leaf) in want_leaves.iter().enumerate() {
-                        assert_eq!(stage[leaves as usize + i], leaf.to_bits());
-                    }
+                assert_eq!(depth, want_depth, "tree {t}");
+                for (i, split) in want_splits.iter().enumerate() {
+                    let got = splits[first as usize + i];
+                    assert_eq!(got, [split.feature, split.threshold.to_bits()], "tree {t}");
                 }
-                next_tree = first + count;
-                next_word = start + len;
+                for (i, leaf) in want_leaves.iter().enumerate() {
+                    assert_eq!(index[leaves as usize + i], leaf.to_bits(), "tree {t}");
+                }
             }
-            assert_eq!(next_tree as usize, implicit.trees.len());
-            assert_eq!(next_word as usize, words.len());
+            let leaves_at = 4 * implicit.trees.len();
+            assert_eq!(index.len(), leaves_at + implicit.leaves.len());
         }
     }
 }

@@ -4,7 +4,7 @@
 //!   compiled pipelines, shared by every scorer through an `Arc`. Acquiring a
 //!   device is separate from the work so tests can bring their own adapter.
 //! - [`iforest`]: [`GpuScorer`], the host side of the two isolation-forest
-//!   kernels (tiled for shallow, narrow forests; linked for the rest). The
+//!   kernels (implicit layout for narrow forests; linked for the rest). The
 //!   forest is uploaded once; batches stream through two ping-pong buffer sets
 //!   so the upload of one chunk overlaps the compute and readback of the last.
 //! - [`zscore`]: [`GpuZEngine`], per-slot EWMA state resident on the device.
@@ -35,10 +35,10 @@ pub(crate) const IFOREST_WGSL: &str = include_str!(concat!(
     "/../shaders/iforest.wgsl"
 ));
 
-/// Source of the tiled isolation-forest kernel (shallow, narrow forests).
-pub(crate) const IFOREST_TILED_WGSL: &str = include_str!(concat!(
+/// Source of the implicit-layout isolation-forest kernel (narrow forests).
+pub(crate) const IFOREST_IMPLICIT_WGSL: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shaders/iforest_tiled.wgsl"
+    "/../shaders/iforest_implicit.wgsl"
 ));
 
 /// Source of the z-score kernel.
@@ -83,22 +83,8 @@ mod tests {
         for src in [IFOREST_WGSL, ZSCORE_WGSL] {
             assert!(src.contains("@workgroup_size(WORKGROUP_SIZE)"));
         }
-        use iforest::{STAGE_WORDS, TILE_ROWS, TILE_STRIDE};
-        for constant in [
-            format!("const TILE_ROWS: u32 = {TILE_ROWS}u;"),
-            format!("const TILE_STRIDE: u32 = {TILE_STRIDE}u;"),
-            format!("const STAGE_WORDS: u32 = {STAGE_WORDS}u;"),
-            format!(
-                "var<workgroup> tile: array<f32, {}>;",
-                TILE_ROWS * TILE_STRIDE
-            ),
-            "@workgroup_size(TILE_ROWS)".to_string(),
-        ] {
-            assert!(
-                IFOREST_TILED_WGSL.contains(&constant),
-                "iforest_tiled.wgsl: {constant}"
-            );
-        }
+        assert!(IFOREST_IMPLICIT_WGSL.contains(&workgroup));
+        assert!(IFOREST_IMPLICIT_WGSL.contains("@workgroup_size(WORKGROUP_SIZE)"));
     }
 
     #[test]
