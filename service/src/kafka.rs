@@ -68,6 +68,10 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
         // even when records arrive; librdkafka's 500 ms default would then
         // sit in every record's latency.
         .set("fetch.wait.max.ms", "10")
+        // With the prefetch queue full, librdkafka postpones the next fetch
+        // by this much (1 s by default) and the pipeline then runs dry
+        // after it drains the queue.
+        .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", session_timeout_ms.to_string())
         .set(
             "heartbeat.interval.ms",

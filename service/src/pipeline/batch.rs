@@ -6,7 +6,7 @@ use crate::dlq::{self, Rejection};
 use crate::input::Columns;
 use crate::kafka::Record;
 use crate::score::RowScore;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ struct ScoredBatch {
 
 pub(super) async fn process(
     ctx: &PipelineContext,
-    consumer: &StreamConsumer,
+    consumer: &BaseConsumer,
     state_slot: &mut Option<Box<ScoringState>>,
     shadow_slot: &mut Option<Shadow>,
     batch: Vec<Record>,
@@ -101,6 +101,7 @@ pub(super) async fn process(
         }
     }
 
+    let parsed_at = Instant::now();
     // Score on a blocking thread: the GPU readback or the CPU loop must not
     // stall the runtime.
     let mut shadow = shadow_slot.take();
@@ -123,6 +124,7 @@ pub(super) async fn process(
         }
     };
 
+    let scored_at = Instant::now();
     // Publish everything, then wait for every acknowledgement.
     let dims = state.forest.dims;
     let nz = state.features.z_names().len();
@@ -226,6 +228,7 @@ pub(super) async fn process(
             send(ctx, &ctx.config.dlq_topic, key, value, Some(headers)).await,
         ));
     }
+    let published_at = Instant::now();
     for (out_topic, delivery) in deliveries {
         match delivery.await {
             Ok(Ok(_)) => {}
@@ -248,6 +251,7 @@ pub(super) async fn process(
         }
     }
 
+    let acked_at = Instant::now();
     // Everything acknowledged: the batch's offsets may advance.
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for r in &batch {
@@ -283,7 +287,19 @@ pub(super) async fn process(
         m.end_to_end_latency
             .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
     }
-    tracing::debug!(pipeline = %name, records = batch.len(), scored = accepted.len(), dlq = rejected.len(), alerts = alert_count, "batch done");
+    let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+    tracing::debug!(
+        pipeline = %name,
+        records = batch.len(),
+        scored = accepted.len(),
+        dlq = rejected.len(),
+        alerts = alert_count,
+        parse_ms = ms(started, parsed_at),
+        score_ms = ms(parsed_at, scored_at),
+        publish_ms = ms(scored_at, published_at),
+        ack_ms = ms(published_at, acked_at),
+        "batch done"
+    );
     *state_slot = Some(state);
     Ok(())
 }

@@ -1,14 +1,17 @@
 //! The streaming service: Kafka records in, alerts and DLQ messages out.
 //!
-//! Each configured pipeline is one task: collect a batch (N records or T ms,
-//! whichever first) → parse and build features (bad records to the DLQ) →
-//! score on the GPU or CPU on a blocking thread → publish alerts, DLQ and
-//! optional score messages → wait for every acknowledgement → commit the
-//! batch's offsets. Batches of a pipeline run one after another, so offsets
-//! only ever advance over records whose output the broker has acknowledged:
-//! at-least-once, with alert ids that are stable across replays.
+//! Each configured pipeline is a collecting thread and one task. The thread
+//! polls Kafka and hands over batches (N records or T ms, whichever first);
+//! the task parses and builds features (bad records to the DLQ) → scores on
+//! the GPU or CPU on a blocking thread → publishes alerts, DLQ and optional
+//! score messages → waits for every acknowledgement → commits the batch's
+//! offsets, while the thread already collects the next batch. Batches are
+//! processed one after another, so offsets only ever advance over records
+//! whose output the broker has acknowledged: at-least-once, with alert ids
+//! that are stable across replays.
 
 mod batch;
+mod collect;
 mod control;
 
 pub use control::{Handles, PipelineHandle};
@@ -17,12 +20,11 @@ use crate::config::{Config, PipelineConfig};
 use crate::features::FeaturePipeline;
 use crate::features::ZEngine;
 use crate::forest::PackedForest;
-use crate::kafka::{self, KafkaError, Record};
+use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
 use crate::score::{Backend, Engine, ScoreError, Scorer};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,14 @@ pub enum PipelineError {
         topic: String,
         /// Client message.
         message: String,
+    },
+    /// The pipeline's consumer thread could not start.
+    #[error("pipeline '{pipeline}': starting the consumer thread: {source}")]
+    Thread {
+        /// Pipeline name.
+        pipeline: String,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// Draining did not finish within the configured deadline.
     #[error("pipeline '{0}': in-flight batch did not finish before the drain deadline")]
@@ -202,7 +212,7 @@ pub async fn run(
         };
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
-        let consumer: StreamConsumer = kafka::consumer(
+        let consumer: BaseConsumer = kafka::consumer(
             &config.kafka.brokers,
             &format!("{}.{}", config.kafka.group_id, p.name),
             config.kafka.session_timeout_ms,
@@ -264,10 +274,10 @@ pub async fn run(
     }
 }
 
-/// The consume → score → publish → commit loop of one pipeline.
+/// The score → publish → commit loop of one pipeline, fed by its collector.
 async fn run_pipeline(
     ctx: PipelineContext,
-    consumer: &StreamConsumer,
+    consumer: &Arc<BaseConsumer>,
     state: ScoringState,
     shutdown: CancellationToken,
     drain: Duration,
@@ -276,38 +286,34 @@ async fn run_pipeline(
     let mut live = ctx.handle.live_receiver();
     let mut shadow_rx = ctx.handle.shadow_receiver();
     let mut shadow: Option<Shadow> = None;
-    let max_wait = Duration::from_millis(ctx.config.batch_max_ms);
-    // Next offset per partition whose output this process has already had
-    // acknowledged. After a rebalance the consumer resumes from the last
-    // commit, which may be behind: those records are done, and feeding them
-    // to the per-key state twice would corrupt gaps and rates.
-    let mut done: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    let mut collector = collect::Collector::spawn(
+        &ctx.config.name,
+        consumer.clone(),
+        ctx.config.batch_max_records,
+        Duration::from_millis(ctx.config.batch_max_ms),
+    )
+    .map_err(|source| PipelineError::Thread {
+        pipeline: ctx.config.name.clone(),
+        source,
+    })?;
+    let mut stopping = false;
     loop {
-        let mut batch: Vec<Record> = Vec::new();
-        let mut flush_at: Option<tokio::time::Instant> = None;
-        let stopping = loop {
-            let wait = flush_at.map_or(Duration::from_millis(250), |at| {
-                at.saturating_duration_since(tokio::time::Instant::now())
-            });
+        let batch = if stopping {
+            collector.next().await
+        } else {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break true,
-                received = tokio::time::timeout(wait, consumer.recv()) => match received {
-                    Ok(Ok(m)) => {
-                        if done.get(&m.partition()).is_some_and(|&next| m.offset() < next) {
-                            continue;
-                        }
-                        batch.push(Record::from_message(&m));
-                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + max_wait);
-                        if batch.len() >= ctx.config.batch_max_records {
-                            break false;
-                        }
-                    }
-                    Ok(Err(e)) => tracing::warn!(pipeline = %ctx.config.name, error = %e, "consumer error; retrying"),
-                    Err(_) if flush_at.is_some() => break false,
-                    Err(_) => {}
-                },
+                _ = shutdown.cancelled() => {
+                    // Drain: the collector hands over what it holds, then ends.
+                    collector.stop();
+                    stopping = true;
+                    continue;
+                }
+                batch = collector.next() => batch,
             }
+        };
+        let Some(batch) = batch else {
+            break;
         };
         // Model changes take effect here, between batches.
         if live.has_changed().unwrap_or(false) {
@@ -344,22 +350,13 @@ async fn run_pipeline(
                 None => None,
             };
         }
-        if !batch.is_empty() {
-            for r in &batch {
-                let next = done.entry(r.partition).or_insert(0);
-                *next = (*next).max(r.offset + 1);
-            }
-            let work = batch::process(&ctx, consumer, &mut state, &mut shadow, batch);
-            if stopping {
-                tokio::time::timeout(drain, work)
-                    .await
-                    .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
-            } else {
-                work.await?;
-            }
-        }
+        let work = batch::process(&ctx, consumer, &mut state, &mut shadow, batch);
         if stopping {
-            break;
+            tokio::time::timeout(drain, work)
+                .await
+                .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
+        } else {
+            work.await?;
         }
     }
     // Offsets were committed after every batch; a final synchronous commit
@@ -383,7 +380,7 @@ async fn run_pipeline(
 /// queries wait on the broker (tansu answers them behind a pending fetch),
 /// so they run on a blocking thread of their own, never in the batch loop.
 async fn probe_lag(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<BaseConsumer>,
     metrics: Arc<PipelineMetrics>,
     stop: CancellationToken,
 ) {
@@ -398,7 +395,7 @@ async fn probe_lag(
 }
 
 /// Consumer lag: high watermark minus position, summed over assigned partitions.
-fn update_lag(consumer: &StreamConsumer, metrics: &PipelineMetrics) {
+fn update_lag(consumer: &BaseConsumer, metrics: &PipelineMetrics) {
     let Ok(position) = consumer.position() else {
         return;
     };

@@ -104,12 +104,22 @@ pub enum Engine {
 
 impl Engine {
     /// Resolves `backend`. `gpu` without an adapter is an error listing the
-    /// adapters seen; `auto` falls back to the CPU and logs that once.
+    /// adapters seen; `auto` falls back to the CPU and logs that once. `auto`
+    /// also passes over a software adapter (lavapipe, llvmpipe, WARP): the
+    /// CPU scorer is an order of magnitude faster than a GPU emulated on
+    /// the same cores; `gpu` still takes one.
     pub fn select(backend: Backend) -> Result<Engine, ScoreError> {
         match backend {
             Backend::Cpu => Ok(Engine::Cpu),
             Backend::Gpu => Ok(Engine::Gpu(crate::gpu::GpuContext::new()?)),
             Backend::Auto => match crate::gpu::GpuContext::new() {
+                Ok(ctx) if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu => {
+                    tracing::warn!(
+                        adapter = %ctx.adapter_info().name,
+                        "only a software GPU adapter found, scoring on the CPU (faster); --backend gpu forces it"
+                    );
+                    Ok(Engine::Cpu)
+                }
                 Ok(ctx) => Ok(Engine::Gpu(ctx)),
                 Err(e) => {
                     tracing::warn!(reason = %e, "no usable GPU adapter, scoring on the CPU");

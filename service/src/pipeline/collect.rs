@@ -1,0 +1,132 @@
+//! The consuming side of a pipeline: a thread that polls Kafka and hands
+//! over whole batches (N records or T ms after the first, whichever comes
+//! first), so the collection of the next batch overlaps the work on this
+//! one. The channel holds one batch: a slow pipeline stops the thread, and
+//! librdkafka's own bounded prefetch is all that piles up behind it.
+
+use crate::kafka::Record;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long one poll waits while no batch is open; bounds how late the
+/// thread notices a stop.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Batches from the collecting thread.
+pub(super) struct Collector {
+    batches: mpsc::Receiver<Vec<Record>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Starts the thread for pipeline `name` on a subscribed consumer.
+    pub(super) fn spawn(
+        name: &str,
+        consumer: Arc<BaseConsumer>,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> std::io::Result<Self> {
+        let (tx, batches) = mpsc::channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let name = name.to_owned();
+            std::thread::Builder::new()
+                .name(format!("collect-{name}"))
+                .spawn(move || {
+                    collect(&name, &consumer, &tx, max_records.max(1), max_wait, &stop)
+                })?
+        };
+        Ok(Self {
+            batches,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next batch; `None` once the thread has stopped and every batch
+    /// it made was taken.
+    pub(super) async fn next(&mut self) -> Option<Vec<Record>> {
+        self.batches.recv().await
+    }
+
+    /// Asks the thread to hand over what it holds and stop; [`Self::next`]
+    /// still returns the batches it made.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+        // Let a send that waits for room fail instead of blocking forever.
+        self.batches.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn collect(
+    name: &str,
+    consumer: &BaseConsumer,
+    tx: &mpsc::Sender<Vec<Record>>,
+    max_records: usize,
+    max_wait: Duration,
+    stop: &AtomicBool,
+) {
+    // Next offset per partition already handed over. After a rebalance the
+    // consumer resumes from the last commit, which may be behind: those
+    // records are done or in flight, and feeding them to the per-key state
+    // twice would corrupt gaps and rates.
+    let mut handed: HashMap<i32, i64> = HashMap::new();
+    loop {
+        let mut batch = Vec::with_capacity(max_records);
+        let mut flush_at: Option<Instant> = None;
+        while !stop.load(Relaxed) {
+            let wait =
+                flush_at.map_or(IDLE_POLL, |at| at.saturating_duration_since(Instant::now()));
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    if handed
+                        .get(&m.partition())
+                        .is_some_and(|&next| m.offset() < next)
+                    {
+                        continue;
+                    }
+                    batch.push(Record::from_message(&m));
+                    flush_at.get_or_insert_with(|| Instant::now() + max_wait);
+                    if batch.len() >= max_records {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(pipeline = %name, error = %e, "consumer error; retrying")
+                }
+                None => {}
+            }
+            if flush_at.is_some_and(|at| Instant::now() >= at) {
+                break;
+            }
+        }
+        for r in &batch {
+            let next = handed.entry(r.partition).or_insert(0);
+            *next = (*next).max(r.offset + 1);
+        }
+        let stopping = stop.load(Relaxed);
+        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+            return;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
