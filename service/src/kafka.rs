@@ -67,7 +67,7 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
         // Some brokers (tansu among them) hold a fetch for its whole wait
         // even when records arrive; librdkafka's 500 ms default would then
         // sit in every record's latency.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "5")
         // With the prefetch queue full, librdkafka postpones the next fetch
         // by this much (1 s by default) and the pipeline then runs dry
         // after it drains the queue.

@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait for the alert watcher's first message (the bulk phase's
+/// alerts) before the latency phase starts anyway.
+const WATCHER_WARM_UP: Duration = Duration::from_secs(3);
+
 /// What to measure (also the flags of `isoflow bench pipeline`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PipelineBenchOptions {
@@ -250,16 +254,27 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
         6000,
         &Default::default(),
     )?;
-    watcher
-        .subscribe(&[&alerts_topic])
+    // Assigned, not subscribed: a group join would hold back the first
+    // alerts by its own duration. Reading from the start (the bulk phase's
+    // alerts) also shows when the watcher is fetching for real.
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&alerts_topic, 0, rdkafka::Offset::Beginning)
         .map_err(KafkaError::from)?;
+    watcher.assign(&assignment).map_err(KafkaError::from)?;
     let watch_stop = Arc::new(AtomicBool::new(false));
+    let watch_ready = Arc::new(AtomicBool::new(false));
     let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let watching = std::thread::spawn({
-        let (stop, received) = (watch_stop.clone(), received.clone());
+        let (stop, ready, received) = (watch_stop.clone(), watch_ready.clone(), received.clone());
         move || -> Result<(), KafkaError> {
+            let started = Instant::now();
             while !stop.load(Relaxed) {
-                match watcher.poll(Duration::from_millis(20)) {
+                let polled = watcher.poll(Duration::from_millis(20));
+                if polled.is_some() || started.elapsed() > WATCHER_WARM_UP {
+                    ready.store(true, Relaxed);
+                }
+                match polled {
                     Some(Ok(m)) => {
                         let now = Instant::now();
                         let id = m
@@ -277,6 +292,9 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
             Ok(())
         }
     });
+    while !watch_ready.load(Relaxed) && !watching.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let sent: Vec<std::sync::OnceLock<Instant>> = (0..paced.len())
         .map(|_| std::sync::OnceLock::new())
         .collect();
