@@ -21,15 +21,15 @@ struct ZEntry {
 struct ZParams {
     alpha: f32,
     warmup: u32,
-    _pad0: u32,
-    _pad1: u32,
+    robust_z: f32,
+    _pad: u32,
 }
 
 struct ZState {
     mean: f32,
     variance: f32,
     count: u32,
-    _pad: u32,
+    rejected: u32,
 }
 
 // Same layout as `gpu::zscore::BatchParams` (16 bytes).
@@ -82,9 +82,27 @@ fn main(
             } else {
                 z = Z_INFINITE;
             }
-            let incr = p.alpha * d;
-            state.mean += incr;
-            state.variance = (1.0 - p.alpha) * (state.variance + d * incr);
+            var alpha = p.alpha;
+            var keep = false;
+            if p.robust_z > 0.0 {
+                // Running mean and variance for the first records, then the
+                // EWMA; a warmed-up outlier stays out of the baseline unless
+                // `warmup` records in a row did.
+                alpha = max(p.alpha, 1.0 / (f32(state.count) + 1.0));
+                let outlier = state.count >= p.warmup && state.variance > 0.0
+                    && abs(d) > p.robust_z * sqrt(state.variance);
+                if outlier && state.rejected < p.warmup {
+                    state.rejected += 1u;
+                    keep = true;
+                } else {
+                    state.rejected = 0u;
+                }
+            }
+            if !keep {
+                let incr = alpha * d;
+                state.mean += incr;
+                state.variance = (1.0 - alpha) * (state.variance + d * incr);
+            }
             // saturating_add, as on the CPU.
             state.count = select(state.count + 1u, state.count, state.count == 0xffffffffu);
         }

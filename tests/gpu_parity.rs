@@ -227,17 +227,21 @@ fn zscores_match_cpu_across_batches() {
         ZParams {
             alpha: 0.05,
             warmup: 10,
-            _pad: [0; 2],
+            robust_z: 0.0,
+            _pad: 0,
         },
+        // The robust baseline: 1/n start, clipped updates.
         ZParams {
             alpha: 0.3,
-            warmup: 1,
-            _pad: [0; 2],
+            warmup: 3,
+            robust_z: 2.0,
+            _pad: 0,
         },
         ZParams {
             alpha: 0.5,
             warmup: 0,
-            _pad: [0; 2],
+            robust_z: 0.0,
+            _pad: 0,
         },
     ];
     // 60 keys over 3 features compete for 100 slots: least-recently-used

@@ -212,7 +212,8 @@ fn run_zscore(
     let params = [ZParams {
         alpha: 0.02,
         warmup: 20,
-        _pad: [0; 2],
+        robust_z: 0.0,
+            _pad: 0,
     }];
     let slots = table.allocated();
     let mut report = ZBenchReport {

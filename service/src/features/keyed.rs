@@ -55,20 +55,24 @@ impl KeyedFeature {
 
     /// The feature value of a record of `key` at time `t`, updating the state.
     /// For [`KeyedKind::Repeat`], `key` must already include the compared fields.
-    pub fn observe(&mut self, key: &str, t: f64) -> f64 {
+    /// A record that does not `count` (a rate's `when` field is zero) gets
+    /// the key's decayed rate and adds nothing to it; gaps and repeats count
+    /// every record.
+    pub fn observe(&mut self, key: &str, t: f64, count: bool) -> f64 {
         let (slot, fresh) = self.slots.slot(0, key);
         let i = slot as usize;
         if i >= self.state.len() {
             self.state.resize(i + 1, KeyState::default());
         }
         let s = &mut self.state[i];
+        let counted = if count { 1.0 } else { 0.0 };
         if fresh {
             *s = KeyState {
                 last_t: t,
-                count: 1.0,
+                count: counted,
             };
             return match self.kind {
-                KeyedKind::Rate { .. } => 1.0,
+                KeyedKind::Rate { .. } => counted,
                 KeyedKind::Gap | KeyedKind::Repeat { .. } => 0.0,
             };
         }
@@ -81,9 +85,9 @@ impl KeyedFeature {
             KeyedKind::Gap => 1.0,
         };
         let (decay, weight) = if dt >= 0.0 {
-            (dt, 1.0)
+            (dt, counted)
         } else {
-            (0.0, (dt / window).exp())
+            (0.0, counted * (dt / window).exp())
         };
         if dt > 0.0 {
             s.last_t = t;
@@ -110,49 +114,62 @@ mod tests {
     #[test]
     fn rate_counts_recent_events_per_key() {
         let mut f = KeyedFeature::new(KeyedKind::Rate { window_s: 60.0 }, 16);
-        assert_eq!(f.observe("a", 0.0), 1.0);
-        assert_eq!(f.observe("a", 0.0), 2.0);
-        assert_eq!(f.observe("b", 0.0), 1.0);
+        assert_eq!(f.observe("a", 0.0, true), 1.0);
+        assert_eq!(f.observe("a", 0.0, true), 2.0);
+        assert_eq!(f.observe("b", 0.0, true), 1.0);
         // One window later the old two have decayed by e.
-        let r = f.observe("a", 60.0);
+        let r = f.observe("a", 60.0, true);
         assert!((r - (2.0 / std::f64::consts::E + 1.0)).abs() < 1e-12, "{r}");
         // A record from the past adds its decayed weight, not a full count.
-        let late = f.observe("a", 0.0);
+        let late = f.observe("a", 0.0, true);
         assert!((late - (r + (-1.0f64).exp())).abs() < 1e-12, "{late}");
         // A burst climbs fast.
-        let burst: Vec<f64> = (0..10).map(|i| f.observe("c", 100.0 + i as f64)).collect();
+        let burst: Vec<f64> = (0..10).map(|i| f.observe("c", 100.0 + i as f64, true)).collect();
         assert!(burst[9] > 9.0);
+    }
+
+    #[test]
+    fn a_filtered_rate_counts_only_matching_records() {
+        // A rate of failures: successes read the decayed count, add nothing.
+        let mut f = KeyedFeature::new(KeyedKind::Rate { window_s: 60.0 }, 16);
+        assert_eq!(f.observe("src", 0.0, false), 0.0);
+        assert_eq!(f.observe("src", 1.0, true), 1.0);
+        assert_eq!(f.observe("src", 1.0, true), 2.0);
+        assert_eq!(f.observe("src", 1.0, false), 2.0);
+        // The success after the failures still carries their decayed count.
+        let later = f.observe("src", 61.0, false);
+        assert!((later - 2.0 / std::f64::consts::E).abs() < 1e-12, "{later}");
     }
 
     #[test]
     fn gap_is_time_since_previous_record_of_the_key() {
         let mut f = KeyedFeature::new(KeyedKind::Gap, 16);
-        assert_eq!(f.observe("d", 100.0), 0.0);
-        assert_eq!(f.observe("d", 160.0), 60.0);
-        assert_eq!(f.observe("e", 170.0), 0.0);
-        assert_eq!(f.observe("d", 3760.0), 3600.0);
+        assert_eq!(f.observe("d", 100.0, true), 0.0);
+        assert_eq!(f.observe("d", 160.0, true), 60.0);
+        assert_eq!(f.observe("e", 170.0, true), 0.0);
+        assert_eq!(f.observe("d", 3760.0, true), 3600.0);
         // A late record does not produce a negative gap.
-        assert_eq!(f.observe("d", 3000.0), 0.0);
-        assert_eq!(f.observe("d", 3770.0), 10.0);
+        assert_eq!(f.observe("d", 3000.0, true), 0.0);
+        assert_eq!(f.observe("d", 3770.0, true), 10.0);
     }
 
     #[test]
     fn repeat_flags_duplicates_within_the_window() {
         let mut f = KeyedFeature::new(KeyedKind::Repeat { window_s: 300.0 }, 16);
-        assert_eq!(f.observe("card1|9.99|m1", 0.0), 0.0);
-        let dup = f.observe("card1|9.99|m1", 5.0);
+        assert_eq!(f.observe("card1|9.99|m1", 0.0, true), 0.0);
+        let dup = f.observe("card1|9.99|m1", 5.0, true);
         assert!(dup > 0.98 && dup <= 1.0, "{dup}");
-        assert_eq!(f.observe("card1|10.00|m1", 6.0), 0.0);
+        assert_eq!(f.observe("card1|10.00|m1", 6.0, true), 0.0);
         // Long after, the same values are no longer a duplicate.
-        assert!(f.observe("card1|9.99|m1", 5.0 + 3000.0) < 0.01);
+        assert!(f.observe("card1|9.99|m1", 5.0 + 3000.0, true) < 0.01);
     }
 
     #[test]
     fn bounded_state_counts_evictions() {
         let mut f = KeyedFeature::new(KeyedKind::Gap, 2);
-        f.observe("a", 0.0);
-        f.observe("b", 0.0);
-        f.observe("c", 0.0);
+        f.observe("a", 0.0, true);
+        f.observe("b", 0.0, true);
+        f.observe("c", 0.0, true);
         assert_eq!(f.evictions(), 1);
     }
 }

@@ -66,6 +66,8 @@ struct Keyed {
     key: Option<usize>,
     /// Key columns whose values must also match (repeat).
     fields: Vec<usize>,
+    /// Numeric column that must be non-zero for a record to count (rate).
+    when: Option<usize>,
     name: String,
 }
 
@@ -158,7 +160,8 @@ impl FeaturePipeline {
                     params.push(ZParams {
                         alpha: z.alpha as f32,
                         warmup: z.warmup,
-                        _pad: [0; 2],
+                        robust_z: z.robust_z as f32,
+                        _pad: 0,
                     });
                     names.push(f.name.clone());
                 }
@@ -167,7 +170,8 @@ impl FeaturePipeline {
                         window_s: r.window_s,
                     };
                     ops.push(Op::Keyed { index: keyed.len() });
-                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), Vec::new()));
+                    let when = (!r.when.is_empty()).then(|| r.when.clone());
+                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), Vec::new(), when));
                 }
                 Some(Kind::KeyGap(g)) => {
                     ops.push(Op::Keyed { index: keyed.len() });
@@ -176,6 +180,7 @@ impl FeaturePipeline {
                         KeyedKind::Gap,
                         key_of(&g.key_field),
                         Vec::new(),
+                        None,
                     ));
                 }
                 Some(Kind::KeyRepeat(r)) => {
@@ -183,7 +188,13 @@ impl FeaturePipeline {
                         window_s: r.window_s,
                     };
                     ops.push(Op::Keyed { index: keyed.len() });
-                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), r.fields.clone()));
+                    keyed.push((
+                        f.name.clone(),
+                        kind,
+                        key_of(&r.key_field),
+                        r.fields.clone(),
+                        None,
+                    ));
                 }
                 None => {}
             }
@@ -207,10 +218,11 @@ impl FeaturePipeline {
         }
         let keyed = keyed
             .into_iter()
-            .map(|(name, kind, key_field, fields)| Keyed {
+            .map(|(name, kind, key_field, fields, when)| Keyed {
                 feature: KeyedFeature::new(kind, slot_capacity),
                 key: (!key_field.is_empty()).then(|| column(&mut wanted.keys, &key_field)),
                 fields: fields.iter().map(|f| column(&mut wanted.keys, f)).collect(),
+                when: when.map(|w| column(&mut wanted.numeric, &w)),
                 name,
             })
             .collect();
@@ -315,6 +327,7 @@ impl FeaturePipeline {
                     let column = &cols.keys[c];
                     column.names[column.ids[row] as usize].as_str()
                 };
+                let counts = k.when.is_none_or(|c| cols.numeric[c][row] != 0.0);
                 composite.clear();
                 if let Some(c) = k.key {
                     composite.push_str(name(c));
@@ -325,7 +338,7 @@ impl FeaturePipeline {
                     composite.push_str(name(c));
                 }
                 keyed_values[row * nk + index] =
-                    k.feature.observe(&composite, cols.time[row]) as f32;
+                    k.feature.observe(&composite, cols.time[row], counts) as f32;
             }
         }
         let dims = self.ops.len();

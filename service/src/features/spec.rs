@@ -110,6 +110,11 @@ pub enum FeatureEntry {
         /// Alert when |z| is at least this (0 = never on z alone).
         #[serde(default)]
         alert_z: f64,
+        /// Robust baseline: records beyond this many standard deviations
+        /// stay out of it (up to `warmup` in a row), and a key's first
+        /// records weigh 1/n (0 = plain EWMA).
+        #[serde(default)]
+        robust_z: f64,
     },
     /// Decayed count of this key's records over a window.
     KeyRate {
@@ -123,6 +128,9 @@ pub enum FeatureEntry {
         /// Alert when the rate is at least this (0 = no rule).
         #[serde(default)]
         alert_above: f64,
+        /// Count only records whose numeric field of this name is non-zero.
+        #[serde(default)]
+        when: String,
     },
     /// Seconds since this key's previous record.
     KeyGap {
@@ -202,6 +210,7 @@ impl SpecFile {
                     half_life,
                     warmup,
                     alert_z,
+                    robust_z,
                 } => {
                     let alpha = match (alpha, half_life) {
                         (Some(a), None) => *a,
@@ -222,6 +231,11 @@ impl SpecFile {
                             "feature '{name}': alpha {alpha} is outside (0, 1)"
                         )));
                     }
+                    if !(robust_z.is_finite() && *robust_z >= 0.0) {
+                        return Err(SpecError::Invalid(format!(
+                            "feature '{name}': robust_z {robust_z} must be 0 (off) or a positive number of standard deviations"
+                        )));
+                    }
                     pb::Feature {
                         name: name.clone(),
                         kind: Some(Kind::KeyZscore(pb::KeyZscoreFeature {
@@ -230,6 +244,7 @@ impl SpecFile {
                             alpha,
                             warmup: *warmup,
                             alert_z: *alert_z,
+                            robust_z: *robust_z,
                         })),
                     }
                 }
@@ -238,12 +253,14 @@ impl SpecFile {
                     key_field,
                     window_s,
                     alert_above,
+                    when,
                 } => pb::Feature {
                     name: name.clone(),
                     kind: Some(Kind::KeyRate(pb::KeyRateFeature {
                         key_field: key_field.clone(),
                         window_s: *window_s,
                         alert_above: *alert_above,
+                        when: when.clone(),
                     })),
                 },
                 FeatureEntry::KeyGap {

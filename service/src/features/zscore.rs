@@ -40,8 +40,12 @@ pub struct ZParams {
     pub alpha: f32,
     /// Records before z is reported.
     pub warmup: u32,
+    /// Robust baseline above 0: records beyond this many standard
+    /// deviations stay out of it (up to `warmup` in a row), and a key's
+    /// first records weigh 1/n.
+    pub robust_z: f32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// State of one slot.
@@ -54,8 +58,8 @@ pub struct ZState {
     pub var: f32,
     /// Records seen by this slot.
     pub count: u32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
+    /// Robust baseline: records in a row kept out of the baseline.
+    pub rejected: u32,
 }
 
 /// Applies one record to its slot and returns |z| before the update
@@ -68,7 +72,7 @@ pub fn step(state: &mut ZState, params: &ZParams, entry: &ZEntry) -> f32 {
             mean: entry.value,
             var: 0.0,
             count: 1,
-            _pad: 0,
+            rejected: 0,
         };
         return 0.0;
     }
@@ -82,9 +86,26 @@ pub fn step(state: &mut ZState, params: &ZParams, entry: &ZEntry) -> f32 {
     } else {
         Z_INFINITE
     };
-    let incr = params.alpha * d;
+    let mut alpha = params.alpha;
+    if params.robust_z > 0.0 {
+        // A running mean and variance for the first records (weight 1/n),
+        // then the EWMA. A warmed-up record beyond robust_z is kept out of
+        // the baseline, unless `warmup` records in a row were: then the
+        // level has moved and the EWMA follows it again.
+        alpha = alpha.max(1.0 / (state.count as f32 + 1.0));
+        let outlier = state.count >= params.warmup
+            && state.var > 0.0
+            && d.abs() > params.robust_z * state.var.sqrt();
+        if outlier && state.rejected < params.warmup {
+            state.rejected += 1;
+            state.count = state.count.saturating_add(1);
+            return z;
+        }
+        state.rejected = 0;
+    }
+    let incr = alpha * d;
     state.mean += incr;
-    state.var = (1.0 - params.alpha) * (state.var + d * incr);
+    state.var = (1.0 - alpha) * (state.var + d * incr);
     state.count = state.count.saturating_add(1);
     z
 }
@@ -206,7 +227,8 @@ mod tests {
         let params = ZParams {
             alpha: 0.5,
             warmup: 2,
-            _pad: [0; 2],
+            robust_z: 0.0,
+            _pad: 0,
         };
         let mut table = KeySlotTable::new(4);
         let mut states = Vec::new();
@@ -231,12 +253,60 @@ mod tests {
         }
     }
 
+    /// The robust baseline starts as a running mean and variance, and an
+    /// excursion does not move it: the records of a drift keep their full
+    /// |z| and the first normal record after it is not flagged, where the
+    /// plain EWMA follows the drift. A shift that lasts is followed.
+    #[test]
+    fn robust_baseline_is_unbiased_early_and_ignores_excursions() {
+        let robust = ZParams {
+            alpha: 0.05,
+            warmup: 10,
+            robust_z: 3.0,
+            _pad: 0,
+        };
+        let plain = ZParams {
+            robust_z: 0.0,
+            ..robust
+        };
+        let run = |params: ZParams, xs: &[f64]| {
+            let mut table = KeySlotTable::new(4);
+            let entries: Vec<_> = xs.iter().map(|&x| table.entry(0, "k", x)).collect();
+            let mut states = Vec::new();
+            let mut z = vec![0.0; xs.len()];
+            run_cpu(&mut states, &[params], &entries, &mut z);
+            (z, states[0])
+        };
+        // Ten records alternating 9 and 11: running mean 10, variance 1.
+        let mut xs: Vec<f64> = (0..10).map(|i| if i % 2 == 0 { 9.0 } else { 11.0 }).collect();
+        let (_, state) = run(robust, &xs);
+        // The mean is kept relative to the key's first value (9).
+        assert!((state.mean - 1.0).abs() < 1e-5, "{state:?}");
+        assert!((state.var - 1.0).abs() < 1e-5, "{state:?}");
+        // A drift 8 sd up for `warmup` records, then back to normal.
+        xs.extend([18.0; 10]);
+        xs.push(10.0);
+        let (z_robust, _) = run(robust, &xs);
+        let (z_plain, _) = run(plain, &xs);
+        let drift = &z_robust[10..20];
+        assert!(drift.iter().all(|&z| (z - 8.0).abs() < 1e-4), "{drift:?}");
+        assert!(z_robust[20] < 1e-4, "return flagged: {}", z_robust[20]);
+        assert!(z_plain[19] < 4.0, "the plain EWMA follows the drift: {}", z_plain[19]);
+        // A level that stays is learnt: |z| falls once `warmup` records in a
+        // row were kept out.
+        xs.pop();
+        xs.extend([18.0; 60]);
+        let (z_shift, _) = run(robust, &xs);
+        assert!(*z_shift.last().unwrap() < 3.0, "{z_shift:?}");
+    }
+
     #[test]
     fn zero_variance_gives_infinite_or_zero() {
         let params = [ZParams {
             alpha: 0.1,
             warmup: 1,
-            _pad: [0; 2],
+            robust_z: 0.0,
+            _pad: 0,
         }];
         let mut table = KeySlotTable::new(4);
         let entries: Vec<_> = [5.0, 5.0, 6.0]
