@@ -213,7 +213,7 @@ fn run_zscore(
         alpha: 0.02,
         warmup: 20,
         robust_z: 0.0,
-            _pad: 0,
+        _pad: 0,
     }];
     let slots = table.allocated();
     let mut report = ZBenchReport {

@@ -346,19 +346,26 @@ fn report(
         );
     }
     println!(
-        "\n{:<16} {:>8} {:>9} {:>9}",
-        "scenario", "alerts", "true", "precision"
+        "\n{:<16} {:>8} {:>8} {:>9} {:>9} {:>12}",
+        "scenario", "records", "alerts", "true", "precision", "false alerts"
     );
-    let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for r in records.iter().filter(|r| tally.alerted_ids.contains(&r.id)) {
+    // Per scenario: (records, normal records, alerts, true alerts). False
+    // alerts are counted against normal records: the share of ordinary
+    // traffic that pages someone.
+    let mut per: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for r in records {
         let e = per.entry(r.scenario.to_string()).or_default();
-        e.0 += 1;
-        e.1 += r.label as u64;
+        let alerted = tally.alerted_ids.contains(&r.id) as u64;
+        e[0] += 1;
+        e[1] += !r.label as u64;
+        e[2] += alerted;
+        e[3] += alerted * r.label as u64;
     }
-    for (scenario, (alerts, tp)) in &per {
+    for (scenario, [n, normal, alerts, tp]) in &per {
         println!(
-            "{scenario:<16} {alerts:>8} {tp:>9} {:>8.1}%",
-            100.0 * *tp as f64 / (*alerts).max(1) as f64
+            "{scenario:<16} {n:>8} {alerts:>8} {tp:>9} {:>8.1}% {:>11.2}%",
+            100.0 * *tp as f64 / (*alerts).max(1) as f64,
+            100.0 * (alerts - tp) as f64 / (*normal).max(1) as f64
         );
     }
 }

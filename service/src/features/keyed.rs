@@ -124,7 +124,9 @@ mod tests {
         let late = f.observe("a", 0.0, true);
         assert!((late - (r + (-1.0f64).exp())).abs() < 1e-12, "{late}");
         // A burst climbs fast.
-        let burst: Vec<f64> = (0..10).map(|i| f.observe("c", 100.0 + i as f64, true)).collect();
+        let burst: Vec<f64> = (0..10)
+            .map(|i| f.observe("c", 100.0 + i as f64, true))
+            .collect();
         assert!(burst[9] > 9.0);
     }
 

@@ -278,7 +278,9 @@ mod tests {
             (z, states[0])
         };
         // Ten records alternating 9 and 11: running mean 10, variance 1.
-        let mut xs: Vec<f64> = (0..10).map(|i| if i % 2 == 0 { 9.0 } else { 11.0 }).collect();
+        let mut xs: Vec<f64> = (0..10)
+            .map(|i| if i % 2 == 0 { 9.0 } else { 11.0 })
+            .collect();
         let (_, state) = run(robust, &xs);
         // The mean is kept relative to the key's first value (9).
         assert!((state.mean - 1.0).abs() < 1e-5, "{state:?}");
@@ -291,7 +293,11 @@ mod tests {
         let drift = &z_robust[10..20];
         assert!(drift.iter().all(|&z| (z - 8.0).abs() < 1e-4), "{drift:?}");
         assert!(z_robust[20] < 1e-4, "return flagged: {}", z_robust[20]);
-        assert!(z_plain[19] < 4.0, "the plain EWMA follows the drift: {}", z_plain[19]);
+        assert!(
+            z_plain[19] < 4.0,
+            "the plain EWMA follows the drift: {}",
+            z_plain[19]
+        );
         // A level that stays is learnt: |z| falls once `warmup` records in a
         // row were kept out.
         xs.pop();

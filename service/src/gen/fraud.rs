@@ -15,18 +15,21 @@ pub(crate) const INCIDENTS: &[IncidentSpec] = &[
         anomaly: Anomaly::StolenCard,
         share: 0.006,
         mean_labels: 2.0,
+        earliest: 0.02,
         latest: 0.95,
     },
     IncidentSpec {
         anomaly: Anomaly::Duplicate,
         share: 0.006,
         mean_labels: 1.0,
+        earliest: 0.02,
         latest: 0.95,
     },
     IncidentSpec {
         anomaly: Anomaly::Burst,
         share: 0.008,
         mean_labels: 11.0,
+        earliest: 0.02,
         latest: 0.95,
     },
 ];

@@ -17,15 +17,22 @@ pub(crate) const INCIDENTS: &[IncidentSpec] = &[
         anomaly: Anomaly::Drift,
         share: 0.016,
         mean_labels: 20.0,
+        // Devices have sent ESTABLISHED_REPORTS by about 12% of the stream.
+        earliest: 0.2,
         latest: 0.95,
     },
     IncidentSpec {
         anomaly: Anomaly::Silent,
         share: 0.001,
         mean_labels: 1.0,
+        earliest: 0.02,
         latest: 0.6,
     },
 ];
+
+/// Reports a device must have sent before it can drift: drifting "from its
+/// own normal" needs a normal to drift from.
+const ESTABLISHED_REPORTS: usize = 30;
 
 /// Correlation of a device's temperature noise from one report to the next.
 const TEMPERATURE_AR: f64 = 0.7;
@@ -47,6 +54,7 @@ struct Device {
     battery: f64,
     drain: f64,
     drift: Option<Drift>,
+    reports: usize,
     silent_until: f64,
     back_from_silence: bool,
 }
@@ -73,6 +81,7 @@ impl Iot {
                     battery: rng.uniform(3.6, 4.2),
                     drain: rng.uniform(0.000_05, 0.000_2),
                     drift: None,
+                    reports: 0,
                     silent_until: f64::NEG_INFINITY,
                     back_from_silence: false,
                 }
@@ -89,18 +98,26 @@ impl Iot {
         }
     }
 
-    /// A device that is neither drifting nor silent, if one turns up quickly.
-    fn healthy_device(&self, rng: &mut Rng) -> Option<usize> {
+    /// A device that is neither drifting nor silent and has sent at least
+    /// `reports` reports, if one turns up quickly.
+    fn healthy_device(&self, rng: &mut Rng, reports: usize) -> Option<usize> {
         (0..20).map(|_| rng.below(self.devices.len())).find(|&i| {
             let d = &self.devices[i];
-            d.drift.is_none() && d.silent_until < self.now && !d.back_from_silence
+            d.drift.is_none()
+                && d.silent_until < self.now
+                && !d.back_from_silence
+                && d.reports >= reports
         })
     }
 }
 
 impl Source for Iot {
     fn inject(&mut self, anomaly: Anomaly, rng: &mut Rng) {
-        let Some(i) = self.healthy_device(rng) else {
+        let reports = match anomaly {
+            Anomaly::Drift => ESTABLISHED_REPORTS,
+            _ => 0,
+        };
+        let Some(i) = self.healthy_device(rng, reports) else {
             return;
         };
         let device = &mut self.devices[i];
@@ -134,6 +151,7 @@ impl Source for Iot {
                 continue;
             }
             self.now = ts;
+            device.reports += 1;
             self.timeline
                 .push(ts + device.period_s * rng.uniform(0.97, 1.03), i);
 

@@ -19,6 +19,7 @@ pub(crate) const INCIDENTS: &[IncidentSpec] = &[IncidentSpec {
     anomaly: Anomaly::Gap,
     share: 0.001,
     mean_labels: 1.0,
+    earliest: 0.02,
     latest: 0.6,
 }];
 

@@ -18,18 +18,21 @@ pub(crate) const INCIDENTS: &[IncidentSpec] = &[
         anomaly: Anomaly::SshBruteforce,
         share: 0.006,
         mean_labels: 115.0,
+        earliest: 0.02,
         latest: 0.95,
     },
     IncidentSpec {
         anomaly: Anomaly::Ddos,
         share: 0.008,
         mean_labels: 350.0,
+        earliest: 0.02,
         latest: 0.95,
     },
     IncidentSpec {
         anomaly: Anomaly::FwDenyStorm,
         share: 0.006,
         mean_labels: 175.0,
+        earliest: 0.02,
         latest: 0.95,
     },
 ];

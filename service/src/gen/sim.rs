@@ -166,6 +166,9 @@ pub(crate) struct IncidentSpec {
     pub(crate) share: f64,
     /// Mean labelled records per incident.
     pub(crate) mean_labels: f64,
+    /// Incidents start after this fraction of the stream (keys need a
+    /// history before they can depart from it).
+    pub(crate) earliest: f64,
     /// Incidents start before this fraction of the stream, so that ones
     /// which only show when they end (silences) end inside it.
     pub(crate) latest: f64,
@@ -191,7 +194,7 @@ impl Plan {
             if count >= EVERY_KIND_FROM {
                 incidents = incidents.max(1);
             }
-            let first = (count as f64 * 0.02) as usize;
+            let first = (count as f64 * spec.earliest) as usize;
             let last = ((count as f64 * spec.latest) as usize).max(first + 1);
             for _ in 0..incidents {
                 starts.push((rng.between(first, last - 1), spec.anomaly));
