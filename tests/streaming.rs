@@ -329,6 +329,66 @@ impl Mock {
     }
 }
 
+/// 10⁵ records, 10% of them corrupt: every corrupt record reaches the DLQ
+/// with a reason code, every valid record is scored, and the one service
+/// process keeps running throughout.
+#[test]
+fn hundred_thousand_records_with_ten_percent_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    let config = setup(
+        &addr,
+        &|t, n| broker.create_topic(t, n),
+        dir.path(),
+        4,
+        4096,
+    );
+    let total = 100_000;
+    let truth = produce(&addr, dir.path(), total, 0.1, 15);
+    let corrupt: HashSet<&str> = truth
+        .iter()
+        .filter(|(_, kind)| kind.as_str() == "corrupt")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(corrupt.len() > total / 20, "{} corrupt", corrupt.len());
+    let mut service = Service::start(&config);
+    wait_for("all records accounted", Duration::from_secs(120), || {
+        service.accounted() >= total as u64
+    });
+    assert_eq!(service.accounted(), total as u64, "{}", service.log_text());
+    assert!(
+        service.child.try_wait().unwrap().is_none(),
+        "the service exited: {}",
+        service.log_text()
+    );
+    let codes = [
+        "invalid_json",
+        "missing_field",
+        "wrong_type",
+        "non_finite",
+        "too_large",
+    ];
+    let dlq = read_at_least(&addr, "dlq", corrupt.len());
+    let mut dead = HashSet::new();
+    for r in &dlq {
+        let reason = header(r, "isoflow.error.reason").expect("reason header");
+        assert!(codes.contains(&reason), "{reason}");
+        assert!(!header(r, "isoflow.error.message").unwrap().is_empty());
+        dead.insert(header(r, "isoflow.record.id").expect("original headers kept"));
+    }
+    assert_eq!(
+        dead, corrupt,
+        "every corrupt record, and only those, dead-lettered"
+    );
+    let scored = read_at_least(&addr, "scores", total - corrupt.len());
+    assert_eq!(
+        scored.len(),
+        total - corrupt.len(),
+        "every valid record scored once"
+    );
+}
+
 #[test]
 fn sigterm_drains_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
