@@ -5,7 +5,6 @@
 //! failure names the row and the column, because "parse error" is useless to
 //! someone holding a 600K-row file.
 
-use std::collections::HashMap;
 use std::io::{BufRead, Read};
 
 /// Why input could not be read.
@@ -81,7 +80,7 @@ pub struct KeyColumn {
     pub ids: Vec<u32>,
     /// Distinct key values in order of first appearance.
     pub names: Vec<String>,
-    index: HashMap<String, u32>,
+    index: foldhash::HashMap<String, u32>,
 }
 
 impl KeyColumn {

@@ -6,7 +6,8 @@
 //! the eviction is counted, and the slot is handed to the new key flagged as
 //! fresh so its owner resets the state.
 
-use std::collections::HashMap;
+/// Keys come from the input: a fast hasher, seeded per process.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 /// Bounded key → slot map. Keys live in namespaces (one per keyed feature)
 /// that share one slot space, so one state array can serve several features.
@@ -58,7 +59,7 @@ impl SlotTable {
     pub fn slot(&mut self, namespace: u32, key: &str) -> (u32, bool) {
         let ns = namespace as usize;
         if self.maps.len() <= ns {
-            self.maps.resize_with(ns + 1, HashMap::new);
+            self.maps.resize_with(ns + 1, HashMap::default);
         }
         if let Some(&slot) = self.maps[ns].get(key) {
             self.referenced[slot as usize] = true;
