@@ -362,6 +362,14 @@ fn hundred_thousand_records_with_ten_percent_corrupt() {
         "the service exited: {}",
         service.log_text()
     );
+    // What an operator watches: time spent per phase, and a recent batch.
+    assert!(service.metric("isoflow_batch_phase_seconds_total") > 0.0);
+    let last = service.metric("isoflow_last_batch_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - last < 60.0, "last batch at {last}, now {now}");
     let codes = [
         "invalid_json",
         "missing_field",

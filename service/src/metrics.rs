@@ -65,6 +65,9 @@ const SIZES: &[f64] = &[
     1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0, 16384.0,
 ];
 
+/// The steps of a batch, in order, as `phase` labels.
+pub const PHASES: [&str; 4] = ["parse", "score", "publish", "ack"];
+
 /// Metrics of one pipeline.
 #[derive(Debug)]
 pub struct PipelineMetrics {
@@ -90,6 +93,10 @@ pub struct PipelineMetrics {
     pub consumer_lag: AtomicI64,
     /// Keys evicted from bounded per-key state.
     pub state_evictions: AtomicU64,
+    /// When the last batch finished, milliseconds since the epoch (0: none yet).
+    pub last_batch_ms: AtomicI64,
+    /// Microseconds spent in each of [`PHASES`], over all batches.
+    pub phase_micros: [AtomicU64; 4],
 }
 
 impl Default for PipelineMetrics {
@@ -106,6 +113,8 @@ impl Default for PipelineMetrics {
             end_to_end_latency: Histogram::new(SECONDS),
             consumer_lag: AtomicI64::new(0),
             state_evictions: AtomicU64::new(0),
+            last_batch_ms: AtomicI64::new(0),
+            phase_micros: Default::default(),
         }
     }
 }
@@ -206,6 +215,27 @@ impl Registry {
                 m.consumer_lag.load(Relaxed)
             );
         }
+        // Alert on a stalled pipeline with
+        // `time() - isoflow_last_batch_timestamp_seconds > N and isoflow_consumer_lag > 0`.
+        let _ = writeln!(out, "# TYPE isoflow_last_batch_timestamp_seconds gauge");
+        for (p, m) in pipelines.iter() {
+            let _ = writeln!(
+                out,
+                "isoflow_last_batch_timestamp_seconds{{pipeline=\"{p}\"}} {}",
+                m.last_batch_ms.load(Relaxed) as f64 / 1e3
+            );
+        }
+        // Where a pipeline's time goes: rate() of each phase.
+        let _ = writeln!(out, "# TYPE isoflow_batch_phase_seconds_total counter");
+        for (p, m) in pipelines.iter() {
+            for (phase, micros) in PHASES.iter().zip(&m.phase_micros) {
+                let _ = writeln!(
+                    out,
+                    "isoflow_batch_phase_seconds_total{{pipeline=\"{p}\",phase=\"{phase}\"}} {}",
+                    micros.load(Relaxed) as f64 / 1e6
+                );
+            }
+        }
         let histograms: [(&str, HistogramOf); 3] = [
             ("isoflow_batch_size", |m| &m.batch_size),
             ("isoflow_batch_latency_seconds", |m| &m.batch_latency),
@@ -284,5 +314,18 @@ mod tests {
             text.contains("isoflow_batch_latency_seconds_bucket{pipeline=\"fraud\",le=\"0.01\"} 0")
         );
         assert!(text.contains("isoflow_backend_info{backend=\"cpu\"} 1"));
+        m.phase_micros[1].fetch_add(1_500_000, Relaxed);
+        m.last_batch_ms.store(1_767_225_600_250, Relaxed);
+        let text = r.render();
+        assert!(
+            text.contains(
+                "isoflow_batch_phase_seconds_total{pipeline=\"fraud\",phase=\"score\"} 1.5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("isoflow_last_batch_timestamp_seconds{pipeline=\"fraud\"} 1767225600.25"),
+            "{text}"
+        );
     }
 }

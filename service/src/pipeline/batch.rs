@@ -287,6 +287,16 @@ pub(super) async fn process(
         m.end_to_end_latency
             .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
     }
+    let phases = [
+        (started, parsed_at),
+        (parsed_at, scored_at),
+        (scored_at, published_at),
+        (published_at, acked_at),
+    ];
+    for (total, (from, to)) in m.phase_micros.iter().zip(phases) {
+        total.fetch_add((to - from).as_micros() as u64, Relaxed);
+    }
+    m.last_batch_ms.store(now_ms, Relaxed);
     let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
     tracing::debug!(
         pipeline = %name,
