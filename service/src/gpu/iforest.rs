@@ -263,10 +263,11 @@ impl GpuScorer {
     ///
     /// `total` is the normal pipelined path. The phases are then measured by
     /// scoring the batch again one chunk at a time with a wait after each
-    /// step: upload (`write_buffer` + wait), kernel (the dispatches alone on
-    /// rows already uploaded, waited for: wall-clock, not timestamp queries,
-    /// so it works on every adapter) and readback (copy to staging, map,
-    /// copy out). Both passes write `out`; their results are identical.
+    /// step: upload (fill the mapped upload buffer, copy it to the device,
+    /// wait), kernel (the dispatches alone on rows already uploaded, waited
+    /// for: wall-clock, not timestamp queries, so it works on every adapter)
+    /// and readback (copy to staging, map, copy out). Both passes write
+    /// `out`; their results are identical.
     pub fn score_timed(
         &mut self,
         rows: &[f32],
