@@ -20,6 +20,13 @@ pub struct Source<'a> {
     pub offset: i64,
 }
 
+impl Source<'_> {
+    /// `{"topic", "partition", "offset"}`, as alerts and score messages carry it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "topic": self.topic, "partition": self.partition, "offset": self.offset })
+    }
+}
+
 /// The stable id of an alert for `source` under `model`.
 pub fn alert_id(source: &Source, model: &pb::Model) -> String {
     format!(
@@ -67,14 +74,14 @@ pub fn build(
         "alert_id": alert_id(&s.source, model),
         "key": s.key,
         "event_time": s.event_time,
-        "model": format!("{}@{}", model.name, model.version),
+        "model": crate::registry::model_id(model),
         "score": round4(s.score),
         "forest_score": s.score,
         "threshold": model.threshold,
         "z": z,
         "reasons": reasons,
         "top_features": top,
-        "source": { "topic": s.source.topic, "partition": s.source.partition, "offset": s.source.offset },
+        "source": s.source.json(),
         "record": s.record,
     })
 }

@@ -86,34 +86,25 @@ pub struct KeyColumn {
 impl KeyColumn {
     /// Appends `other`'s rows, re-interning its keys into this column's ids.
     fn append(&mut self, other: KeyColumn) {
-        let ids: Vec<u32> = other
-            .names
-            .into_iter()
-            .map(|name| match self.index.get(&name) {
-                Some(&id) => id,
-                None => {
-                    let id = self.names.len() as u32;
-                    self.index.insert(name.clone(), id);
-                    self.names.push(name);
-                    id
-                }
-            })
-            .collect();
+        let ids: Vec<u32> = other.names.iter().map(|name| self.intern(name)).collect();
         self.ids
             .extend(other.ids.into_iter().map(|local| ids[local as usize]));
     }
 
     fn push(&mut self, key: &str) {
-        let id = match self.index.get(key) {
-            Some(&id) => id,
-            None => {
-                let id = self.names.len() as u32;
-                self.names.push(key.to_owned());
-                self.index.insert(key.to_owned(), id);
-                id
-            }
-        };
+        let id = self.intern(key);
         self.ids.push(id);
+    }
+
+    /// The id of `key`, given the next one if it is new.
+    fn intern(&mut self, key: &str) -> u32 {
+        if let Some(&id) = self.index.get(key) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(key.to_owned());
+        self.index.insert(key.to_owned(), id);
+        id
     }
 }
 

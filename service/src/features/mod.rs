@@ -138,6 +138,11 @@ impl FeaturePipeline {
         let mut pipeline_z = Vec::new();
         let (mut params, mut names) = (Vec::new(), Vec::new());
         for f in &spec.features {
+            if let Some((kind, key_field, fields, when)) = f.kind.as_ref().and_then(keyed_parts) {
+                ops.push(Op::Keyed { index: keyed.len() });
+                keyed.push((f.name.clone(), kind, key_of(key_field), fields, when));
+                continue;
+            }
             match &f.kind {
                 Some(Kind::Field(field)) => ops.push(Op::Field {
                     column: column(&mut wanted.numeric, &field.source),
@@ -165,38 +170,7 @@ impl FeaturePipeline {
                     });
                     names.push(f.name.clone());
                 }
-                Some(Kind::KeyRate(r)) => {
-                    let kind = KeyedKind::Rate {
-                        window_s: r.window_s,
-                    };
-                    ops.push(Op::Keyed { index: keyed.len() });
-                    let when = (!r.when.is_empty()).then(|| r.when.clone());
-                    keyed.push((f.name.clone(), kind, key_of(&r.key_field), Vec::new(), when));
-                }
-                Some(Kind::KeyGap(g)) => {
-                    ops.push(Op::Keyed { index: keyed.len() });
-                    keyed.push((
-                        f.name.clone(),
-                        KeyedKind::Gap,
-                        key_of(&g.key_field),
-                        Vec::new(),
-                        None,
-                    ));
-                }
-                Some(Kind::KeyRepeat(r)) => {
-                    let kind = KeyedKind::Repeat {
-                        window_s: r.window_s,
-                    };
-                    ops.push(Op::Keyed { index: keyed.len() });
-                    keyed.push((
-                        f.name.clone(),
-                        kind,
-                        key_of(&r.key_field),
-                        r.fields.clone(),
-                        None,
-                    ));
-                }
-                None => {}
+                _ => {}
             }
         }
         let mut rules = Vec::new();
@@ -222,7 +196,7 @@ impl FeaturePipeline {
                 feature: KeyedFeature::new(kind, slot_capacity),
                 key: (!key_field.is_empty()).then(|| column(&mut wanted.keys, &key_field)),
                 fields: fields.iter().map(|f| column(&mut wanted.keys, f)).collect(),
-                when: when.map(|w| column(&mut wanted.numeric, &w)),
+                when: (!when.is_empty()).then(|| column(&mut wanted.numeric, when)),
                 name,
             })
             .collect();
@@ -363,6 +337,31 @@ impl FeaturePipeline {
             }
         }
         Ok(FeatureBatch { rows, matrix, z })
+    }
+}
+
+/// A keyed feature's kind, key field, compared fields (repeat) and
+/// counting field (rate's `when`; empty counts every record).
+fn keyed_parts(kind: &Kind) -> Option<(KeyedKind, &str, &[String], &str)> {
+    match kind {
+        Kind::KeyRate(r) => Some((
+            KeyedKind::Rate {
+                window_s: r.window_s,
+            },
+            &r.key_field,
+            &[],
+            &r.when,
+        )),
+        Kind::KeyGap(g) => Some((KeyedKind::Gap, &g.key_field, &[], "")),
+        Kind::KeyRepeat(r) => Some((
+            KeyedKind::Repeat {
+                window_s: r.window_s,
+            },
+            &r.key_field,
+            &r.fields,
+            "",
+        )),
+        _ => None,
     }
 }
 

@@ -57,14 +57,15 @@ pub enum Walk {
     Linked,
 }
 
-/// The implicit kernel's two buffers (see the WGSL): every split as
-/// (feature, threshold bits); then per tree (first split, first leaf, depth,
-/// 0) followed by every leaf's bits, leaf offsets counted in that buffer.
-pub(crate) fn implicit_buffers(forest: &ImplicitForest) -> (Vec<[u32; 2]>, Vec<u32>) {
+/// The implicit kernel's two buffers (see the WGSL): every split as two
+/// words, feature and threshold bits; then per tree (first split, first
+/// leaf, depth, 0) followed by every leaf's bits, leaf offsets counted in
+/// that buffer.
+pub(crate) fn implicit_buffers(forest: &ImplicitForest) -> (Vec<u32>, Vec<u32>) {
     let splits = forest
         .splits
         .iter()
-        .map(|s| [s.feature, s.threshold.to_bits()])
+        .flat_map(|s| [s.feature, s.threshold.to_bits()])
         .collect();
     let leaves_at = 4 * forest.trees.len() as u32;
     let mut index = Vec::with_capacity(leaves_at as usize + forest.leaves.len());
@@ -196,7 +197,7 @@ impl GpuScorer {
         let max_binding = ctx.max_binding();
         let (walk, forest_words, index_words) = if implicit && implicit_fits(forest) {
             let (splits, index) = implicit_buffers(&ImplicitForest::new(forest));
-            (Walk::Implicit, splits.concat(), index)
+            (Walk::Implicit, splits, index)
         } else {
             let nodes = bytemuck::cast_slice::<_, u32>(&forest.nodes).to_vec();
             (Walk::Linked, nodes, forest.roots.clone())
@@ -575,14 +576,15 @@ mod tests {
             let packed = PackedForest::from_model(&model).unwrap();
             let implicit = ImplicitForest::new(&packed);
             let (splits, index) = implicit_buffers(&implicit);
-            assert_eq!(splits.len(), implicit.splits.len());
+            assert_eq!(splits.len(), 2 * implicit.splits.len());
             for (t, (want_splits, want_leaves, want_depth)) in implicit.iter().enumerate() {
                 let [first, leaves, depth, _] = index[4 * t..][..4] else {
                     unreachable!()
                 };
                 assert_eq!(depth, want_depth, "tree {t}");
                 for (i, split) in want_splits.iter().enumerate() {
-                    let got = splits[first as usize + i];
+                    let at = 2 * (first as usize + i);
+                    let got = &splits[at..at + 2];
                     assert_eq!(got, [split.feature, split.threshold.to_bits()], "tree {t}");
                 }
                 for (i, leaf) in want_leaves.iter().enumerate() {

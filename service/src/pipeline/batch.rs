@@ -131,6 +131,7 @@ pub(super) async fn process(
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
     let mut alert_texts = Vec::new();
+    let live_id = crate::registry::model_id(&state.model);
     for (row, (i, record_json)) in accepted.iter().enumerate() {
         let record = &batch[*i];
         let source = Source {
@@ -173,41 +174,21 @@ pub(super) async fn process(
         }
         let shadow_topic = ctx.config.shadow_scores_topic.as_str();
         if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
-            // Same shape as the scores topic; `alert` is what the shadow
-            // would have decided, never published as an alert.
-            let line = serde_json::json!({
-                "source": { "topic": topic, "partition": record.partition, "offset": record.offset },
-                "key": key,
-                "score": scores[row].score,
-                "alert": alerts[row],
-                "model": model,
-                "shadow": true,
-            });
-            let payload = serde_json::to_vec(&line).expect("score serializes");
+            // `alert` is what the shadow would have decided, never published
+            // as an alert.
+            let payload = score_message(&source, &key, model, scores[row].score, alerts[row], true);
             deliveries.push((
                 shadow_topic,
                 send(ctx, shadow_topic, key.as_bytes(), &payload, None).await,
             ));
         }
-        if !ctx.config.scores_topic.is_empty() {
-            let line = serde_json::json!({
-                "source": { "topic": topic, "partition": record.partition, "offset": record.offset },
-                "key": key,
-                "score": scored.scores[row].score,
-                "alert": scored.alerts[row],
-                "model": format!("{}@{}", state.model.name, state.model.version),
-            });
-            let payload = serde_json::to_vec(&line).expect("score serializes");
+        let scores_topic = ctx.config.scores_topic.as_str();
+        if !scores_topic.is_empty() {
+            let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
+            let payload = score_message(&source, &key, &live_id, score, alert, false);
             deliveries.push((
-                ctx.config.scores_topic.as_str(),
-                send(
-                    ctx,
-                    &ctx.config.scores_topic,
-                    key.as_bytes(),
-                    &payload,
-                    None,
-                )
-                .await,
+                scores_topic,
+                send(ctx, scores_topic, key.as_bytes(), &payload, None).await,
             ));
         }
     }
@@ -287,27 +268,28 @@ pub(super) async fn process(
         m.end_to_end_latency
             .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
     }
+    // Parse, score, publish, ack: the order of metrics::PHASES.
     let phases = [
-        (started, parsed_at),
-        (parsed_at, scored_at),
-        (scored_at, published_at),
-        (published_at, acked_at),
+        parsed_at - started,
+        scored_at - parsed_at,
+        published_at - scored_at,
+        acked_at - published_at,
     ];
-    for (total, (from, to)) in m.phase_micros.iter().zip(phases) {
-        total.fetch_add((to - from).as_micros() as u64, Relaxed);
+    for (total, phase) in m.phase_micros.iter().zip(phases) {
+        total.fetch_add(phase.as_micros() as u64, Relaxed);
     }
     m.last_batch_ms.store(now_ms, Relaxed);
-    let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+    let [parse_ms, score_ms, publish_ms, ack_ms] = phases.map(|d| d.as_secs_f64() * 1e3);
     tracing::debug!(
         pipeline = %name,
         records = batch.len(),
         scored = accepted.len(),
         dlq = rejected.len(),
         alerts = alert_count,
-        parse_ms = ms(started, parsed_at),
-        score_ms = ms(parsed_at, scored_at),
-        publish_ms = ms(scored_at, published_at),
-        ack_ms = ms(published_at, acked_at),
+        parse_ms,
+        score_ms,
+        publish_ms,
+        ack_ms,
         "batch done"
     );
     *state_slot = Some(state);
@@ -386,6 +368,29 @@ async fn send(
             }
         }
     }
+}
+
+/// A scores-topic message: `{source, key, model, score, alert}`, with
+/// `"shadow": true` for a shadow model's.
+fn score_message(
+    source: &Source,
+    key: &str,
+    model: &str,
+    score: f32,
+    alert: bool,
+    shadow: bool,
+) -> Vec<u8> {
+    let mut line = serde_json::json!({
+        "source": source.json(),
+        "key": key,
+        "score": score,
+        "alert": alert,
+        "model": model,
+    });
+    if shadow {
+        line["shadow"] = true.into();
+    }
+    serde_json::to_vec(&line).expect("score serializes")
 }
 
 fn entity_key(record: &serde_json::Value, key_field: &str, raw: &Record) -> String {
