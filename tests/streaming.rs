@@ -21,6 +21,15 @@ const MOCK_RECORDS: usize = 30_000;
 /// (partition, offset) of an input record.
 type Coordinates = (i64, i64);
 
+/// The DLQ reason codes of the wire contract.
+const DLQ_REASONS: [&str; 5] = [
+    "invalid_json",
+    "missing_field",
+    "wrong_type",
+    "non_finite",
+    "too_large",
+];
+
 /// Topics and a config for one fraud pipeline with a scores topic.
 fn setup(
     addr: &str,
@@ -253,15 +262,8 @@ fn every_record_is_scored_or_dead_lettered_and_anomalies_alert() {
         classes.insert(header(r, "isoflow.error.reason").unwrap().to_owned());
     }
     assert!(classes.contains("invalid_json"), "{classes:?}");
-    let codes = [
-        "invalid_json",
-        "missing_field",
-        "wrong_type",
-        "non_finite",
-        "too_large",
-    ];
     assert!(
-        classes.iter().all(|c| codes.contains(&c.as_str())),
+        classes.iter().all(|c| DLQ_REASONS.contains(&c.as_str())),
         "{classes:?}"
     );
     assert!(classes.len() >= 2, "{classes:?}");
@@ -370,18 +372,11 @@ fn hundred_thousand_records_with_ten_percent_corrupt() {
         .unwrap()
         .as_secs_f64();
     assert!(now - last < 60.0, "last batch at {last}, now {now}");
-    let codes = [
-        "invalid_json",
-        "missing_field",
-        "wrong_type",
-        "non_finite",
-        "too_large",
-    ];
     let dlq = read_at_least(&addr, "dlq", corrupt.len());
     let mut dead = HashSet::new();
     for r in &dlq {
         let reason = header(r, "isoflow.error.reason").expect("reason header");
-        assert!(codes.contains(&reason), "{reason}");
+        assert!(DLQ_REASONS.contains(&reason), "{reason}");
         assert!(!header(r, "isoflow.error.message").unwrap().is_empty());
         dead.insert(header(r, "isoflow.record.id").expect("original headers kept"));
     }
