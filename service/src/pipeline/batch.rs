@@ -3,7 +3,7 @@
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq::{self, Rejection};
-use crate::input::Columns;
+use crate::input::{Columns, RowError, RowReader};
 use crate::kafka::Record;
 use crate::score::RowScore;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -12,6 +12,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+
+/// Records per parsing task: small enough to spread a batch over the cores,
+/// big enough that merging the parts costs little.
+const PARSE_CHUNK: usize = 1024;
 
 /// Output of the scoring step, computed on a blocking thread.
 struct ScoredBatch {
@@ -48,56 +52,28 @@ pub(super) async fn process(
         .map(|s| s.key_field.clone())
         .unwrap_or_default();
 
-    // Parse, on all cores, keeping only the fields the features and the
-    // entity key read (alerts re-read their whole record); anything that
-    // cannot become a feature row is rejected with a reason.
-    let picker = crate::input::JsonPicker::new(&wanted).with_path(&key_field);
-    let parsed: Vec<Option<Result<serde_json::Value, serde_json::Error>>> = {
+    // Parse, on all cores, straight into columns of the fields the features
+    // read (alerts re-read their whole record); anything that cannot become
+    // a feature row is rejected with a reason.
+    let reader = RowReader::new(&wanted);
+    let parts: Vec<(Columns, Vec<Option<Rejection>>)> = {
         use rayon::prelude::*;
         batch
-            .par_iter()
-            .map(|r| {
-                let value = r.value.as_deref().unwrap_or_default();
-                (value.len() <= ctx.max_message_bytes).then(|| picker.parse(value))
-            })
+            .par_chunks(PARSE_CHUNK)
+            .map(|chunk| parse_chunk(&reader, chunk, ctx.max_message_bytes))
             .collect()
     };
     let mut columns = Columns::new(&wanted);
-    let mut accepted: Vec<(usize, serde_json::Value)> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<usize> = Vec::with_capacity(batch.len());
     let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-    for (i, (record, parsed)) in batch.iter().zip(parsed).enumerate() {
-        let value = record.value.as_deref().unwrap_or_default();
-        let Some(parsed) = parsed else {
-            rejected.push((
-                i,
-                Rejection {
-                    class: "too_large",
-                    reason: format!(
-                        "message of {} bytes exceeds max_message_bytes {}",
-                        value.len(),
-                        ctx.max_message_bytes
-                    ),
-                },
-            ));
-            continue;
-        };
-        let parsed: serde_json::Value = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                rejected.push((
-                    i,
-                    Rejection {
-                        class: "invalid_json",
-                        reason: format!("not JSON: {e}"),
-                    },
-                ));
-                continue;
+    for (c, (part, outcomes)) in parts.into_iter().enumerate() {
+        columns.append(part);
+        for (j, outcome) in outcomes.into_iter().enumerate() {
+            let i = c * PARSE_CHUNK + j;
+            match outcome {
+                None => accepted.push(i),
+                Some(rejection) => rejected.push((i, rejection)),
             }
-        };
-        let broker_time = record.timestamp_ms.map(|ms| ms as f64 / 1e3);
-        match columns.push_json(&wanted, &parsed, i + 1, broker_time) {
-            Ok(()) => accepted.push((i, parsed)),
-            Err(e) => rejected.push((i, Rejection::from_input(&e))),
         }
     }
 
@@ -105,9 +81,9 @@ pub(super) async fn process(
     // Score on a blocking thread: the GPU readback or the CPU loop must not
     // stall the runtime.
     let mut shadow = shadow_slot.take();
-    let (state_back, shadow_back, scored) = tokio::task::spawn_blocking(move || {
+    let (state_back, shadow_back, scored, columns) = tokio::task::spawn_blocking(move || {
         let result = score(&mut state, shadow.as_mut(), &columns);
-        (state, shadow, result)
+        (state, shadow, result, columns)
     })
     .await
     .expect("scoring does not panic");
@@ -132,15 +108,26 @@ pub(super) async fn process(
     let mut alert_count = 0u64;
     let mut alert_texts = Vec::new();
     let live_id = crate::registry::model_id(&state.model);
-    for (row, (i, record_json)) in accepted.iter().enumerate() {
-        let record = &batch[*i];
+    let key_column = wanted.keys.iter().position(|k| *k == key_field);
+    let shadow_topic = ctx.config.shadow_scores_topic.as_str();
+    let scores_topic = ctx.config.scores_topic.as_str();
+    let every_row = !shadow_topic.is_empty() || !scores_topic.is_empty();
+    for (row, &i) in accepted.iter().enumerate() {
+        if !(every_row || scored.alerts[row]) {
+            continue;
+        }
+        let record = &batch[i];
+        let value = record.value.as_deref().unwrap_or_default();
         let source = Source {
             topic,
             partition: record.partition,
             offset: record.offset,
         };
-        let key = entity_key(record_json, &key_field, record);
-        let event_time = event_time(record_json, &wanted.time, record);
+        let key = entity_key(&columns, key_column, row, &key_field, record);
+        let event_time = match wanted.time {
+            Some(_) => columns.time[row],
+            None => record.timestamp_ms.map_or(0.0, |ms| ms as f64 / 1e3),
+        };
         if scored.alerts[row] {
             alert_count += 1;
             let alert = alerts::build(
@@ -154,8 +141,8 @@ pub(super) async fn process(
                     score: scored.scores[row].score,
                     features: &scored.matrix[row * dims..(row + 1) * dims],
                     z: &scored.z[row * nz..(row + 1) * nz],
-                    record: &serde_json::from_slice(batch[*i].value.as_deref().unwrap_or_default())
-                        .unwrap_or_else(|_| record_json.clone()),
+                    // Accepted records are JSON objects.
+                    record: &serde_json::from_slice(value).unwrap_or_default(),
                 },
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
@@ -172,7 +159,6 @@ pub(super) async fn process(
                 .await,
             ));
         }
-        let shadow_topic = ctx.config.shadow_scores_topic.as_str();
         if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
             // `alert` is what the shadow would have decided, never published
             // as an alert.
@@ -182,7 +168,6 @@ pub(super) async fn process(
                 send(ctx, shadow_topic, key.as_bytes(), &payload, None).await,
             ));
         }
-        let scores_topic = ctx.config.scores_topic.as_str();
         if !scores_topic.is_empty() {
             let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
             let payload = score_message(&source, &key, &live_id, score, alert, false);
@@ -393,9 +378,21 @@ fn score_message(
     serde_json::to_vec(&line).expect("score serializes")
 }
 
-fn entity_key(record: &serde_json::Value, key_field: &str, raw: &Record) -> String {
+/// The alert and score key of accepted row `row`: the spec's key field,
+/// else the Kafka message key.
+fn entity_key(
+    columns: &Columns,
+    key_column: Option<usize>,
+    row: usize,
+    key_field: &str,
+    raw: &Record,
+) -> String {
+    if let Some(k) = key_column {
+        let column = &columns.keys[k];
+        return column.names[column.ids[row] as usize].clone();
+    }
     if !key_field.is_empty() {
-        if let Ok(k) = crate::input::json_key(record, key_field, 0) {
+        if let Some(k) = crate::input::key_of(raw.value.as_deref().unwrap_or_default(), key_field) {
             return k;
         }
     }
@@ -405,10 +402,38 @@ fn entity_key(record: &serde_json::Value, key_field: &str, raw: &Record) -> Stri
         .unwrap_or_default()
 }
 
-fn event_time(record: &serde_json::Value, time_field: &Option<String>, raw: &Record) -> f64 {
-    time_field
-        .as_ref()
-        .and_then(|f| crate::input::json_number(record, f, 0).ok())
-        .or_else(|| raw.timestamp_ms.map(|ms| ms as f64 / 1e3))
-        .unwrap_or(0.0)
+/// Parses one slice of a batch into columns of its own; per record, `None`
+/// when it became a row, else why not.
+fn parse_chunk(
+    reader: &RowReader,
+    chunk: &[Record],
+    max_bytes: usize,
+) -> (Columns, Vec<Option<Rejection>>) {
+    let mut cols = Columns::new(reader.wanted());
+    let outcomes = chunk
+        .iter()
+        .enumerate()
+        .map(|(j, record)| {
+            let value = record.value.as_deref().unwrap_or_default();
+            if value.len() > max_bytes {
+                return Some(Rejection {
+                    class: "too_large",
+                    reason: format!(
+                        "message of {} bytes exceeds max_message_bytes {max_bytes}",
+                        value.len()
+                    ),
+                });
+            }
+            let broker_time = record.timestamp_ms.map(|ms| ms as f64 / 1e3);
+            match reader.push(&mut cols, value, j + 1, broker_time) {
+                Ok(()) => None,
+                Err(RowError::NotJson(e)) => Some(Rejection {
+                    class: "invalid_json",
+                    reason: format!("not JSON: {e}"),
+                }),
+                Err(RowError::Input(e)) => Some(Rejection::from_input(&e)),
+            }
+        })
+        .collect();
+    (cols, outcomes)
 }

@@ -5,6 +5,10 @@
 //! failure names the row and the column, because "parse error" is useless to
 //! someone holding a 600K-row file.
 
+mod row;
+
+pub use row::{key_of, number_of, RowError, RowReader};
+
 use std::io::{BufRead, Read};
 
 /// Why input could not be read.
@@ -180,7 +184,7 @@ impl Columns {
 
 impl Columns {
     /// Appends the rows of `other` (read with the same [`Wanted`]).
-    fn append(&mut self, other: Columns) {
+    pub fn append(&mut self, other: Columns) {
         for (out, column) in self.numeric.iter_mut().zip(other.numeric) {
             out.extend(column);
         }
@@ -502,20 +506,21 @@ pub fn json_key(record: &serde_json::Value, path: &str, row: usize) -> Result<St
 /// Reads JSON lines (one object per line; blank lines are skipped).
 pub fn read_jsonl(reader: impl BufRead, wanted: &Wanted) -> Result<Columns, InputError> {
     let mut cols = Columns::new(wanted);
-    let picker = JsonPicker::new(wanted);
+    let rows = RowReader::new(wanted);
     for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         let row = cols.rows + 1;
-        let record = picker
-            .parse(line.as_bytes())
-            .map_err(|e| InputError::Json {
-                row,
-                message: e.to_string(),
+        rows.push(&mut cols, line.as_bytes(), row, None)
+            .map_err(|e| match e {
+                RowError::NotJson(e) => InputError::Json {
+                    row,
+                    message: e.to_string(),
+                },
+                RowError::Input(e) => e,
             })?;
-        cols.push_json(wanted, &record, row, None)?;
     }
     Ok(cols)
 }
