@@ -6,16 +6,45 @@
 //! the eviction is counted, and the slot is handed to the new key flagged as
 //! fresh so its owner resets the state.
 
-/// Keys come from the input: a fast hasher, seeded per process.
-type HashMap<K, V> = foldhash::HashMap<K, V>;
+/// A key as the table holds it: 128 bits of two independently, randomly
+/// seeded hashes of its namespace and text. Holding fingerprints instead of
+/// strings saves two allocations per new key and a pointer chase per
+/// lookup; two distinct keys share a fingerprint with probability 2⁻¹²⁸
+/// per pair, and the per-process seeds keep input from steering them there.
+type Fingerprint = u128;
+
+/// Fingerprints are already uniformly random: the map uses their low bits as
+/// they are instead of hashing them again.
+#[derive(Clone, Copy, Debug, Default)]
+struct Passthrough(u64);
+
+impl std::hash::Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type FingerprintMap =
+    std::collections::HashMap<Fingerprint, u32, std::hash::BuildHasherDefault<Passthrough>>;
 
 /// Bounded key → slot map. Keys live in namespaces (one per keyed feature)
 /// that share one slot space, so one state array can serve several features.
 #[derive(Debug)]
 pub struct SlotTable {
     capacity: usize,
-    maps: Vec<HashMap<String, u32>>,
-    owner: Vec<Option<(u32, String)>>,
+    seeds: [foldhash::quality::RandomState; 2],
+    index: FingerprintMap,
+    owner: Vec<Option<Fingerprint>>,
     referenced: Vec<bool>,
     hand: usize,
     evictions: u64,
@@ -26,7 +55,8 @@ impl SlotTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            maps: Vec::new(),
+            seeds: Default::default(),
+            index: FingerprintMap::default(),
             owner: Vec::new(),
             referenced: Vec::new(),
             hand: 0,
@@ -36,7 +66,7 @@ impl SlotTable {
 
     /// Keys holding a slot.
     pub fn len(&self) -> usize {
-        self.maps.iter().map(HashMap::len).sum()
+        self.index.len()
     }
 
     /// True when no key holds a slot.
@@ -54,14 +84,22 @@ impl SlotTable {
         self.evictions
     }
 
+    fn fingerprint(&self, namespace: u32, key: &str) -> Fingerprint {
+        use std::hash::{BuildHasher, Hasher};
+        let [a, b] = self.seeds.each_ref().map(|seed| {
+            let mut h = seed.build_hasher();
+            h.write_u32(namespace);
+            h.write(key.as_bytes());
+            h.finish()
+        });
+        (u128::from(a) << 64) | u128::from(b)
+    }
+
     /// The slot of `key` in `namespace`, and whether it is fresh (first
     /// sighting, or the key was evicted since): fresh slots need their state reset.
     pub fn slot(&mut self, namespace: u32, key: &str) -> (u32, bool) {
-        let ns = namespace as usize;
-        if self.maps.len() <= ns {
-            self.maps.resize_with(ns + 1, HashMap::default);
-        }
-        if let Some(&slot) = self.maps[ns].get(key) {
+        let fingerprint = self.fingerprint(namespace, key);
+        if let Some(&slot) = self.index.get(&fingerprint) {
             self.referenced[slot as usize] = true;
             return (slot, false);
         }
@@ -72,9 +110,9 @@ impl SlotTable {
         } else {
             self.evict()
         };
-        self.owner[slot] = Some((namespace, key.to_owned()));
+        self.owner[slot] = Some(fingerprint);
         self.referenced[slot] = true;
-        self.maps[ns].insert(key.to_owned(), slot as u32);
+        self.index.insert(fingerprint, slot as u32);
         (slot as u32, true)
     }
 
@@ -86,8 +124,8 @@ impl SlotTable {
                 self.referenced[at] = false;
                 continue;
             }
-            if let Some((ns, key)) = self.owner[at].take() {
-                self.maps[ns as usize].remove(&key);
+            if let Some(fingerprint) = self.owner[at].take() {
+                self.index.remove(&fingerprint);
             }
             self.evictions += 1;
             return at;

@@ -1,14 +1,13 @@
 //! One batch: parse, score, publish, wait for acknowledgements, commit.
 
+use super::commit::{Output, Sent};
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq::{self, Rejection};
 use crate::input::{Columns, RowError, RowReader};
 use crate::kafka::Record;
 use crate::score::RowScore;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -28,13 +27,14 @@ struct ScoredBatch {
     shadow: Option<(String, Vec<RowScore>, Vec<bool>)>,
 }
 
+/// Parses, scores and publishes one batch; the returned [`Sent`] is
+/// finished (acknowledged, committed, counted) by the committer.
 pub(super) async fn process(
     ctx: &PipelineContext,
-    consumer: &BaseConsumer,
     state_slot: &mut Option<Box<ScoringState>>,
     shadow_slot: &mut Option<Shadow>,
     batch: Vec<Record>,
-) -> Result<(), PipelineError> {
+) -> Result<Sent, PipelineError> {
     let started = Instant::now();
     let name = &ctx.config.name;
     let topic = ctx.config.input_topic.as_str();
@@ -148,7 +148,7 @@ pub(super) async fn process(
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
             alert_texts.push(String::from_utf8(payload.clone()).expect("JSON is UTF-8"));
             deliveries.push((
-                ctx.config.alerts_topic.as_str(),
+                Output::Alerts,
                 send(
                     ctx,
                     &ctx.config.alerts_topic,
@@ -164,7 +164,7 @@ pub(super) async fn process(
             // as an alert.
             let payload = score_message(&source, &key, model, scores[row].score, alerts[row], true);
             deliveries.push((
-                shadow_topic,
+                Output::ShadowScores,
                 send(ctx, shadow_topic, key.as_bytes(), &payload, None).await,
             ));
         }
@@ -172,14 +172,13 @@ pub(super) async fn process(
             let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
             let payload = score_message(&source, &key, &live_id, score, alert, false);
             deliveries.push((
-                scores_topic,
+                Output::Scores,
                 send(ctx, scores_topic, key.as_bytes(), &payload, None).await,
             ));
         }
     }
     for (i, rejection) in &rejected {
         let record = &batch[*i];
-        ctx.metrics.dlq_inc(rejection.class);
         let headers = dlq::headers(
             &record.headers,
             rejection,
@@ -190,95 +189,37 @@ pub(super) async fn process(
         let key = record.key.as_deref().unwrap_or_default();
         let value = record.value.as_deref().unwrap_or_default();
         deliveries.push((
-            ctx.config.dlq_topic.as_str(),
+            Output::Dlq,
             send(ctx, &ctx.config.dlq_topic, key, value, Some(headers)).await,
         ));
     }
     let published_at = Instant::now();
-    for (out_topic, delivery) in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                *state_slot = Some(state);
-                return Err(PipelineError::Delivery {
-                    pipeline: name.clone(),
-                    topic: out_topic.to_owned(),
-                    message: e.to_string(),
-                });
-            }
-            Err(_) => {
-                *state_slot = Some(state);
-                return Err(PipelineError::Delivery {
-                    pipeline: name.clone(),
-                    topic: out_topic.to_owned(),
-                    message: "producer dropped the message".into(),
-                });
-            }
-        }
-    }
-
-    let acked_at = Instant::now();
-    // Everything acknowledged: the batch's offsets may advance.
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     for r in &batch {
-        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        let e = next_offsets.entry(r.partition).or_insert(r.offset + 1);
         *e = (*e).max(r.offset + 1);
     }
-    let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in &next {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .expect("valid offset");
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        // Not fatal: the next commit carries later offsets; a crash before it
-        // replays this batch, which at-least-once allows.
-        tracing::warn!(pipeline = %name, error = %e, "offset commit failed");
-    }
-
-    for text in alert_texts {
-        ctx.handle.publish_alert(text);
-    }
-    let m = &ctx.metrics;
-    m.shadow_alerts.fetch_add(scored.shadow_alerts, Relaxed);
-    m.scored.fetch_add(accepted.len() as u64, Relaxed);
-    m.alerts.fetch_add(alert_count, Relaxed);
-    m.batches.fetch_add(1, Relaxed);
-    m.batch_size.observe(batch.len() as f64);
-    m.batch_latency.observe(started.elapsed().as_secs_f64());
-    m.state_evictions.store(state.features.evictions(), Relaxed);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    if let Some(oldest) = batch.iter().filter_map(|r| r.timestamp_ms).min() {
-        m.end_to_end_latency
-            .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
-    }
-    // Parse, score, publish, ack: the order of metrics::PHASES.
-    let phases = [
-        parsed_at - started,
-        scored_at - parsed_at,
-        published_at - scored_at,
-        acked_at - published_at,
-    ];
-    for (total, phase) in m.phase_micros.iter().zip(phases) {
-        total.fetch_add(phase.as_micros() as u64, Relaxed);
-    }
-    m.last_batch_ms.store(now_ms, Relaxed);
-    let [parse_ms, score_ms, publish_ms, ack_ms] = phases.map(|d| d.as_secs_f64() * 1e3);
-    tracing::debug!(
-        pipeline = %name,
-        records = batch.len(),
-        scored = accepted.len(),
-        dlq = rejected.len(),
-        alerts = alert_count,
-        parse_ms,
-        score_ms,
-        publish_ms,
-        ack_ms,
-        "batch done"
-    );
+    let sent = Sent {
+        deliveries,
+        next_offsets,
+        alert_texts,
+        dlq: rejected.iter().map(|(_, r)| r.class).collect(),
+        records: batch.len(),
+        scored: accepted.len(),
+        alerts: alert_count,
+        shadow_alerts: scored.shadow_alerts,
+        evictions: state.features.evictions(),
+        oldest_ms: batch.iter().filter_map(|r| r.timestamp_ms).min(),
+        started,
+        published_at,
+        phases: [
+            parsed_at - started,
+            scored_at - parsed_at,
+            published_at - scored_at,
+        ],
+    };
     *state_slot = Some(state);
-    Ok(())
+    Ok(sent)
 }
 
 fn score(

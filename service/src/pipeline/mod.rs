@@ -12,6 +12,7 @@
 
 mod batch;
 mod collect;
+mod commit;
 mod control;
 
 pub use control::{Handles, PipelineHandle};
@@ -296,6 +297,7 @@ async fn run_pipeline(
         pipeline: ctx.config.name.clone(),
         source,
     })?;
+    let mut committer = commit::Committer::spawn(ctx.handle.clone(), &ctx.config, consumer.clone());
     let mut stopping = false;
     loop {
         let batch = if stopping {
@@ -350,15 +352,22 @@ async fn run_pipeline(
                 None => None,
             };
         }
-        let work = batch::process(&ctx, consumer, &mut state, &mut shadow, batch);
-        if stopping {
+        let work = batch::process(&ctx, &mut state, &mut shadow, batch);
+        let sent = if stopping {
             tokio::time::timeout(drain, work)
                 .await
-                .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
+                .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??
         } else {
-            work.await?;
+            work.await?
+        };
+        if committer.push(sent).await.is_err() {
+            // The committer stopped on a failed delivery; close says which.
+            break;
         }
     }
+    tokio::time::timeout(drain, committer.close())
+        .await
+        .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
     // Offsets were committed after every batch; a final synchronous commit
     // makes sure the last one reached the broker before we exit.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

@@ -1,0 +1,209 @@
+//! The acknowledging side of a pipeline: a task that waits for the broker
+//! to acknowledge each batch's output, then commits the batch's offsets and
+//! counts it, batch after batch in order.
+//!
+//! Waiting for acknowledgements is mostly idle time (a round trip to the
+//! broker); doing it here lets the pipeline parse and score the next batch
+//! meanwhile. Batches are finished strictly in order, so a committed offset
+//! still only ever covers records whose output the broker acknowledged.
+
+use super::PipelineError;
+use crate::config::PipelineConfig;
+use crate::pipeline::PipelineHandle;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::DeliveryFuture;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Batches published but not yet acknowledged, beyond the one being
+/// processed: enough to hide a round trip, few enough that a broker outage
+/// holds little output in memory.
+const IN_FLIGHT: usize = 2;
+
+/// The output topics of a pipeline.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Output {
+    Alerts,
+    Dlq,
+    Scores,
+    ShadowScores,
+}
+
+/// A batch whose output is on its way to the broker.
+pub(super) struct Sent {
+    /// Every delivery of the batch, with the topic it went to.
+    pub(super) deliveries: Vec<(Output, DeliveryFuture)>,
+    /// Next offset per partition once the batch is done.
+    pub(super) next_offsets: BTreeMap<i32, i64>,
+    /// Alerts as published, for the gRPC alert stream.
+    pub(super) alert_texts: Vec<String>,
+    /// DLQ reason class of each dead-lettered record.
+    pub(super) dlq: Vec<&'static str>,
+    /// Records in the batch, scored, alerting, and shadow alerts.
+    pub(super) records: usize,
+    pub(super) scored: usize,
+    pub(super) alerts: u64,
+    pub(super) shadow_alerts: u64,
+    /// Per-key state evictions so far.
+    pub(super) evictions: u64,
+    /// Oldest broker timestamp in the batch, ms.
+    pub(super) oldest_ms: Option<i64>,
+    /// When the batch was handed to the pipeline, and when publishing ended.
+    pub(super) started: Instant,
+    pub(super) published_at: Instant,
+    /// Parse, score and publish durations.
+    pub(super) phases: [Duration; 3],
+}
+
+/// The task finishing batches of one pipeline.
+pub(super) struct Committer {
+    tx: Option<mpsc::Sender<Sent>>,
+    task: JoinHandle<Result<(), PipelineError>>,
+}
+
+impl Committer {
+    /// Starts the task for `handle`'s pipeline (configured as `config`) on
+    /// `consumer`.
+    pub(super) fn spawn(
+        handle: PipelineHandle,
+        config: &PipelineConfig,
+        consumer: Arc<BaseConsumer>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let topics = Topics {
+            alerts: config.alerts_topic.clone(),
+            dlq: config.dlq_topic.clone(),
+            scores: config.scores_topic.clone(),
+            shadow_scores: config.shadow_scores_topic.clone(),
+        };
+        let task = tokio::spawn(finish_all(handle, topics, consumer, rx));
+        Self { tx: Some(tx), task }
+    }
+
+    /// Hands over a sent batch; waits while [`IN_FLIGHT`] batches are
+    /// pending. An error means the task stopped: [`Self::close`] says why.
+    pub(super) async fn push(&mut self, sent: Sent) -> Result<(), ()> {
+        match &self.tx {
+            Some(tx) => tx.send(sent).await.map_err(|_| ()),
+            None => Err(()),
+        }
+    }
+
+    /// Waits until every handed-over batch is finished, or the first failure.
+    pub(super) async fn close(mut self) -> Result<(), PipelineError> {
+        self.tx = None;
+        self.task.await.expect("committer does not panic")
+    }
+}
+
+/// Output topic names, for error messages.
+struct Topics {
+    alerts: String,
+    dlq: String,
+    scores: String,
+    shadow_scores: String,
+}
+
+impl Topics {
+    fn name(&self, output: Output) -> &str {
+        match output {
+            Output::Alerts => &self.alerts,
+            Output::Dlq => &self.dlq,
+            Output::Scores => &self.scores,
+            Output::ShadowScores => &self.shadow_scores,
+        }
+    }
+}
+
+async fn finish_all(
+    handle: PipelineHandle,
+    topics: Topics,
+    consumer: Arc<BaseConsumer>,
+    mut rx: mpsc::Receiver<Sent>,
+) -> Result<(), PipelineError> {
+    while let Some(sent) = rx.recv().await {
+        finish(&handle, &topics, &consumer, sent).await?;
+    }
+    Ok(())
+}
+
+/// Waits for every acknowledgement of one batch, commits its offsets and
+/// counts it.
+async fn finish(
+    handle: &PipelineHandle,
+    topics: &Topics,
+    consumer: &BaseConsumer,
+    sent: Sent,
+) -> Result<(), PipelineError> {
+    let name = &handle.name;
+    for (output, delivery) in sent.deliveries {
+        let message = match delivery.await {
+            Ok(Ok(_)) => continue,
+            Ok(Err((e, _))) => e.to_string(),
+            Err(_) => "producer dropped the message".into(),
+        };
+        return Err(PipelineError::Delivery {
+            pipeline: name.clone(),
+            topic: topics.name(output).to_owned(),
+            message,
+        });
+    }
+    let acked_at = Instant::now();
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in &sent.next_offsets {
+        tpl.add_partition_offset(&handle.input_topic, *partition, Offset::Offset(*offset))
+            .expect("valid offset");
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        // Not fatal: the next commit carries later offsets; a crash before it
+        // replays this batch, which at-least-once allows.
+        tracing::warn!(pipeline = %name, error = %e, "offset commit failed");
+    }
+    for text in sent.alert_texts {
+        handle.publish_alert(text);
+    }
+    let m = &handle.metrics;
+    for class in &sent.dlq {
+        m.dlq_inc(class);
+    }
+    m.shadow_alerts.fetch_add(sent.shadow_alerts, Relaxed);
+    m.scored.fetch_add(sent.scored as u64, Relaxed);
+    m.alerts.fetch_add(sent.alerts, Relaxed);
+    m.batches.fetch_add(1, Relaxed);
+    m.batch_size.observe(sent.records as f64);
+    m.batch_latency
+        .observe(sent.started.elapsed().as_secs_f64());
+    m.state_evictions.store(sent.evictions, Relaxed);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if let Some(oldest) = sent.oldest_ms {
+        m.end_to_end_latency
+            .observe(((now_ms - oldest).max(0)) as f64 / 1e3);
+    }
+    // Parse, score, publish, ack: the order of metrics::PHASES.
+    let ack = acked_at - sent.published_at;
+    for (total, phase) in m.phase_micros.iter().zip(sent.phases.iter().chain([&ack])) {
+        total.fetch_add(phase.as_micros() as u64, Relaxed);
+    }
+    m.last_batch_ms.store(now_ms, Relaxed);
+    let [parse_ms, score_ms, publish_ms] = sent.phases.map(|d| d.as_secs_f64() * 1e3);
+    tracing::debug!(
+        pipeline = %name,
+        records = sent.records,
+        scored = sent.scored,
+        dlq = sent.dlq.len(),
+        alerts = sent.alerts,
+        parse_ms,
+        score_ms,
+        publish_ms,
+        ack_ms = ack.as_secs_f64() * 1e3,
+        "batch done"
+    );
+    Ok(())
+}
