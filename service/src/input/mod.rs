@@ -67,7 +67,7 @@ pub enum InputError {
 }
 
 /// Which fields to read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Wanted {
     /// Numeric fields, in the order their columns appear in [`Columns::numeric`].
     pub numeric: Vec<String>,

@@ -1,20 +1,18 @@
 //! One batch: parse, score, publish, wait for acknowledgements, commit.
 
 use super::commit::{Output, Sent};
+use super::parse::{self, ParsedBatch, Parser};
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
-use crate::dlq::{self, Rejection};
-use crate::input::{Columns, RowError, RowReader};
+use crate::dlq;
+use crate::input::{Columns, RowReader};
 use crate::kafka::Record;
 use crate::score::RowScore;
 use rdkafka::producer::FutureRecord;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Records per parsing task: small enough to spread a batch over the cores,
-/// big enough that merging the parts costs little.
-const PARSE_CHUNK: usize = 1024;
 
 /// Output of the scoring step, computed on a blocking thread.
 struct ScoredBatch {
@@ -27,23 +25,42 @@ struct ScoredBatch {
     shadow: Option<(String, Vec<RowScore>, Vec<bool>)>,
 }
 
-/// Parses, scores and publishes one batch; the returned [`Sent`] is
+/// Scores and publishes one parsed batch; the returned [`Sent`] is
 /// finished (acknowledged, committed, counted) by the committer.
 pub(super) async fn process(
     ctx: &PipelineContext,
     state_slot: &mut Option<Box<ScoringState>>,
     shadow_slot: &mut Option<Shadow>,
-    batch: Vec<Record>,
+    parsed: ParsedBatch,
 ) -> Result<Sent, PipelineError> {
-    let started = Instant::now();
     let name = &ctx.config.name;
     let topic = ctx.config.input_topic.as_str();
     ctx.metrics
         .records_in
-        .fetch_add(batch.len() as u64, Relaxed);
+        .fetch_add(parsed.records.len() as u64, Relaxed);
     let mut state = state_slot
         .take()
         .expect("scoring state is returned after every batch");
+    // A batch parsed before a model with other fields went live is read
+    // again with the live model's fields.
+    let parsed = if *parsed.reader.wanted() == *state.features.wanted() {
+        parsed
+    } else {
+        let parser = Parser {
+            reader: Arc::new(RowReader::new(state.features.wanted())),
+            max_bytes: ctx.max_message_bytes,
+        };
+        parse::parse(&parser, parsed.records, parsed.flushed_at)
+    };
+    let ParsedBatch {
+        records: batch,
+        columns,
+        accepted,
+        rejected,
+        flushed_at: started,
+        parse_time,
+        ..
+    } = parsed;
     let wanted = state.features.wanted().clone();
     let key_field = state
         .model
@@ -51,31 +68,6 @@ pub(super) async fn process(
         .as_ref()
         .map(|s| s.key_field.clone())
         .unwrap_or_default();
-
-    // Parse, on all cores, straight into columns of the fields the features
-    // read (alerts re-read their whole record); anything that cannot become
-    // a feature row is rejected with a reason.
-    let reader = RowReader::new(&wanted);
-    let parts: Vec<(Columns, Vec<Option<Rejection>>)> = {
-        use rayon::prelude::*;
-        batch
-            .par_chunks(PARSE_CHUNK)
-            .map(|chunk| parse_chunk(&reader, chunk, ctx.max_message_bytes))
-            .collect()
-    };
-    let mut columns = Columns::new(&wanted);
-    let mut accepted: Vec<usize> = Vec::with_capacity(batch.len());
-    let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-    for (c, (part, outcomes)) in parts.into_iter().enumerate() {
-        columns.append(part);
-        for (j, outcome) in outcomes.into_iter().enumerate() {
-            let i = c * PARSE_CHUNK + j;
-            match outcome {
-                None => accepted.push(i),
-                Some(rejection) => rejected.push((i, rejection)),
-            }
-        }
-    }
 
     let parsed_at = Instant::now();
     // Score on a blocking thread: the GPU readback or the CPU loop must not
@@ -212,11 +204,7 @@ pub(super) async fn process(
         oldest_ms: batch.iter().filter_map(|r| r.timestamp_ms).min(),
         started,
         published_at,
-        phases: [
-            parsed_at - started,
-            scored_at - parsed_at,
-            published_at - scored_at,
-        ],
+        phases: [parse_time, scored_at - parsed_at, published_at - scored_at],
     };
     *state_slot = Some(state);
     Ok(sent)
@@ -341,40 +329,4 @@ fn entity_key(
         .as_deref()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default()
-}
-
-/// Parses one slice of a batch into columns of its own; per record, `None`
-/// when it became a row, else why not.
-fn parse_chunk(
-    reader: &RowReader,
-    chunk: &[Record],
-    max_bytes: usize,
-) -> (Columns, Vec<Option<Rejection>>) {
-    let mut cols = Columns::new(reader.wanted());
-    let outcomes = chunk
-        .iter()
-        .enumerate()
-        .map(|(j, record)| {
-            let value = record.value.as_deref().unwrap_or_default();
-            if value.len() > max_bytes {
-                return Some(Rejection {
-                    class: "too_large",
-                    reason: format!(
-                        "message of {} bytes exceeds max_message_bytes {max_bytes}",
-                        value.len()
-                    ),
-                });
-            }
-            let broker_time = record.timestamp_ms.map(|ms| ms as f64 / 1e3);
-            match reader.push(&mut cols, value, j + 1, broker_time) {
-                Ok(()) => None,
-                Err(RowError::NotJson(e)) => Some(Rejection {
-                    class: "invalid_json",
-                    reason: format!("not JSON: {e}"),
-                }),
-                Err(RowError::Input(e)) => Some(Rejection::from_input(&e)),
-            }
-        })
-        .collect();
-    (cols, outcomes)
 }

@@ -1,9 +1,10 @@
 //! The consuming side of a pipeline: a thread that polls Kafka and hands
 //! over whole batches (N records or T ms after the first, whichever comes
-//! first), so the collection of the next batch overlaps the work on this
-//! one. The channel holds one batch: a slow pipeline stops the thread, and
+//! first), already parsed, so the collection and parsing of the next batch
+//! overlap the scoring and publishing of this one. The channel holds one batch: a slow pipeline stops the thread, and
 //! librdkafka's own bounded prefetch is all that piles up behind it.
 
+use super::parse::{self, ParsedBatch, SharedParser};
 use crate::kafka::Record;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
@@ -20,7 +21,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Batches from the collecting thread.
 pub(super) struct Collector {
-    batches: mpsc::Receiver<Vec<Record>>,
+    batches: mpsc::Receiver<ParsedBatch>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -32,6 +33,7 @@ impl Collector {
         consumer: Arc<BaseConsumer>,
         max_records: usize,
         max_wait: Duration,
+        parser: SharedParser,
     ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -41,7 +43,8 @@ impl Collector {
             std::thread::Builder::new()
                 .name(format!("collect-{name}"))
                 .spawn(move || {
-                    collect(&name, &consumer, &tx, max_records.max(1), max_wait, &stop)
+                    let limits = (max_records.max(1), max_wait);
+                    collect(&name, &consumer, &tx, limits, &parser, &stop)
                 })?
         };
         Ok(Self {
@@ -53,7 +56,7 @@ impl Collector {
 
     /// The next batch; `None` once the thread has stopped and every batch
     /// it made was taken.
-    pub(super) async fn next(&mut self) -> Option<Vec<Record>> {
+    pub(super) async fn next(&mut self) -> Option<ParsedBatch> {
         self.batches.recv().await
     }
 
@@ -78,9 +81,9 @@ impl Drop for Collector {
 fn collect(
     name: &str,
     consumer: &BaseConsumer,
-    tx: &mpsc::Sender<Vec<Record>>,
-    max_records: usize,
-    max_wait: Duration,
+    tx: &mpsc::Sender<ParsedBatch>,
+    (max_records, max_wait): (usize, Duration),
+    parser: &SharedParser,
     stop: &AtomicBool,
 ) {
     // Next offset per partition already handed over. After a rebalance the
@@ -89,11 +92,19 @@ fn collect(
     // twice would corrupt gaps and rates.
     let mut handed: HashMap<i32, i64> = HashMap::new();
     loop {
-        let mut batch = Vec::with_capacity(max_records);
+        let mut batch: Vec<Record> = Vec::with_capacity(max_records);
         let mut flush_at: Option<Instant> = None;
         while !stop.load(Relaxed) {
-            let wait =
-                flush_at.map_or(IDLE_POLL, |at| at.saturating_duration_since(Instant::now()));
+            let wait = match flush_at {
+                None => IDLE_POLL,
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        break;
+                    }
+                    at - now
+                }
+            };
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
                     if handed
@@ -113,17 +124,18 @@ fn collect(
                 }
                 None => {}
             }
-            if flush_at.is_some_and(|at| Instant::now() >= at) {
-                break;
-            }
         }
         for r in &batch {
             let next = handed.entry(r.partition).or_insert(0);
             *next = (*next).max(r.offset + 1);
         }
         let stopping = stop.load(Relaxed);
-        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
-            return;
+        if !batch.is_empty() {
+            let parser = parser.lock().expect("parser lock").clone();
+            let parsed = parse::parse(&parser, batch, Instant::now());
+            if tx.blocking_send(parsed).is_err() {
+                return;
+            }
         }
         if stopping {
             return;

@@ -1,19 +1,21 @@
 //! The streaming service: Kafka records in, alerts and DLQ messages out.
 //!
-//! Each configured pipeline is a collecting thread and one task. The thread
-//! polls Kafka and hands over batches (N records or T ms, whichever first);
-//! the task parses and builds features (bad records to the DLQ) → scores on
-//! the GPU or CPU on a blocking thread → publishes alerts, DLQ and optional
-//! score messages → waits for every acknowledgement → commits the batch's
-//! offsets, while the thread already collects the next batch. Batches are
-//! processed one after another, so offsets only ever advance over records
-//! whose output the broker has acknowledged: at-least-once, with alert ids
-//! that are stable across replays.
+//! Each configured pipeline is a collecting thread and two tasks. The
+//! thread polls Kafka, forms batches (N records or T ms, whichever first)
+//! and parses them into feature columns (bad records to the DLQ); the
+//! pipeline task builds features → scores on the GPU or CPU on a blocking
+//! thread → publishes alerts, DLQ and optional score messages; the committer
+//! task waits for every acknowledgement of a batch, then commits its
+//! offsets. The three overlap, batch after batch. Batches are finished in
+//! order, so offsets only ever advance over records whose output the broker
+//! has acknowledged: at-least-once, with alert ids that are stable across
+//! replays.
 
 mod batch;
 mod collect;
 mod commit;
 mod control;
+mod parse;
 
 pub use control::{Handles, PipelineHandle};
 
@@ -21,6 +23,7 @@ use crate::config::{Config, PipelineConfig};
 use crate::features::FeaturePipeline;
 use crate::features::ZEngine;
 use crate::forest::PackedForest;
+use crate::input::RowReader;
 use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
@@ -287,11 +290,18 @@ async fn run_pipeline(
     let mut live = ctx.handle.live_receiver();
     let mut shadow_rx = ctx.handle.shadow_receiver();
     let mut shadow: Option<Shadow> = None;
+    let parser = Arc::new(std::sync::Mutex::new(parse::Parser {
+        reader: Arc::new(RowReader::new(
+            state.as_ref().expect("state is home").features.wanted(),
+        )),
+        max_bytes: ctx.max_message_bytes,
+    }));
     let mut collector = collect::Collector::spawn(
         &ctx.config.name,
         consumer.clone(),
         ctx.config.batch_max_records,
         Duration::from_millis(ctx.config.batch_max_ms),
+        parser.clone(),
     )
     .map_err(|source| PipelineError::Thread {
         pipeline: ctx.config.name.clone(),
@@ -327,6 +337,12 @@ async fn run_pipeline(
                     pipeline: ctx.config.name.clone(),
                     source,
                 })?;
+            let wanted = s.features.wanted();
+            let mut shared = parser.lock().expect("parser lock");
+            if shared.reader.wanted() != wanted {
+                shared.reader = Arc::new(RowReader::new(wanted));
+            }
+            drop(shared);
             tracing::info!(pipeline = %ctx.config.name, model = %name, version, "live model activated");
         }
         if shadow_rx.has_changed().unwrap_or(false) {
