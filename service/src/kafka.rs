@@ -206,6 +206,110 @@ impl Record {
     }
 }
 
+/// Consumed records in one buffer: the keys and values of a whole batch in
+/// one allocation, instead of two allocations (and two frees) per record.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    bytes: Vec<u8>,
+    meta: Vec<Meta>,
+}
+
+#[derive(Debug)]
+struct Meta {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<std::ops::Range<usize>>,
+    value: Option<std::ops::Range<usize>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// One record of a [`RecordBatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub value: Option<&'a [u8]>,
+    /// Headers as (name, value).
+    pub headers: &'a [(String, Vec<u8>)],
+    /// Broker/producer timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RecordBatch {
+    /// An empty batch with room for `records` records.
+    pub fn with_capacity(records: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            meta: Vec::with_capacity(records),
+        }
+    }
+
+    /// Copies a consumed message in.
+    pub fn push(&mut self, m: &impl Message) {
+        use rdkafka::message::Headers;
+        let mut copy = |part: Option<&[u8]>| {
+            part.map(|p| {
+                let start = self.bytes.len();
+                self.bytes.extend_from_slice(p);
+                start..self.bytes.len()
+            })
+        };
+        let key = copy(m.key());
+        let value = copy(m.payload());
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.meta.push(Meta {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key,
+            value,
+            headers,
+        });
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// True when no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Record `i`.
+    pub fn get(&self, i: usize) -> RecordRef<'_> {
+        let m = &self.meta[i];
+        let part = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &self.bytes[r]);
+        RecordRef {
+            partition: m.partition,
+            offset: m.offset,
+            key: part(&m.key),
+            value: part(&m.value),
+            headers: &m.headers,
+            timestamp_ms: m.timestamp_ms,
+        }
+    }
+
+    /// Every record, in order.
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
 /// Reads a topic from the beginning until `max` messages or until no message
 /// arrives for `idle` (end of topic), without committing anything.
 pub fn read_topic(

@@ -6,7 +6,7 @@ use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq;
 use crate::input::{Columns, RowReader};
-use crate::kafka::Record;
+use crate::kafka::RecordRef;
 use crate::score::RowScore;
 use rdkafka::producer::FutureRecord;
 use std::collections::BTreeMap;
@@ -108,8 +108,8 @@ pub(super) async fn process(
         if !(every_row || scored.alerts[row]) {
             continue;
         }
-        let record = &batch[i];
-        let value = record.value.as_deref().unwrap_or_default();
+        let record = batch.get(i);
+        let value = record.value.unwrap_or_default();
         let source = Source {
             topic,
             partition: record.partition,
@@ -170,16 +170,16 @@ pub(super) async fn process(
         }
     }
     for (i, rejection) in &rejected {
-        let record = &batch[*i];
+        let record = batch.get(*i);
         let headers = dlq::headers(
-            &record.headers,
+            record.headers,
             rejection,
             topic,
             record.partition,
             record.offset,
         );
-        let key = record.key.as_deref().unwrap_or_default();
-        let value = record.value.as_deref().unwrap_or_default();
+        let key = record.key.unwrap_or_default();
+        let value = record.value.unwrap_or_default();
         deliveries.push((
             Output::Dlq,
             send(ctx, &ctx.config.dlq_topic, key, value, Some(headers)).await,
@@ -187,7 +187,7 @@ pub(super) async fn process(
     }
     let published_at = Instant::now();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in &batch {
+    for r in batch.iter() {
         let e = next_offsets.entry(r.partition).or_insert(r.offset + 1);
         *e = (*e).max(r.offset + 1);
     }
@@ -314,19 +314,18 @@ fn entity_key(
     key_column: Option<usize>,
     row: usize,
     key_field: &str,
-    raw: &Record,
+    raw: RecordRef,
 ) -> String {
     if let Some(k) = key_column {
         let column = &columns.keys[k];
         return column.names[column.ids[row] as usize].clone();
     }
     if !key_field.is_empty() {
-        if let Some(k) = crate::input::key_of(raw.value.as_deref().unwrap_or_default(), key_field) {
+        if let Some(k) = crate::input::key_of(raw.value.unwrap_or_default(), key_field) {
             return k;
         }
     }
     raw.key
-        .as_deref()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default()
 }

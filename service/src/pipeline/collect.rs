@@ -5,7 +5,7 @@
 //! librdkafka's own bounded prefetch is all that piles up behind it.
 
 use super::parse::{self, ParsedBatch, SharedParser};
-use crate::kafka::Record;
+use crate::kafka::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use std::collections::HashMap;
@@ -92,7 +92,7 @@ fn collect(
     // twice would corrupt gaps and rates.
     let mut handed: HashMap<i32, i64> = HashMap::new();
     loop {
-        let mut batch: Vec<Record> = Vec::with_capacity(max_records);
+        let mut batch = RecordBatch::with_capacity(max_records);
         let mut flush_at: Option<Instant> = None;
         while !stop.load(Relaxed) {
             let wait = match flush_at {
@@ -113,7 +113,7 @@ fn collect(
                     {
                         continue;
                     }
-                    batch.push(Record::from_message(&m));
+                    batch.push(&m);
                     flush_at.get_or_insert_with(|| Instant::now() + max_wait);
                     if batch.len() >= max_records {
                         break;
@@ -125,7 +125,7 @@ fn collect(
                 None => {}
             }
         }
-        for r in &batch {
+        for r in batch.iter() {
             let next = handed.entry(r.partition).or_insert(0);
             *next = (*next).max(r.offset + 1);
         }

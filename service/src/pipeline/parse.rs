@@ -4,7 +4,7 @@
 
 use crate::dlq::Rejection;
 use crate::input::{Columns, RowError, RowReader};
-use crate::kafka::Record;
+use crate::kafka::RecordBatch;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ pub(super) type SharedParser = Arc<Mutex<Parser>>;
 /// A batch as handed to the pipeline.
 pub(super) struct ParsedBatch {
     /// The records, in consumed order.
-    pub(super) records: Vec<Record>,
+    pub(super) records: RecordBatch,
     /// Feature columns of the accepted records, in order.
     pub(super) columns: Columns,
     /// Indices of the records that became rows, in order.
@@ -43,12 +43,16 @@ pub(super) struct ParsedBatch {
 }
 
 /// Parses `records` (a batch completed at `flushed_at`) with `parser`.
-pub(super) fn parse(parser: &Parser, records: Vec<Record>, flushed_at: Instant) -> ParsedBatch {
+pub(super) fn parse(parser: &Parser, records: RecordBatch, flushed_at: Instant) -> ParsedBatch {
     use rayon::prelude::*;
     let reader = parser.reader.clone();
-    let parts: Vec<(Columns, Vec<Option<Rejection>>)> = records
-        .par_chunks(PARSE_CHUNK)
-        .map(|chunk| parse_chunk(&reader, chunk, parser.max_bytes))
+    let n = records.len();
+    let parts: Vec<(Columns, Vec<Option<Rejection>>)> = (0..n.div_ceil(PARSE_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let chunk = c * PARSE_CHUNK..n.min((c + 1) * PARSE_CHUNK);
+            parse_chunk(&reader, &records, chunk, parser.max_bytes)
+        })
         .collect();
     let mut columns = Columns::new(reader.wanted());
     let mut accepted: Vec<usize> = Vec::with_capacity(records.len());
@@ -74,19 +78,20 @@ pub(super) fn parse(parser: &Parser, records: Vec<Record>, flushed_at: Instant) 
     }
 }
 
-/// Parses one slice of a batch into columns of its own; per record, `None`
+/// Parses records `chunk` of a batch into columns of its own; per record, `None`
 /// when it became a row, else why not.
 fn parse_chunk(
     reader: &RowReader,
-    chunk: &[Record],
+    records: &RecordBatch,
+    chunk: std::ops::Range<usize>,
     max_bytes: usize,
 ) -> (Columns, Vec<Option<Rejection>>) {
     let mut cols = Columns::new(reader.wanted());
     let outcomes = chunk
-        .iter()
         .enumerate()
-        .map(|(j, record)| {
-            let value = record.value.as_deref().unwrap_or_default();
+        .map(|(j, i)| {
+            let record = records.get(i);
+            let value = record.value.unwrap_or_default();
             if value.len() > max_bytes {
                 return Some(Rejection {
                     class: "too_large",
