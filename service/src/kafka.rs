@@ -242,12 +242,18 @@ pub struct RecordRef<'a> {
 }
 
 impl RecordBatch {
-    /// An empty batch with room for `records` records.
-    pub fn with_capacity(records: usize) -> Self {
+    /// An empty batch with room for `records` records of `bytes` bytes of
+    /// keys and values in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
         Self {
-            bytes: Vec::new(),
+            bytes: Vec::with_capacity(bytes),
             meta: Vec::with_capacity(records),
         }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Copies a consumed message in.

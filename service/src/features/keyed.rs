@@ -5,7 +5,7 @@
 //! event times in seconds. Counts are kept as of each key's latest event
 //! time, so a late record adds its decayed weight and never a negative gap.
 
-use super::slots::SlotTable;
+use super::slots::{key_hash, KeyHash, SlotTable};
 
 /// What a keyed feature measures.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,7 +59,12 @@ impl KeyedFeature {
     /// the key's decayed rate and adds nothing to it; gaps and repeats count
     /// every record.
     pub fn observe(&mut self, key: &str, t: f64, count: bool) -> f64 {
-        let (slot, fresh) = self.slots.slot(0, key);
+        self.observe_hashed(key_hash(key), t, count)
+    }
+
+    /// [`Self::observe`] for a key already hashed with [`key_hash`].
+    pub fn observe_hashed(&mut self, key: KeyHash, t: f64, count: bool) -> f64 {
+        let (slot, fresh) = self.slots.slot_hashed(0, key);
         let i = slot as usize;
         if i >= self.state.len() {
             self.state.resize(i + 1, KeyState::default());

@@ -14,6 +14,7 @@ use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
 use keyed::{KeyedFeature, KeyedKind};
+use slots::{key_hash, KeyHash};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -264,6 +265,15 @@ impl FeaturePipeline {
                 names.join(", ")
             )));
         }
+        // Each distinct key of the batch is hashed once, for every feature
+        // and record keyed by it.
+        let hashes: Vec<Vec<KeyHash>> = cols
+            .keys
+            .iter()
+            .map(|c| c.names.iter().map(|n| key_hash(n)).collect())
+            .collect();
+        let hash_of = |c: usize, row: usize| hashes[c][cols.keys[c].ids[row] as usize];
+        let unkeyed = key_hash("");
         let nz = self.z_features.len();
         let mut z = vec![0f32; rows * nz];
         if nz > 0 {
@@ -271,13 +281,10 @@ impl FeaturePipeline {
             self.entries.reserve(rows * nz);
             for row in 0..rows {
                 for (index, zf) in self.z_features.iter().enumerate() {
-                    let key = zf.key.map_or("", |k| {
-                        let column = &cols.keys[k];
-                        column.names[column.ids[row] as usize].as_str()
-                    });
-                    let entry = self
-                        .slots
-                        .entry(index as u32, key, cols.numeric[zf.column][row]);
+                    let key = zf.key.map_or(unkeyed, |k| hash_of(k, row));
+                    let entry =
+                        self.slots
+                            .entry_hashed(index as u32, key, cols.numeric[zf.column][row]);
                     self.entries.push(entry);
                 }
             }
@@ -302,17 +309,22 @@ impl FeaturePipeline {
                     column.names[column.ids[row] as usize].as_str()
                 };
                 let counts = k.when.is_none_or(|c| cols.numeric[c][row] != 0.0);
-                composite.clear();
-                if let Some(c) = k.key {
-                    composite.push_str(name(c));
-                }
-                for &c in &k.fields {
-                    // Unit separator: cannot collide with ordinary text.
-                    composite.push('\u{1f}');
-                    composite.push_str(name(c));
-                }
+                let key = if k.fields.is_empty() {
+                    k.key.map_or(unkeyed, |c| hash_of(c, row))
+                } else {
+                    composite.clear();
+                    if let Some(c) = k.key {
+                        composite.push_str(name(c));
+                    }
+                    for &c in &k.fields {
+                        // Unit separator: cannot collide with ordinary text.
+                        composite.push('\u{1f}');
+                        composite.push_str(name(c));
+                    }
+                    key_hash(&composite)
+                };
                 keyed_values[row * nk + index] =
-                    k.feature.observe(&composite, cols.time[row], counts) as f32;
+                    k.feature.observe_hashed(key, cols.time[row], counts) as f32;
             }
         }
         let dims = self.ops.len();

@@ -7,11 +7,33 @@
 //! fresh so its owner resets the state.
 
 /// A key as the table holds it: 128 bits of two independently, randomly
-/// seeded hashes of its namespace and text. Holding fingerprints instead of
-/// strings saves two allocations per new key and a pointer chase per
-/// lookup; two distinct keys share a fingerprint with probability 2⁻¹²⁸
-/// per pair, and the per-process seeds keep input from steering them there.
+/// seeded hashes of its text, combined with its namespace. Holding
+/// fingerprints instead of strings saves two allocations per new key and a
+/// pointer chase per lookup; two distinct keys share a fingerprint with
+/// probability 2⁻¹²⁸ per pair, and the per-process seeds keep input from
+/// steering them there.
 type Fingerprint = u128;
+
+/// The hash of a key's text, before its namespace is mixed in: computed
+/// once per distinct key of a batch, it serves every feature keyed by it.
+pub type KeyHash = u128;
+
+/// Seeds of [`key_hash`], one pair per process.
+static SEEDS: std::sync::LazyLock<[foldhash::fast::RandomState; 2]> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The hash of `key` that [`SlotTable::slot_hashed`] takes.
+pub fn key_hash(key: &str) -> KeyHash {
+    use std::hash::BuildHasher;
+    let [a, b] = SEEDS.each_ref().map(|seed| seed.hash_one(key));
+    (u128::from(a) << 64) | u128::from(b)
+}
+
+/// A distinct odd multiple per namespace: XOR-ing it in keeps one key's
+/// fingerprints apart across namespaces.
+fn namespace_mix(namespace: u32) -> u128 {
+    (u128::from(namespace) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+}
 
 /// Fingerprints are already uniformly random: the map uses their low bits as
 /// they are instead of hashing them again.
@@ -42,7 +64,6 @@ type FingerprintMap =
 #[derive(Debug)]
 pub struct SlotTable {
     capacity: usize,
-    seeds: [foldhash::quality::RandomState; 2],
     index: FingerprintMap,
     owner: Vec<Option<Fingerprint>>,
     referenced: Vec<bool>,
@@ -55,7 +76,6 @@ impl SlotTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            seeds: Default::default(),
             index: FingerprintMap::default(),
             owner: Vec::new(),
             referenced: Vec::new(),
@@ -84,21 +104,15 @@ impl SlotTable {
         self.evictions
     }
 
-    fn fingerprint(&self, namespace: u32, key: &str) -> Fingerprint {
-        use std::hash::{BuildHasher, Hasher};
-        let [a, b] = self.seeds.each_ref().map(|seed| {
-            let mut h = seed.build_hasher();
-            h.write_u32(namespace);
-            h.write(key.as_bytes());
-            h.finish()
-        });
-        (u128::from(a) << 64) | u128::from(b)
-    }
-
     /// The slot of `key` in `namespace`, and whether it is fresh (first
     /// sighting, or the key was evicted since): fresh slots need their state reset.
     pub fn slot(&mut self, namespace: u32, key: &str) -> (u32, bool) {
-        let fingerprint = self.fingerprint(namespace, key);
+        self.slot_hashed(namespace, key_hash(key))
+    }
+
+    /// [`Self::slot`] for a key already hashed with [`key_hash`].
+    pub fn slot_hashed(&mut self, namespace: u32, key: KeyHash) -> (u32, bool) {
+        let fingerprint = key ^ namespace_mix(namespace);
         if let Some(&slot) = self.index.get(&fingerprint) {
             self.referenced[slot as usize] = true;
             return (slot, false);

@@ -7,7 +7,7 @@
 //! arrival order; slots are independent, which is what lets the GPU run one
 //! invocation per slot.
 
-use super::slots::SlotTable;
+use super::slots::{key_hash, KeyHash, SlotTable};
 use crate::score::ScoreError;
 use bytemuck::{Pod, Zeroable};
 
@@ -153,7 +153,12 @@ impl KeySlotTable {
 
     /// Maps one record to an entry: its slot, reset flag and shifted value.
     pub fn entry(&mut self, feature: u32, key: &str, value: f64) -> ZEntry {
-        let (slot, fresh) = self.slots.slot(feature, key);
+        self.entry_hashed(feature, key_hash(key), value)
+    }
+
+    /// [`Self::entry`] for a key already hashed with [`key_hash`].
+    pub fn entry_hashed(&mut self, feature: u32, key: KeyHash, value: f64) -> ZEntry {
+        let (slot, fresh) = self.slots.slot_hashed(feature, key);
         let i = slot as usize;
         if i >= self.origin.len() {
             self.origin.resize(i + 1, 0.0);

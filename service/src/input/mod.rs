@@ -139,6 +139,23 @@ impl Columns {
         }
     }
 
+    /// Empty columns for `wanted` with room for `rows` rows, so that reading
+    /// a batch of known size never grows them.
+    pub fn with_capacity(wanted: &Wanted, rows: usize) -> Self {
+        let key_column = || KeyColumn {
+            ids: Vec::with_capacity(rows),
+            names: Vec::with_capacity(rows),
+            index: foldhash::HashMap::with_capacity_and_hasher(rows, Default::default()),
+        };
+        Self {
+            rows: 0,
+            numeric: vec![Vec::with_capacity(rows); wanted.numeric.len()],
+            keys: (0..wanted.keys.len()).map(|_| key_column()).collect(),
+            time: Vec::with_capacity(rows),
+            ..Default::default()
+        }
+    }
+
     /// Appends one JSON record as data row `row` (1-based, for messages).
     /// `fallback_time` is used when [`Wanted::time`] is unset (e.g. the
     /// broker timestamp). On error nothing is appended, so a bad record can

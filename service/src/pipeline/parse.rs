@@ -54,7 +54,7 @@ pub(super) fn parse(parser: &Parser, records: RecordBatch, flushed_at: Instant) 
             parse_chunk(&reader, &records, chunk, parser.max_bytes)
         })
         .collect();
-    let mut columns = Columns::new(reader.wanted());
+    let mut columns = Columns::with_capacity(reader.wanted(), n);
     let mut accepted: Vec<usize> = Vec::with_capacity(records.len());
     let mut rejected: Vec<(usize, Rejection)> = Vec::new();
     for (c, (part, outcomes)) in parts.into_iter().enumerate() {
@@ -86,7 +86,7 @@ fn parse_chunk(
     chunk: std::ops::Range<usize>,
     max_bytes: usize,
 ) -> (Columns, Vec<Option<Rejection>>) {
-    let mut cols = Columns::new(reader.wanted());
+    let mut cols = Columns::with_capacity(reader.wanted(), chunk.len());
     let outcomes = chunk
         .enumerate()
         .map(|(j, i)| {
