@@ -5,6 +5,7 @@
 //! failure names the row and the column, because "parse error" is useless to
 //! someone holding a 600K-row file.
 
+mod flat;
 mod row;
 
 pub use row::{key_of, number_of, RowError, RowReader};
@@ -201,7 +202,7 @@ impl Columns {
 
 impl Columns {
     /// Appends the rows of `other` (read with the same [`Wanted`]).
-    pub fn append(&mut self, other: Columns) {
+    fn append(&mut self, other: Columns) {
         for (out, column) in self.numeric.iter_mut().zip(other.numeric) {
             out.extend(column);
         }

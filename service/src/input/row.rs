@@ -91,14 +91,18 @@ impl RowReader {
     /// words every error.
     fn push_fast(&self, cols: &mut Columns, text: &[u8], fallback_time: Option<f64>) -> Option<()> {
         let mut fields = vec![Field::Absent; self.names.len()];
-        let mut de = serde_json::Deserializer::from_slice(text);
-        Fields {
-            names: &self.names,
-            out: &mut fields,
+        if super::flat::scan(text, &self.names, &mut fields).is_none() {
+            // Nested values, escapes: serde_json, still without a value.
+            fields.fill(Field::Absent);
+            let mut de = serde_json::Deserializer::from_slice(text);
+            Fields {
+                names: &self.names,
+                out: &mut fields,
+            }
+            .deserialize(&mut de)
+            .ok()?;
+            de.end().ok()?;
         }
-        .deserialize(&mut de)
-        .ok()?;
-        de.end().ok()?;
         let number = |i: usize| match &fields[i] {
             Field::Number(n) => n.as_f64(),
             Field::Str(s) => parse_number(s.as_bytes(), 0, "").ok(),
@@ -139,7 +143,7 @@ impl RowReader {
 /// A wanted field as the fast path found it. `null` counts as absent, as in
 /// [`json_number`] and [`json_key`].
 #[derive(Clone, Debug)]
-enum Field<'a> {
+pub(super) enum Field<'a> {
     Absent,
     Number(serde_json::Number),
     Str(Cow<'a, str>),

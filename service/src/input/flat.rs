@@ -1,0 +1,287 @@
+//! A scanner for the common shape of a streamed record: one flat JSON
+//! object of numbers, plain strings, booleans and nulls.
+//!
+//! It finds the wanted top-level fields in one pass without a general JSON
+//! parser. It gives up (returns `None`) on anything it does not handle
+//! itself: nested values, escaped strings, control characters, invalid
+//! UTF-8 in a wanted string, any syntax error. The caller then reads the
+//! record with serde_json, which decides; so the scanner only ever accepts
+//! records serde_json accepts, with the same values (numbers are parsed
+//! correctly rounded on both paths, see the workspace's serde_json features).
+
+use super::row::Field;
+use std::borrow::Cow;
+
+/// Fills `out[i]` with the value of top-level field `names[i]` of `text`
+/// (the last one if repeated; [`Field::Absent`] for `null` or none).
+pub(super) fn scan<'a>(text: &'a [u8], names: &[String], out: &mut [Field<'a>]) -> Option<()> {
+    let mut s = Scanner { text, at: 0 };
+    s.ws();
+    s.byte(b'{')?;
+    s.ws();
+    if s.peek()? == b'}' {
+        s.at += 1;
+    } else {
+        loop {
+            let key = s.string()?;
+            s.ws();
+            s.byte(b':')?;
+            s.ws();
+            match names.iter().position(|n| n.as_bytes() == key) {
+                Some(i) => out[i] = s.value()?,
+                None => s.skip_value()?,
+            }
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.at == text.len()).then_some(())
+}
+
+struct Scanner<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn byte(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// The raw bytes of a string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.byte(b'"')?;
+        let rest = &self.text[self.at..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        self.at += end + 1;
+        Some(&rest[..end])
+    }
+
+    /// A wanted value: a number, a string or null.
+    fn value(&mut self) -> Option<Field<'a>> {
+        match self.peek()? {
+            b'"' => {
+                let raw = self.string()?;
+                Some(Field::Str(Cow::Borrowed(std::str::from_utf8(raw).ok()?)))
+            }
+            b'n' => self.literal(b"null").map(|()| Field::Absent),
+            _ => self.number().map(Field::Number),
+        }
+    }
+
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            // Unchecked UTF-8 in a skipped string is what serde_json allows too.
+            b'"' => self.string().map(drop),
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.text.get(self.at..end)? == word).then(|| self.at = end)
+    }
+
+    /// A number in JSON's grammar, as serde_json represents it: an unsigned
+    /// or negative integer when it fits 64 bits, else a double.
+    fn number(&mut self) -> Option<serde_json::Number> {
+        let start = self.at;
+        let negative = self.peek()? == b'-';
+        if negative {
+            self.at += 1;
+        }
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            integer = false;
+            self.digit()?;
+            self.digits();
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            integer = false;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.digit()?;
+            self.digits();
+        }
+        // Number text is ASCII by construction.
+        let text = std::str::from_utf8(&self.text[start..self.at]).ok()?;
+        if integer {
+            let parsed = if text == "-0" {
+                // serde_json reads a negative zero as a double.
+                serde_json::Number::from_f64(-0.0)
+            } else if negative {
+                text.parse::<i64>().ok().map(serde_json::Number::from)
+            } else {
+                text.parse::<u64>().ok().map(serde_json::Number::from)
+            };
+            // Beyond 64 bits serde_json reads a double; leave that to it.
+            return parsed;
+        }
+        let v: f64 = fast_float2::parse(text).ok()?;
+        serde_json::Number::from_f64(v)
+    }
+
+    fn digit(&mut self) -> Option<()> {
+        self.next()?.is_ascii_digit().then_some(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scanner's numbers against serde_json's, over literals of every
+    /// shape: where the scanner answers, it answers what serde_json reads.
+    #[test]
+    fn numbers_read_as_serde_json_reads_them() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut literals: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "0.1",
+            "1e5",
+            "1E-5",
+            "-2.5e+3",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "9007199254740993",
+            "0.30000000000000004",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "4.9e-324",
+            "123456789012345678901234567890.5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for _ in 0..20_000 {
+            let digits = 1 + next() % 20;
+            let mut s: String = (0..digits)
+                .map(|_| char::from(b'0' + (next() % 10) as u8))
+                .collect();
+            if next() % 2 == 0 {
+                let at = 1 + (next() as usize) % s.len();
+                s.insert(at.min(s.len()), '.');
+                if s.ends_with('.') {
+                    s.push('5');
+                }
+            }
+            if next() % 3 == 0 {
+                s.push_str(&format!("e{}", (next() % 700) as i64 - 350));
+            }
+            literals.push(s);
+        }
+        for lit in &literals {
+            let text = format!(r#"{{"x":{lit}}}"#);
+            let mut out = [Field::Absent];
+            let scanned = scan(text.as_bytes(), &["x".to_string()], &mut out);
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
+            match (scanned, parsed) {
+                (Some(()), Ok(v)) => {
+                    let Field::Number(n) = &out[0] else {
+                        panic!("{lit}: not a number")
+                    };
+                    assert_eq!(Some(n), v["x"].as_number(), "{lit}");
+                    assert_eq!(n.to_string(), v["x"].to_string(), "{lit}");
+                }
+                (Some(()), Err(e)) => {
+                    panic!("{lit}: scanner accepted what serde_json refuses: {e}")
+                }
+                (None, _) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn gives_up_on_what_it_does_not_handle() {
+        let names = ["a".to_string()];
+        for text in [
+            r#"{"a":1,"b":{"c":2}}"#,
+            r#"{"a":1,"b":[1]}"#,
+            r#"{"a":"x\"y"}"#,
+            r#"{"a\u0062":1}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":tru}"#,
+            r#"{"a":true}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"[1]"#,
+            r#"{"a":1"#,
+            "",
+        ] {
+            let mut out = [Field::Absent];
+            assert!(scan(text.as_bytes(), &names, &mut out).is_none(), "{text}");
+        }
+        let mut out = [Field::Absent];
+        scan(
+            b" { \"b\" : null , \"a\" : \"v\" , \"a\":2 } ",
+            &names,
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(&out[0], Field::Number(n) if n.as_u64() == Some(2)));
+        let mut out = [Field::Absent];
+        let escaped = br#"{"a":null,"t":true,"f":false,"s":"\u00e9"}"#;
+        assert!(
+            scan(escaped, &names, &mut out).is_none(),
+            "an escaped string, even skipped, is left to serde_json"
+        );
+    }
+}
