@@ -1,7 +1,8 @@
-//! The consuming side of a pipeline: a thread that polls Kafka and hands
-//! over whole batches (N records or T ms after the first, whichever comes
-//! first), already parsed, so the collection and parsing of the next batch
-//! overlap the scoring and publishing of this one. The channel holds one batch: a slow pipeline stops the thread, and
+//! The consuming side of a pipeline: a thread that polls Kafka and forms
+//! whole batches (N records or T ms after the first, whichever comes first)
+//! and a thread that parses them, so the collection of the next batch, the
+//! parsing of the one before and the scoring and publishing of this one
+//! overlap. The channel holds one batch: a slow pipeline stops the thread, and
 //! librdkafka's own bounded prefetch is all that piles up behind it.
 
 use super::parse::{self, ParsedBatch, SharedParser};
@@ -22,11 +23,12 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Records between two readings of the clock while a batch fills.
 const CLOCK_EVERY: u32 = 64;
 
-/// Batches from the collecting thread.
+/// Batches from the collecting and parsing threads.
 pub(super) struct Collector {
     batches: mpsc::Receiver<ParsedBatch>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// The collecting thread, then the parsing thread: the order they stop in.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Collector {
@@ -39,21 +41,35 @@ impl Collector {
         parser: SharedParser,
     ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(RecordBatch, Instant)>(1);
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let collecting = {
             let stop = stop.clone();
             let name = name.to_owned();
             std::thread::Builder::new()
                 .name(format!("collect-{name}"))
                 .spawn(move || {
                     let limits = (max_records.max(1), max_wait);
-                    collect(&name, &consumer, &tx, limits, &parser, &stop)
+                    collect(&name, &consumer, &raw_tx, limits, &stop)
                 })?
         };
+        let parsing = std::thread::Builder::new()
+            .name(format!("parse-{name}"))
+            .spawn(move || {
+                for (batch, flushed_at) in raw_rx {
+                    let parser = parser.lock().expect("parser lock").clone();
+                    if tx
+                        .blocking_send(parse::parse(&parser, batch, flushed_at))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
         Ok(Self {
             batches,
             stop,
-            thread: Some(thread),
+            threads: vec![collecting, parsing],
         })
     }
 
@@ -75,7 +91,7 @@ impl Drop for Collector {
         self.stop();
         // Let a send that waits for room fail instead of blocking forever.
         self.batches.close();
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -84,9 +100,8 @@ impl Drop for Collector {
 fn collect(
     name: &str,
     consumer: &BaseConsumer,
-    tx: &mpsc::Sender<ParsedBatch>,
+    tx: &std::sync::mpsc::SyncSender<(RecordBatch, Instant)>,
     (max_records, max_wait): (usize, Duration),
-    parser: &SharedParser,
     stop: &AtomicBool,
 ) {
     // Next offset per partition already handed over. After a rebalance the
@@ -154,12 +169,8 @@ fn collect(
             *next = (*next).max(r.offset + 1);
         }
         let stopping = stop.load(Relaxed);
-        if !batch.is_empty() {
-            let parser = parser.lock().expect("parser lock").clone();
-            let parsed = parse::parse(&parser, batch, Instant::now());
-            if tx.blocking_send(parsed).is_err() {
-                return;
-            }
+        if !batch.is_empty() && tx.send((batch, Instant::now())).is_err() {
+            return;
         }
         if stopping {
             return;

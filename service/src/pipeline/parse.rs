@@ -1,6 +1,6 @@
-//! Turning a batch of records into feature columns. It runs on the
-//! collecting thread, so the next batch is parsed while this one is scored
-//! and published.
+//! Turning a batch of records into feature columns. It runs on a thread of
+//! its own, so the next batch is parsed while this one is scored and
+//! published.
 
 use crate::dlq::Rejection;
 use crate::input::{Columns, RowError, RowReader};
@@ -18,7 +18,7 @@ pub(super) struct Parser {
     pub(super) max_bytes: usize,
 }
 
-/// The parser the collecting thread uses for its next batch.
+/// The parser the parsing thread uses for its next batch.
 pub(super) type SharedParser = Arc<Mutex<Parser>>;
 
 /// A batch as handed to the pipeline.
