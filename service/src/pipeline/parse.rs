@@ -93,3 +93,66 @@ fn parse_one(
         Err(RowError::Input(e)) => Some(Rejection::from_input(&e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::Wanted;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    fn batch(values: &[&[u8]]) -> RecordBatch {
+        let mut batch = RecordBatch::with_capacity(values.len(), 0);
+        for (i, v) in values.iter().enumerate() {
+            batch.push(&OwnedMessage::new(
+                Some(v.to_vec()),
+                Some(b"k".to_vec()),
+                "in".into(),
+                Timestamp::CreateTime(1_000 * (i as i64 + 1)),
+                0,
+                i as i64,
+                None,
+            ));
+        }
+        batch
+    }
+
+    #[test]
+    fn rows_in_order_and_every_rejection_with_its_reason() {
+        let wanted = Wanted {
+            numeric: vec!["x".into()],
+            keys: vec!["k".into()],
+            time: None,
+        };
+        let parser = Parser {
+            reader: Arc::new(RowReader::new(&wanted)),
+            max_bytes: 40,
+        };
+        let records = batch(&[
+            br#"{"x":1.5,"k":"a"}"#,
+            br#"{"x":1.5,"k":"a""#,
+            br#"{"x":2,"k":"b","pad":"..............................."}"#,
+            br#"{"k":"c"}"#,
+            br#"{"x":"1e999","k":"d"}"#,
+            br#"{"x":[1],"k":"e"}"#,
+            br#"{"x":-3,"k":"a"}"#,
+        ]);
+        let parsed = parse(&parser, records, Instant::now());
+        assert_eq!(parsed.accepted, vec![0, 6]);
+        let classes: Vec<(usize, &str)> =
+            parsed.rejected.iter().map(|(i, r)| (*i, r.class)).collect();
+        assert_eq!(
+            classes,
+            vec![
+                (1, "invalid_json"),
+                (2, "too_large"),
+                (3, "missing_field"),
+                (4, "non_finite"),
+                (5, "wrong_type")
+            ]
+        );
+        assert_eq!(parsed.columns.numeric[0], vec![1.5, -3.0]);
+        assert_eq!(parsed.columns.keys[0].ids, vec![0, 0]);
+        // Without an event-time field, rows carry the broker timestamps.
+        assert_eq!(parsed.columns.time, vec![1.0, 7.0]);
+    }
+}
