@@ -14,7 +14,7 @@ use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
 use keyed::{KeyedFeature, KeyedKind};
-use slots::{key_hash, KeyHash};
+use slots::{combine, key_hash, KeyHash};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -301,28 +301,17 @@ impl FeaturePipeline {
         }
         let mut keyed_values = vec![0f32; rows * self.keyed.len()];
         let nk = self.keyed.len();
-        let mut composite = String::new();
         for row in 0..rows {
             for (index, k) in self.keyed.iter_mut().enumerate() {
-                let name = |c: usize| {
-                    let column = &cols.keys[c];
-                    column.names[column.ids[row] as usize].as_str()
-                };
                 let counts = k.when.is_none_or(|c| cols.numeric[c][row] != 0.0);
-                let key = if k.fields.is_empty() {
-                    k.key.map_or(unkeyed, |c| hash_of(c, row))
-                } else {
-                    composite.clear();
-                    if let Some(c) = k.key {
-                        composite.push_str(name(c));
-                    }
-                    for &c in &k.fields {
-                        // Unit separator: cannot collide with ordinary text.
-                        composite.push('\u{1f}');
-                        composite.push_str(name(c));
-                    }
-                    key_hash(&composite)
-                };
+                // A repeat's key is the tuple (key, fields...), hashed from
+                // the hashes of its parts.
+                let key = k
+                    .fields
+                    .iter()
+                    .fold(k.key.map_or(unkeyed, |c| hash_of(c, row)), |h, &c| {
+                        combine(h, hash_of(c, row))
+                    });
                 keyed_values[row * nk + index] =
                     k.feature.observe_hashed(key, cols.time[row], counts) as f32;
             }
