@@ -370,3 +370,52 @@ fn keyed_parts(kind: &Kind) -> Option<(KeyedKind, &str, &[String], &str)> {
 pub fn signed_log1p(x: f64) -> f64 {
     x.signum() * x.abs().ln_1p()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repeat is the same card, amount and merchant again; a part that
+    /// differs, or the same text split differently between the parts, is
+    /// another tuple.
+    #[test]
+    fn repeat_keys_are_tuples_of_the_key_and_fields() {
+        let spec = spec::SpecFile::parse(
+            r#"
+key_field = "card"
+time_field = "ts"
+[[feature]]
+name = "dup"
+kind = "key_repeat"
+fields = ["amount", "merchant"]
+window_s = 300.0
+"#,
+            "test",
+        )
+        .unwrap()
+        .to_proto()
+        .unwrap();
+        let mut features = FeaturePipeline::new(&spec, 1 << 10);
+        let rows = [
+            ("c1", "10", "m1"),
+            ("c1", "10", "m1"),
+            ("c1", "10", "m2"),
+            ("c2", "10", "m1"),
+            ("c1", "11", "m1"),
+            ("c1", "10", "m1"),
+            ("a\u{1f}b", "c", "m"),
+            ("a", "b\u{1f}c", "m"),
+        ];
+        let mut cols = Columns::new(features.wanted());
+        for (i, (card, amount, merchant)) in rows.iter().enumerate() {
+            let record = serde_json::json!({
+                "card": card, "amount": amount, "merchant": merchant, "ts": i as f64,
+            });
+            cols.push_json(features.wanted(), &record, i + 1, None)
+                .unwrap();
+        }
+        let batch = features.compute(&cols, &mut CpuZEngine::default()).unwrap();
+        let dup: Vec<bool> = batch.matrix.iter().map(|&v| v > 0.5).collect();
+        assert_eq!(dup, [false, true, false, false, false, true, false, false]);
+    }
+}
