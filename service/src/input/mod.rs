@@ -85,10 +85,23 @@ pub struct KeyColumn {
     pub ids: Vec<u32>,
     /// Distinct key values in order of first appearance.
     pub names: Vec<String>,
-    index: foldhash::HashMap<String, u32>,
+    /// (hash, id) of every name: the text lives once, in `names`.
+    index: hashbrown::HashTable<(u64, u32)>,
+    /// Keys come from the input: a fast hasher, seeded per column.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl KeyColumn {
+    /// An empty column with room for `rows` rows.
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(rows),
+            names: Vec::with_capacity(rows),
+            index: hashbrown::HashTable::with_capacity(rows),
+            hasher: Default::default(),
+        }
+    }
+
     /// Appends `other`'s rows, re-interning its keys into this column's ids.
     fn append(&mut self, other: KeyColumn) {
         let ids: Vec<u32> = other.names.iter().map(|name| self.intern(name)).collect();
@@ -103,12 +116,18 @@ impl KeyColumn {
 
     /// The id of `key`, given the next one if it is new.
     fn intern(&mut self, key: &str) -> u32 {
-        if let Some(&id) = self.index.get(key) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key);
+        let names = &self.names;
+        if let Some(&(_, id)) = self
+            .index
+            .find(hash, |&(h, id)| h == hash && names[id as usize] == key)
+        {
             return id;
         }
         let id = self.names.len() as u32;
         self.names.push(key.to_owned());
-        self.index.insert(key.to_owned(), id);
+        self.index.insert_unique(hash, (hash, id), |&(h, _)| h);
         id
     }
 }
@@ -127,6 +146,7 @@ pub struct Columns {
     pub time: Vec<f64>,
     scratch_numbers: Vec<f64>,
     scratch_keys: Vec<String>,
+    scratch_text: String,
 }
 
 impl Columns {
@@ -143,15 +163,12 @@ impl Columns {
     /// Empty columns for `wanted` with room for `rows` rows, so that reading
     /// a batch of known size never grows them.
     pub fn with_capacity(wanted: &Wanted, rows: usize) -> Self {
-        let key_column = || KeyColumn {
-            ids: Vec::with_capacity(rows),
-            names: Vec::with_capacity(rows),
-            index: foldhash::HashMap::with_capacity_and_hasher(rows, Default::default()),
-        };
         Self {
             rows: 0,
             numeric: vec![Vec::with_capacity(rows); wanted.numeric.len()],
-            keys: (0..wanted.keys.len()).map(|_| key_column()).collect(),
+            keys: (0..wanted.keys.len())
+                .map(|_| KeyColumn::with_capacity(rows))
+                .collect(),
             time: Vec::with_capacity(rows),
             ..Default::default()
         }

@@ -124,14 +124,21 @@ impl RowReader {
         for (out, &v) in cols.numeric.iter_mut().zip(&cols.scratch_numbers) {
             out.push(v);
         }
+        let mut text = std::mem::take(&mut cols.scratch_text);
         for (out, &i) in cols.keys.iter_mut().zip(&self.keys) {
             match &fields[i] {
                 Field::Str(s) => out.push(s),
                 // A number keys by its JSON text, as `json_key` does.
-                Field::Number(n) => out.push(&n.to_string()),
+                Field::Number(n) => {
+                    use std::fmt::Write;
+                    text.clear();
+                    write!(text, "{n}").expect("writing to a String");
+                    out.push(&text);
+                }
                 Field::Absent => unreachable!("checked above"),
             }
         }
+        cols.scratch_text = text;
         if let Some(t) = time {
             cols.time.push(t);
         }
