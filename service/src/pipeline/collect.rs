@@ -9,7 +9,6 @@ use super::parse::{self, ParsedBatch, SharedParser};
 use crate::kafka::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -104,11 +103,11 @@ fn collect(
     (max_records, max_wait): (usize, Duration),
     stop: &AtomicBool,
 ) {
-    // Next offset per partition already handed over. After a rebalance the
+    // Next offset per partition (by number) already handed over. After a rebalance the
     // consumer resumes from the last commit, which may be behind: those
     // records are done or in flight, and feeding them to the per-key state
     // twice would corrupt gaps and rates.
-    let mut handed: HashMap<i32, i64> = HashMap::new();
+    let mut handed: Vec<i64> = Vec::new();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
     loop {
@@ -146,10 +145,8 @@ fn collect(
             };
             match polled {
                 Ok(m) => {
-                    if handed
-                        .get(&m.partition())
-                        .is_some_and(|&next| m.offset() < next)
-                    {
+                    let partition = usize::try_from(m.partition()).unwrap_or(0);
+                    if handed.get(partition).is_some_and(|&next| m.offset() < next) {
                         continue;
                     }
                     batch.push(&m);
@@ -165,8 +162,11 @@ fn collect(
         }
         bytes_hint = batch.bytes();
         for r in batch.iter() {
-            let next = handed.entry(r.partition).or_insert(0);
-            *next = (*next).max(r.offset + 1);
+            let partition = usize::try_from(r.partition).unwrap_or(0);
+            if handed.len() <= partition {
+                handed.resize(partition + 1, 0);
+            }
+            handed[partition] = handed[partition].max(r.offset + 1);
         }
         let stopping = stop.load(Relaxed);
         if !batch.is_empty() && tx.send((batch, Instant::now())).is_err() {
