@@ -251,6 +251,12 @@ impl RecordBatch {
         }
     }
 
+    /// Empties the batch, keeping its buffers for the next one.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.meta.clear();
+    }
+
     /// Bytes of keys and values held.
     pub fn bytes(&self) -> usize {
         self.bytes.len()

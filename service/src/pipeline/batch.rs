@@ -6,7 +6,7 @@ use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq;
 use crate::input::{Columns, RowReader};
-use crate::kafka::RecordRef;
+use crate::kafka::{RecordBatch, RecordRef};
 use crate::score::RowScore;
 use rdkafka::producer::FutureRecord;
 use std::collections::BTreeMap;
@@ -32,6 +32,7 @@ pub(super) async fn process(
     state_slot: &mut Option<Box<ScoringState>>,
     shadow_slot: &mut Option<Shadow>,
     parsed: ParsedBatch,
+    recycle: impl FnOnce(RecordBatch),
 ) -> Result<Sent, PipelineError> {
     let name = &ctx.config.name;
     let topic = ctx.config.input_topic.as_str();
@@ -207,6 +208,7 @@ pub(super) async fn process(
         phases: [parse_time, scored_at - parsed_at, published_at - scored_at],
     };
     *state_slot = Some(state);
+    recycle(batch);
     Ok(sent)
 }
 

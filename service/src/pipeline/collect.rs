@@ -28,6 +28,8 @@ pub(super) struct Collector {
     stop: Arc<AtomicBool>,
     /// The collecting thread, then the parsing thread: the order they stop in.
     threads: Vec<JoinHandle<()>>,
+    /// Finished batches going back to the collecting thread for reuse.
+    recycle: std::sync::mpsc::Sender<RecordBatch>,
 }
 
 impl Collector {
@@ -41,6 +43,7 @@ impl Collector {
     ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
         let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(RecordBatch, Instant)>(1);
+        let (recycle, recycled) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let collecting = {
             let stop = stop.clone();
@@ -49,7 +52,7 @@ impl Collector {
                 .name(format!("collect-{name}"))
                 .spawn(move || {
                     let limits = (max_records.max(1), max_wait);
-                    collect(&name, &consumer, &raw_tx, limits, &stop)
+                    collect(&name, &consumer, (&raw_tx, &recycled), limits, &stop)
                 })?
         };
         let parsing = std::thread::Builder::new()
@@ -69,6 +72,7 @@ impl Collector {
             batches,
             stop,
             threads: vec![collecting, parsing],
+            recycle,
         })
     }
 
@@ -76,6 +80,14 @@ impl Collector {
     /// it made was taken.
     pub(super) async fn next(&mut self) -> Option<ParsedBatch> {
         self.batches.recv().await
+    }
+
+    /// Gives a finished batch's buffers back for a later batch. Buffers of a
+    /// batch are hundreds of kilobytes: allocated afresh each time, they
+    /// cost page faults on every batch.
+    pub(super) fn recycle(&self, mut batch: RecordBatch) {
+        batch.clear();
+        let _ = self.recycle.send(batch);
     }
 
     /// Asks the thread to hand over what it holds and stop; [`Self::next`]
@@ -99,7 +111,10 @@ impl Drop for Collector {
 fn collect(
     name: &str,
     consumer: &BaseConsumer,
-    tx: &std::sync::mpsc::SyncSender<(RecordBatch, Instant)>,
+    (tx, recycled): (
+        &std::sync::mpsc::SyncSender<(RecordBatch, Instant)>,
+        &std::sync::mpsc::Receiver<RecordBatch>,
+    ),
     (max_records, max_wait): (usize, Duration),
     stop: &AtomicBool,
 ) {
@@ -111,7 +126,9 @@ fn collect(
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
     loop {
-        let mut batch = RecordBatch::with_capacity(max_records, bytes_hint);
+        let mut batch = recycled
+            .try_recv()
+            .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint));
         let mut flush_at: Option<Instant> = None;
         // Reading the clock is a good part of the per-record cost here.
         // While records are queued they are taken without waiting and the

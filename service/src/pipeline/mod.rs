@@ -368,7 +368,9 @@ async fn run_pipeline(
                 None => None,
             };
         }
-        let work = batch::process(&ctx, &mut state, &mut shadow, batch);
+        let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b| {
+            collector.recycle(b)
+        });
         let sent = if stopping {
             tokio::time::timeout(drain, work)
                 .await
