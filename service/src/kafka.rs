@@ -183,18 +183,22 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+/// A message's headers as (name, value); none costs no allocation.
+fn copy_headers(m: &impl Message) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Record {
     /// Copies a consumed message.
     pub fn from_message(m: &impl Message) -> Record {
-        use rdkafka::message::Headers;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = copy_headers(m);
         Record {
             partition: m.partition(),
             offset: m.offset(),
@@ -264,7 +268,6 @@ impl RecordBatch {
 
     /// Copies a consumed message in.
     pub fn push(&mut self, m: &impl Message) {
-        use rdkafka::message::Headers;
         let mut copy = |part: Option<&[u8]>| {
             part.map(|p| {
                 let start = self.bytes.len();
@@ -274,14 +277,7 @@ impl RecordBatch {
         };
         let key = copy(m.key());
         let value = copy(m.payload());
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = copy_headers(m);
         self.meta.push(Meta {
             partition: m.partition(),
             offset: m.offset(),
