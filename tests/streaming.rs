@@ -15,7 +15,7 @@ const INPUT: &str = "transactions";
 
 /// Records of the mock-cluster recovery tests: few enough that their scores
 /// topic stays under the mock cluster's 5 MB per partition (it drops the
-/// oldest messages beyond that).
+/// oldest messages beyond that), replays after a crash included.
 const MOCK_RECORDS: usize = 30_000;
 
 /// (partition, offset) of an input record.
@@ -42,7 +42,9 @@ fn setup(
         (INPUT, partitions),
         ("alerts", 1),
         ("dlq", 1),
-        ("scores", 1),
+        // One score message per record, replays included: spread over the
+        // input's partitions so no partition nears the mock cluster's limit.
+        ("scores", partitions),
     ] {
         create(topic, n);
     }
