@@ -1,17 +1,16 @@
 //! One batch: parse, score, publish, wait for acknowledgements, commit.
 
 use super::commit::{Output, Sent};
-use super::parse::{self, ParsedBatch, Parser};
+use super::parse::ParsedBatch;
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
 use crate::dlq;
-use crate::input::{Columns, RowReader};
+use crate::input::Columns;
 use crate::kafka::{RecordBatch, RecordRef};
 use crate::score::RowScore;
 use rdkafka::producer::FutureRecord;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Output of the scoring step, computed on a blocking thread.
@@ -42,17 +41,7 @@ pub(super) async fn process(
     let mut state = state_slot
         .take()
         .expect("scoring state is returned after every batch");
-    // A batch parsed before a model with other fields went live is read
-    // again with the live model's fields.
-    let parsed = if *parsed.reader.wanted() == *state.features.wanted() {
-        parsed
-    } else {
-        let parser = Parser {
-            reader: Arc::new(RowReader::new(state.features.wanted())),
-            max_bytes: ctx.max_message_bytes,
-        };
-        parse::parse(&parser, parsed.records, parsed.flushed_at)
-    };
+    let parsed = parsed.for_fields(state.features.wanted(), ctx.max_message_bytes);
     let ParsedBatch {
         records: batch,
         columns,

@@ -3,7 +3,7 @@
 //! published.
 
 use crate::dlq::Rejection;
-use crate::input::{Columns, RowError, RowReader};
+use crate::input::{Columns, RowError, RowReader, Wanted};
 use crate::kafka::{RecordBatch, RecordRef};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,24 @@ pub(super) struct ParsedBatch {
     /// When the batch was complete, and how long parsing took.
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
+}
+
+impl ParsedBatch {
+    /// This batch as read for `wanted`: itself when it was, else parsed
+    /// again (a model reading other fields went live after it was parsed).
+    pub(super) fn for_fields(self, wanted: &Wanted, max_bytes: usize) -> ParsedBatch {
+        if self.reader.wanted() == wanted {
+            return self;
+        }
+        let parser = Parser {
+            reader: Arc::new(RowReader::new(wanted)),
+            max_bytes,
+        };
+        let parse_time = self.parse_time;
+        let mut again = parse(&parser, self.records, self.flushed_at);
+        again.parse_time += parse_time;
+        again
+    }
 }
 
 /// Parses `records` (a batch completed at `flushed_at`) with `parser`.
@@ -97,7 +115,6 @@ fn parse_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::Wanted;
     use rdkafka::message::{OwnedMessage, Timestamp};
 
     fn batch(values: &[&[u8]]) -> RecordBatch {
@@ -154,5 +171,18 @@ mod tests {
         assert_eq!(parsed.columns.keys[0].ids, vec![0, 0]);
         // Without an event-time field, rows carry the broker timestamps.
         assert_eq!(parsed.columns.time, vec![1.0, 7.0]);
+
+        // A live model that reads other fields: the batch is read again.
+        let other = Wanted {
+            numeric: vec![],
+            keys: vec!["k".into()],
+            time: None,
+        };
+        let again = parsed.for_fields(&other, 40);
+        assert_eq!(again.reader.wanted(), &other);
+        assert_eq!(again.accepted, vec![0, 3, 4, 5, 6]);
+        assert_eq!(again.columns.keys[0].names, vec!["a", "c", "d", "e"]);
+        let same = again.for_fields(&other, 40);
+        assert_eq!(same.accepted.len(), 5);
     }
 }
