@@ -8,7 +8,7 @@
 mod flat;
 mod row;
 
-pub use row::{key_of, number_of, RowError, RowReader};
+pub use row::{key_of, RowError, RowReader};
 
 use std::io::{BufRead, Read};
 
@@ -152,12 +152,7 @@ pub struct Columns {
 impl Columns {
     /// Empty columns for `wanted`.
     pub fn new(wanted: &Wanted) -> Self {
-        Self {
-            rows: 0,
-            numeric: vec![Vec::new(); wanted.numeric.len()],
-            keys: vec![KeyColumn::default(); wanted.keys.len()],
-            ..Default::default()
-        }
+        Self::with_capacity(wanted, 0)
     }
 
     /// Empty columns for `wanted` with room for `rows` rows, so that reading

@@ -11,7 +11,7 @@
 //! [`JsonPicker`] path, so values and error messages are exactly those of
 //! [`Columns::push_json`].
 
-use super::{json_key, json_number, parse_number, Columns, InputError, JsonPicker, Wanted};
+use super::{json_key, parse_number, Columns, InputError, JsonPicker, Wanted};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 
@@ -161,7 +161,7 @@ impl RowReader {
 }
 
 /// A wanted field as the fast path found it. `null` counts as absent, as in
-/// [`json_number`] and [`json_key`].
+/// [`super::json_number`] and [`json_key`].
 #[derive(Clone, Debug)]
 pub(super) enum Field<'a> {
     Absent,
@@ -264,16 +264,6 @@ pub fn key_of(text: &[u8], path: &str) -> Option<String> {
     json_key(&record, path, 0).ok()
 }
 
-/// The number at `path` of a record, read without keeping the rest.
-pub fn number_of(text: &[u8], path: &str) -> Option<f64> {
-    let wanted = Wanted {
-        numeric: vec![path.to_owned()],
-        ..Wanted::default()
-    };
-    let record = JsonPicker::new(&wanted).parse(text).ok()?;
-    json_number(&record, path, 0).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +355,5 @@ mod tests {
             key_of(br#"{"v":{"x":1.5},"dev":"d1"}"#, "dev").unwrap(),
             "d1"
         );
-        assert_eq!(number_of(br#"{"v":{"x":1.5}}"#, "v.x"), Some(1.5));
     }
 }
