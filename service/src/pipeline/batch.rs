@@ -129,34 +129,19 @@ pub(super) async fn process(
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
             alert_texts.push(String::from_utf8(payload.clone()).expect("JSON is UTF-8"));
-            deliveries.push((
-                Output::Alerts,
-                send(
-                    ctx,
-                    &ctx.config.alerts_topic,
-                    key.as_bytes(),
-                    &payload,
-                    None,
-                )
-                .await,
-            ));
+            deliveries.push(send(ctx, Output::Alerts, key.as_bytes(), &payload, None).await);
         }
         if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
             // `alert` is what the shadow would have decided, never published
             // as an alert.
             let payload = score_message(&source, &key, model, scores[row].score, alerts[row], true);
-            deliveries.push((
-                Output::ShadowScores,
-                send(ctx, shadow_topic, key.as_bytes(), &payload, None).await,
-            ));
+            let delivery = send(ctx, Output::ShadowScores, key.as_bytes(), &payload, None);
+            deliveries.push(delivery.await);
         }
         if !scores_topic.is_empty() {
             let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
             let payload = score_message(&source, &key, &live_id, score, alert, false);
-            deliveries.push((
-                Output::Scores,
-                send(ctx, scores_topic, key.as_bytes(), &payload, None).await,
-            ));
+            deliveries.push(send(ctx, Output::Scores, key.as_bytes(), &payload, None).await);
         }
     }
     for (i, rejection) in &rejected {
@@ -170,10 +155,7 @@ pub(super) async fn process(
         );
         let key = record.key.unwrap_or_default();
         let value = record.value.unwrap_or_default();
-        deliveries.push((
-            Output::Dlq,
-            send(ctx, &ctx.config.dlq_topic, key, value, Some(headers)).await,
-        ));
+        deliveries.push(send(ctx, Output::Dlq, key, value, Some(headers)).await);
     }
     let published_at = Instant::now();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -249,14 +231,18 @@ fn score(
     })
 }
 
+/// Queues one message for `output`; the delivery resolves once the broker
+/// acknowledges it.
 async fn send(
     ctx: &PipelineContext,
-    topic: &str,
+    output: Output,
     key: &[u8],
     payload: &[u8],
     headers: Option<rdkafka::message::OwnedHeaders>,
-) -> rdkafka::producer::DeliveryFuture {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+) -> (Output, rdkafka::producer::DeliveryFuture) {
+    let mut record = FutureRecord::to(output.topic(&ctx.config))
+        .key(key)
+        .payload(payload);
     if let Some(h) = headers {
         record = record.headers(h);
     }
@@ -265,7 +251,7 @@ async fn send(
     let mut record = record;
     loop {
         match ctx.producer.send_result(record) {
-            Ok(delivery) => return delivery,
+            Ok(delivery) => return (output, delivery),
             Err((e, back)) => {
                 tracing::debug!(error = %e, "producer queue full; waiting");
                 tokio::time::sleep(Duration::from_millis(5)).await;

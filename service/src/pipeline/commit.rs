@@ -34,6 +34,18 @@ pub(super) enum Output {
     ShadowScores,
 }
 
+impl Output {
+    /// The topic `config` names for this output.
+    pub(super) fn topic(self, config: &PipelineConfig) -> &str {
+        match self {
+            Output::Alerts => &config.alerts_topic,
+            Output::Dlq => &config.dlq_topic,
+            Output::Scores => &config.scores_topic,
+            Output::ShadowScores => &config.shadow_scores_topic,
+        }
+    }
+}
+
 /// A batch whose output is on its way to the broker.
 pub(super) struct Sent {
     /// Every delivery of the batch, with the topic it went to.
@@ -62,7 +74,7 @@ pub(super) struct Sent {
 
 /// The task finishing batches of one pipeline.
 pub(super) struct Committer {
-    tx: Option<mpsc::Sender<Sent>>,
+    tx: mpsc::Sender<Sent>,
     task: JoinHandle<Result<(), PipelineError>>,
 }
 
@@ -75,59 +87,33 @@ impl Committer {
         consumer: Arc<BaseConsumer>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        let topics = Topics {
-            alerts: config.alerts_topic.clone(),
-            dlq: config.dlq_topic.clone(),
-            scores: config.scores_topic.clone(),
-            shadow_scores: config.shadow_scores_topic.clone(),
-        };
-        let task = tokio::spawn(finish_all(handle, topics, consumer, rx));
-        Self { tx: Some(tx), task }
+        let task = tokio::spawn(finish_all(handle, config.clone(), consumer, rx));
+        Self { tx, task }
     }
 
     /// Hands over a sent batch; waits while [`IN_FLIGHT`] batches are
     /// pending. An error means the task stopped: [`Self::close`] says why.
     pub(super) async fn push(&mut self, sent: Sent) -> Result<(), ()> {
-        match &self.tx {
-            Some(tx) => tx.send(sent).await.map_err(|_| ()),
-            None => Err(()),
-        }
+        self.tx.send(sent).await.map_err(|_| ())
     }
 
     /// Waits until every handed-over batch is finished, or the first failure.
-    pub(super) async fn close(mut self) -> Result<(), PipelineError> {
-        self.tx = None;
-        self.task.await.expect("committer does not panic")
-    }
-}
-
-/// Output topic names, for error messages.
-struct Topics {
-    alerts: String,
-    dlq: String,
-    scores: String,
-    shadow_scores: String,
-}
-
-impl Topics {
-    fn name(&self, output: Output) -> &str {
-        match output {
-            Output::Alerts => &self.alerts,
-            Output::Dlq => &self.dlq,
-            Output::Scores => &self.scores,
-            Output::ShadowScores => &self.shadow_scores,
-        }
+    pub(super) async fn close(self) -> Result<(), PipelineError> {
+        let Self { tx, task } = self;
+        // No more batches: the task ends once it has finished the last one.
+        drop(tx);
+        task.await.expect("committer does not panic")
     }
 }
 
 async fn finish_all(
     handle: PipelineHandle,
-    topics: Topics,
+    config: PipelineConfig,
     consumer: Arc<BaseConsumer>,
     mut rx: mpsc::Receiver<Sent>,
 ) -> Result<(), PipelineError> {
     while let Some(sent) = rx.recv().await {
-        finish(&handle, &topics, &consumer, sent).await?;
+        finish(&handle, &config, &consumer, sent).await?;
     }
     Ok(())
 }
@@ -136,7 +122,7 @@ async fn finish_all(
 /// counts it.
 async fn finish(
     handle: &PipelineHandle,
-    topics: &Topics,
+    config: &PipelineConfig,
     consumer: &BaseConsumer,
     sent: Sent,
 ) -> Result<(), PipelineError> {
@@ -149,7 +135,7 @@ async fn finish(
         };
         return Err(PipelineError::Delivery {
             pipeline: name.clone(),
-            topic: topics.name(output).to_owned(),
+            topic: output.topic(config).to_owned(),
             message,
         });
     }
