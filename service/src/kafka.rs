@@ -312,6 +312,17 @@ impl RecordBatch {
         }
     }
 
+    /// Per partition, the offset after the batch's last record there: what
+    /// a commit of the batch stores, and where a replay of it ends.
+    pub fn next_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
+        let mut next = std::collections::BTreeMap::new();
+        for m in &self.meta {
+            let e = next.entry(m.partition).or_insert(m.offset + 1);
+            *e = (*e).max(m.offset + 1);
+        }
+        next
+    }
+
     /// Every record, in order.
     pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
         (0..self.len()).map(|i| self.get(i))

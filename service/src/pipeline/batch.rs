@@ -9,7 +9,6 @@ use crate::input::Columns;
 use crate::kafka::{RecordBatch, RecordRef};
 use crate::score::RowScore;
 use rdkafka::producer::FutureRecord;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -158,14 +157,9 @@ pub(super) async fn process(
         deliveries.push(send(ctx, Output::Dlq, key, value, Some(headers)).await);
     }
     let published_at = Instant::now();
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in batch.iter() {
-        let e = next_offsets.entry(r.partition).or_insert(r.offset + 1);
-        *e = (*e).max(r.offset + 1);
-    }
     let sent = Sent {
         deliveries,
-        next_offsets,
+        next_offsets: batch.next_offsets(),
         alert_texts,
         dlq: rejected.iter().map(|(_, r)| r.class).collect(),
         records: batch.len(),

@@ -178,12 +178,12 @@ fn collect(
             }
         }
         bytes_hint = batch.bytes();
-        for r in batch.iter() {
-            let partition = usize::try_from(r.partition).unwrap_or(0);
+        for (partition, next) in batch.next_offsets() {
+            let partition = usize::try_from(partition).unwrap_or(0);
             if handed.len() <= partition {
                 handed.resize(partition + 1, 0);
             }
-            handed[partition] = handed[partition].max(r.offset + 1);
+            handed[partition] = handed[partition].max(next);
         }
         let stopping = stop.load(Relaxed);
         if !batch.is_empty() && tx.send((batch, Instant::now())).is_err() {
