@@ -1,4 +1,5 @@
-//! One batch: parse, score, publish, wait for acknowledgements, commit.
+//! One parsed batch: features, scores, decisions, and every output message
+//! queued; the committer waits for the acknowledgements and commits.
 
 use super::commit::{Output, Sent};
 use super::parse::ParsedBatch;
@@ -82,7 +83,7 @@ pub(super) async fn process(
     };
 
     let scored_at = Instant::now();
-    // Publish everything, then wait for every acknowledgement.
+    // Queue every output message; the committer awaits the deliveries.
     let dims = state.forest.dims;
     let nz = state.features.z_names().len();
     let mut deliveries = Vec::new();

@@ -1,9 +1,9 @@
 //! The consuming side of a pipeline: a thread that polls Kafka and forms
 //! whole batches (N records or T ms after the first, whichever comes first)
-//! and a thread that parses them, so the collection of the next batch, the
-//! parsing of the one before and the scoring and publishing of this one
-//! overlap. The channel holds one batch: a slow pipeline stops the thread, and
-//! librdkafka's own bounded prefetch is all that piles up behind it.
+//! and a thread that parses them, so collecting one batch, parsing the one
+//! before it and scoring and publishing the one before that overlap. Each channel between them holds one batch: a slow pipeline stops
+//! the threads, and librdkafka's own bounded prefetch is all that piles up
+//! behind them.
 
 use super::parse::{self, ParsedBatch, SharedParser};
 use crate::kafka::RecordBatch;
@@ -33,7 +33,7 @@ pub(super) struct Collector {
 }
 
 impl Collector {
-    /// Starts the thread for pipeline `name` on a subscribed consumer.
+    /// Starts the threads for pipeline `name` on a subscribed consumer.
     pub(super) fn spawn(
         name: &str,
         consumer: Arc<BaseConsumer>,
@@ -76,8 +76,8 @@ impl Collector {
         })
     }
 
-    /// The next batch; `None` once the thread has stopped and every batch
-    /// it made was taken.
+    /// The next batch; `None` once the threads have stopped and every batch
+    /// they made was taken.
     pub(super) async fn next(&mut self) -> Option<ParsedBatch> {
         self.batches.recv().await
     }
@@ -90,7 +90,7 @@ impl Collector {
         let _ = self.recycle.send(batch);
     }
 
-    /// Asks the thread to hand over what it holds and stop; [`Self::next`]
+    /// Asks the collecting thread to hand over what it holds and stop; [`Self::next`]
     /// still returns the batches it made.
     pub(super) fn stop(&self) {
         self.stop.store(true, Relaxed);
@@ -118,10 +118,10 @@ fn collect(
     (max_records, max_wait): (usize, Duration),
     stop: &AtomicBool,
 ) {
-    // Next offset per partition (by number) already handed over. After a rebalance the
-    // consumer resumes from the last commit, which may be behind: those
-    // records are done or in flight, and feeding them to the per-key state
-    // twice would corrupt gaps and rates.
+    // Next offset per partition (indexed by partition number) already handed
+    // over. After a rebalance the consumer resumes from the last commit,
+    // which may be behind: those records are done or in flight, and feeding
+    // them to the per-key state twice would corrupt gaps and rates.
     let mut handed: Vec<i64> = Vec::new();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
