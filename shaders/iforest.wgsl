@@ -3,10 +3,11 @@
 // Twin of `CpuScorer::score_block` (service/src/score/cpu.rs): leaf path
 // lengths are summed in tree order in f32, then mean = sum / trees and
 // score = exp2(-mean / normaliser), so the two agree to ~1 ulp of the exp2.
-// Constants below are defined in Rust and checked against this text by a
-// unit test in service/src/gpu/mod.rs.
+// `iforest_common.wgsl` (prepended by the host) declares the workgroup
+// size, `RowScore`, `Params` and bindings 2-4; constants below are defined
+// in Rust and checked against this text by a unit test in
+// service/src/gpu/mod.rs.
 
-const WORKGROUP_SIZE: u32 = 64u;
 const LEAF: u32 = 0xffffffffu;
 
 // Same layout as `forest::PackedNode` (16 bytes).
@@ -17,29 +18,8 @@ struct PackedNode {
     right: u32,
 }
 
-// Same layout as `score::RowScore` (8 bytes).
-struct RowScore {
-    score: f32,
-    mean_path: f32,
-}
-
-// Same layout as `gpu::iforest::KernelParams` (32 bytes).
-struct Params {
-    rows: u32,
-    dims: u32,
-    trees: u32,
-    max_depth: u32,
-    normaliser: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<storage, read> nodes: array<PackedNode>;
 @group(0) @binding(1) var<storage, read> roots: array<u32>;
-@group(0) @binding(2) var<storage, read> rows: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<RowScore>;
-@group(0) @binding(4) var<uniform> params: Params;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(

@@ -11,37 +11,14 @@
 // a divergent memory load per level. Sums run in tree order in f32 exactly
 // as in `CpuScorer::score_block` (service/src/score/cpu.rs).
 //
-// Constants below are defined in Rust and checked against this text by a
-// unit test in service/src/gpu/mod.rs.
-
-const WORKGROUP_SIZE: u32 = 64u;
-
-// Same layout as `score::RowScore` (8 bytes).
-struct RowScore {
-    score: f32,
-    mean_path: f32,
-}
-
-// Same layout as `gpu::iforest::KernelParams` (32 bytes).
-struct Params {
-    rows: u32,
-    dims: u32,
-    trees: u32,
-    max_depth: u32,
-    normaliser: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// `iforest_common.wgsl` (prepended by the host) declares the workgroup
+// size, `RowScore`, `Params` and bindings 2-4.
 
 // Every tree's splits: (feature, threshold bits).
 @group(0) @binding(0) var<storage, read> splits: array<vec2<u32>>;
 // Per tree (4 words): first split, first leaf (an index into this array),
 // depth, unused. Then every tree's leaf path lengths (f32 bits).
 @group(0) @binding(1) var<storage, read> index: array<u32>;
-@group(0) @binding(2) var<storage, read> rows: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<RowScore>;
-@group(0) @binding(4) var<uniform> params: Params;
 
 // Feature f (< 16) of the row held in x0..x3.
 fn pick(f: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {

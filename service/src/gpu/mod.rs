@@ -29,23 +29,24 @@ pub use wgpu;
 /// Invocations per workgroup in both kernels (`WORKGROUP_SIZE` in the WGSL).
 pub const WORKGROUP_SIZE: u32 = 64;
 
-/// Source of the isolation-forest kernel.
-pub(crate) const IFOREST_WGSL: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shaders/iforest.wgsl"
-));
+/// The text of files under `shaders/`, one after another.
+macro_rules! shader_source {
+    ($($file:literal),+) => {
+        concat!($(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/", $file))),+)
+    };
+}
 
-/// Source of the implicit-layout isolation-forest kernel (narrow forests).
-pub(crate) const IFOREST_IMPLICIT_WGSL: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shaders/iforest_implicit.wgsl"
-));
+/// Source of the isolation-forest kernel: the declarations both forest
+/// kernels share, then the kernel.
+pub(crate) const IFOREST_WGSL: &str = shader_source!("iforest_common.wgsl", "iforest.wgsl");
+
+/// Source of the implicit-layout isolation-forest kernel (narrow forests),
+/// after the same shared declarations.
+pub(crate) const IFOREST_IMPLICIT_WGSL: &str =
+    shader_source!("iforest_common.wgsl", "iforest_implicit.wgsl");
 
 /// Source of the z-score kernel.
-pub(crate) const ZSCORE_WGSL: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shaders/zscore.wgsl"
-));
+pub(crate) const ZSCORE_WGSL: &str = shader_source!("zscore.wgsl");
 
 /// Workgroup grid for `groups` workgroups when one dimension holds at most
 /// `max_per_dim`: the kernels rebuild the linear index from
