@@ -195,6 +195,10 @@ impl PackedForest {
     }
 }
 
+/// Deepest forest laid out as an [`ImplicitForest`]: memory grows as
+/// 2^depth per tree, so deeper forests keep the linked layout.
+pub const IMPLICIT_MAX_DEPTH: u32 = 12;
+
 /// An internal node of an [`ImplicitForest`]: `x[feature] <= threshold`
 /// goes to child `2i+1`, anything else (greater, or NaN) to `2i+2`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -234,7 +238,7 @@ pub struct ImplicitForest {
 
 impl ImplicitForest {
     /// Lays out `packed`; memory grows as 2^depth per tree, so callers bound
-    /// the depth first.
+    /// the depth first (by [`IMPLICIT_MAX_DEPTH`]).
     pub fn new(packed: &PackedForest) -> Self {
         let mut f = Self::default();
         for (&root, &depth) in packed.roots.iter().zip(&packed.depths) {

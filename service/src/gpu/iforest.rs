@@ -27,8 +27,8 @@ use wgpu::util::DeviceExt;
 /// several chunks and upload overlaps compute.
 pub const DEFAULT_CHUNK_ROWS: usize = 1 << 18;
 
-/// Deepest forest the implicit walk takes (2^depth leaves per tree).
-pub const IMPLICIT_MAX_DEPTH: u32 = 12;
+/// Deepest forest the implicit walk takes: the implicit layout's bound.
+pub use crate::forest::IMPLICIT_MAX_DEPTH;
 /// Widest row the implicit walk takes: four vec4 registers.
 pub const IMPLICIT_MAX_DIMS: usize = 16;
 

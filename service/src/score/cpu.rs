@@ -1,7 +1,7 @@
 //! The CPU scorer: the GPU kernel's twin, parallel over rows on all cores.
 
 use super::{check_shape, RowScore, ScoreError, Scorer};
-use crate::forest::{score_from_mean_path, ImplicitForest, PackedForest};
+use crate::forest::{score_from_mean_path, ImplicitForest, PackedForest, IMPLICIT_MAX_DEPTH};
 use rayon::prelude::*;
 use std::cmp::Ordering::{Equal, Less};
 
@@ -17,14 +17,10 @@ const BLOCK_ROWS: usize = 256;
 /// single walk.
 const LANES: usize = 8;
 
-/// Deepest tree stored in the implicit layout (2^depth leaves per tree);
-/// deeper forests use the linked layout.
-const MAX_IMPLICIT_DEPTH: u32 = 12;
-
 /// The CPU layout of a packed forest.
 #[derive(Clone, Debug)]
 enum Layout {
-    /// Complete trees with implicit children (depth ≤ [`MAX_IMPLICIT_DEPTH`]).
+    /// Complete trees with implicit children (depth ≤ [`IMPLICIT_MAX_DEPTH`]).
     Implicit(ImplicitForest),
     /// The packed nodes themselves, for deeper forests.
     Linked,
@@ -41,7 +37,7 @@ struct CpuForest {
 
 impl CpuForest {
     fn new(packed: PackedForest, vector: bool) -> Self {
-        let layout = if packed.max_depth > MAX_IMPLICIT_DEPTH {
+        let layout = if packed.max_depth > IMPLICIT_MAX_DEPTH {
             Layout::Linked
         } else {
             Layout::Implicit(ImplicitForest::new(&packed))
