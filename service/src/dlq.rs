@@ -54,19 +54,16 @@ impl Rejection {
 }
 
 /// Headers of a DLQ message: the original headers, then ours.
-pub fn headers(
-    original: &[(String, Vec<u8>)],
+pub fn headers<'a>(
+    original: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)>,
     rejection: &Rejection,
     topic: &str,
     partition: i32,
     offset: i64,
 ) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(original.len() + 5);
-    for (k, v) in original {
-        h = h.insert(Header {
-            key: k,
-            value: Some(v),
-        });
+    for (key, value) in original {
+        h = h.insert(Header { key, value });
     }
     let partition = partition.to_string();
     let offset = offset.to_string();

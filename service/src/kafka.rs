@@ -210,12 +210,14 @@ impl Record {
     }
 }
 
-/// Consumed records in one buffer: the keys and values of a whole batch in
-/// one allocation, instead of two allocations (and two frees) per record.
+/// Consumed records in one buffer: the keys, values and headers of a whole
+/// batch in one allocation, instead of several allocations (and frees) per
+/// record.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
     bytes: Vec<u8>,
     meta: Vec<Meta>,
+    headers: Vec<HeaderAt>,
 }
 
 #[derive(Debug)]
@@ -225,7 +227,15 @@ struct Meta {
     timestamp_ms: Option<i64>,
     key: Option<std::ops::Range<usize>>,
     value: Option<std::ops::Range<usize>>,
-    headers: Vec<(String, Vec<u8>)>,
+    /// This record's entries of `RecordBatch::headers`.
+    headers: std::ops::Range<usize>,
+}
+
+/// One header of one record: name and value, as ranges of the batch's bytes.
+#[derive(Clone, Debug)]
+struct HeaderAt {
+    name: std::ops::Range<usize>,
+    value: Option<std::ops::Range<usize>>,
 }
 
 /// One record of a [`RecordBatch`].
@@ -239,10 +249,39 @@ pub struct RecordRef<'a> {
     pub key: Option<&'a [u8]>,
     /// Message value.
     pub value: Option<&'a [u8]>,
-    /// Headers as (name, value).
-    pub headers: &'a [(String, Vec<u8>)],
+    /// Message headers, in order.
+    pub headers: RecordHeaders<'a>,
     /// Broker/producer timestamp, milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
+}
+
+/// The headers of one record of a [`RecordBatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeaders<'a> {
+    bytes: &'a [u8],
+    headers: &'a [HeaderAt],
+}
+
+impl<'a> RecordHeaders<'a> {
+    /// Headers held.
+    pub fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// True when the record has no header.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// Each header as (name, value); a header without a value gives `None`.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let bytes = self.bytes;
+        self.headers.iter().map(move |h| {
+            // Names were copied from `&str`s, whole.
+            let name = std::str::from_utf8(&bytes[h.name.clone()]).unwrap_or_default();
+            (name, h.value.clone().map(|v| &bytes[v]))
+        })
+    }
 }
 
 impl RecordBatch {
@@ -252,6 +291,7 @@ impl RecordBatch {
         Self {
             bytes: Vec::with_capacity(bytes),
             meta: Vec::with_capacity(records),
+            headers: Vec::new(),
         }
     }
 
@@ -259,32 +299,40 @@ impl RecordBatch {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.meta.clear();
+        self.headers.clear();
     }
 
-    /// Bytes of keys and values held.
+    /// Bytes of keys, values and headers held.
     pub fn bytes(&self) -> usize {
         self.bytes.len()
     }
 
     /// Copies a consumed message in.
     pub fn push(&mut self, m: &impl Message) {
-        let mut copy = |part: Option<&[u8]>| {
-            part.map(|p| {
-                let start = self.bytes.len();
-                self.bytes.extend_from_slice(p);
-                start..self.bytes.len()
-            })
+        use rdkafka::message::Headers;
+        let bytes = &mut self.bytes;
+        let mut copy = |part: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(part);
+            start..bytes.len()
         };
-        let key = copy(m.key());
-        let value = copy(m.payload());
-        let headers = copy_headers(m);
+        let key = m.key().map(&mut copy);
+        let value = m.payload().map(&mut copy);
+        let first = self.headers.len();
+        if let Some(headers) = m.headers() {
+            for h in headers.iter() {
+                let name = copy(h.key.as_bytes());
+                let value = h.value.map(&mut copy);
+                self.headers.push(HeaderAt { name, value });
+            }
+        }
         self.meta.push(Meta {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key,
             value,
-            headers,
+            headers: first..self.headers.len(),
         });
     }
 
@@ -307,7 +355,10 @@ impl RecordBatch {
             offset: m.offset,
             key: part(&m.key),
             value: part(&m.value),
-            headers: &m.headers,
+            headers: RecordHeaders {
+                bytes: &self.bytes,
+                headers: &self.headers[m.headers.clone()],
+            },
             timestamp_ms: m.timestamp_ms,
         }
     }
@@ -315,10 +366,24 @@ impl RecordBatch {
     /// Per partition, the offset after the batch's last record there: what
     /// a commit of the batch stores, and where a replay of it ends.
     pub fn next_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
+        // Records come in runs of one partition: fold each run before
+        // touching the map.
         let mut next = std::collections::BTreeMap::new();
+        let mut run: Option<(i32, i64)> = None;
         for m in &self.meta {
-            let e = next.entry(m.partition).or_insert(m.offset + 1);
-            *e = (*e).max(m.offset + 1);
+            match &mut run {
+                Some((p, o)) if *p == m.partition => *o = (*o).max(m.offset + 1),
+                _ => {
+                    if let Some((p, o)) = run.replace((m.partition, m.offset + 1)) {
+                        let e = next.entry(p).or_insert(o);
+                        *e = (*e).max(o);
+                    }
+                }
+            }
+        }
+        if let Some((p, o)) = run {
+            let e = next.entry(p).or_insert(o);
+            *e = (*e).max(o);
         }
         next
     }
@@ -364,4 +429,84 @@ pub fn read_topic(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    fn message(
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value.to_vec()),
+            key.map(<[u8]>::to_vec),
+            "in".into(),
+            Timestamp::CreateTime(1_000 + offset),
+            partition,
+            offset,
+            headers,
+        )
+    }
+
+    #[test]
+    fn a_batch_keeps_each_records_parts_and_headers_apart() {
+        let mut batch = RecordBatch::default();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "id",
+                value: Some("r-1"),
+            })
+            .insert(Header {
+                key: "empty",
+                value: None::<&[u8]>,
+            });
+        for round in 0..2 {
+            batch.push(&message(
+                3,
+                7,
+                Some(b"card-1"),
+                b"{\"a\":1}",
+                Some(headers.clone()),
+            ));
+            batch.push(&message(0, 9, None, b"{}", None));
+            batch.push(&message(3, 8, Some(b""), b"x", Some(OwnedHeaders::new())));
+            assert_eq!(batch.len(), 3, "round {round}");
+
+            let first = batch.get(0);
+            assert_eq!((first.partition, first.offset), (3, 7));
+            assert_eq!(first.key, Some(&b"card-1"[..]));
+            assert_eq!(first.value, Some(&b"{\"a\":1}"[..]));
+            assert_eq!(first.timestamp_ms, Some(1_007));
+            let h: Vec<_> = first.headers.iter().collect();
+            assert_eq!(h, vec![("id", Some(&b"r-1"[..])), ("empty", None)]);
+
+            let second = batch.get(1);
+            assert_eq!((second.key, second.value), (None, Some(&b"{}"[..])));
+            assert!(second.headers.is_empty());
+            let third = batch.get(2);
+            assert_eq!((third.key, third.value), (Some(&b""[..]), Some(&b"x"[..])));
+            assert_eq!(third.headers.len(), 0);
+
+            // A recycled batch starts empty and fills the same way.
+            batch.clear();
+            assert!(batch.is_empty() && batch.bytes() == 0);
+        }
+    }
+
+    #[test]
+    fn next_offsets_is_one_past_the_highest_offset_per_partition() {
+        let mut batch = RecordBatch::default();
+        for (partition, offset) in [(1, 5), (1, 6), (0, 2), (1, 4), (0, 3), (2, 0), (0, 1)] {
+            batch.push(&message(partition, offset, None, b"{}", None));
+        }
+        let next: Vec<_> = batch.next_offsets().into_iter().collect();
+        assert_eq!(next, vec![(0, 4), (1, 7), (2, 1)]);
+        assert!(RecordBatch::default().next_offsets().is_empty());
+    }
 }

@@ -147,7 +147,7 @@ pub(super) async fn process(
     for (i, rejection) in &rejected {
         let record = batch.get(*i);
         let headers = dlq::headers(
-            record.headers,
+            record.headers.iter(),
             rejection,
             topic,
             record.partition,
