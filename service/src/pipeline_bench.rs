@@ -85,9 +85,15 @@ pub struct PipelineBenchReport {
     pub produce_rate: f64,
     /// Records/s a plain consumer reads, first record to last.
     pub consume_rate: f64,
+    /// CPU time of this process per record while the plain consumer reads,
+    /// microseconds (the broker's own CPU is not counted).
+    pub consume_cpu_us: f64,
     /// Records/s through the pipeline (scored or dead-lettered), first
     /// batch to last.
     pub pipeline_rate: f64,
+    /// CPU time of this process per record through the pipeline,
+    /// microseconds (the broker's own CPU is not counted).
+    pub pipeline_cpu_us: f64,
     /// Records produced in the latency phase.
     pub latency_records: usize,
     /// Alerts whose latency was measured.
@@ -117,13 +123,14 @@ impl std::fmt::Display for PipelineBenchReport {
         )?;
         writeln!(
             f,
-            "  raw consume          {:>12.0} records/s",
-            self.consume_rate
+            "  raw consume          {:>12.0} records/s  {:>5.2} µs CPU/record",
+            self.consume_rate, self.consume_cpu_us
         )?;
         writeln!(
             f,
-            "  end to end           {:>12.0} records/s  ({:.2} of raw consume)",
+            "  end to end           {:>12.0} records/s  {:>5.2} µs CPU/record  ({:.2} of raw consume)",
             self.pipeline_rate,
+            self.pipeline_cpu_us,
             self.pipeline_rate / self.consume_rate
         )?;
         match self.latency {
@@ -185,7 +192,8 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     crate::commands::produce(bulk, brokers, &|_| topic.clone(), 0.0, None).await?;
     let produce_rate = bulk.len() as f64 / started.elapsed().as_secs_f64();
 
-    let consume_rate = raw_consume(brokers, &topic, &stamp.to_string(), bulk.len()).await?;
+    let (consume_rate, consume_cpu_us) =
+        raw_consume(brokers, &topic, &stamp.to_string(), bulk.len()).await?;
 
     // The pipeline, in this process, reading the same topic from the start.
     let registry = Arc::new(Registry::default());
@@ -217,11 +225,11 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     let limit = Duration::from_secs(120);
     let bulk_total = bulk.len() as u64;
     let deadline = Instant::now() + limit;
-    let mut first: Option<(Instant, u64)> = None;
+    let mut first: Option<(Instant, Duration, u64)> = None;
     loop {
         let done = accounted();
         if first.is_none() && done > 0 {
-            first = Some((Instant::now(), done));
+            first = Some((Instant::now(), process_cpu(), done));
         }
         if done >= bulk_total {
             break;
@@ -237,12 +245,16 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let last = Instant::now();
-    let pipeline_rate = match first {
-        Some((at, done)) if bulk_total > done && last > at => {
-            (bulk_total - done) as f64 / (last - at).as_secs_f64()
+    let (last, last_cpu) = (Instant::now(), process_cpu());
+    let (pipeline_rate, pipeline_cpu_us) = match first {
+        Some((at, cpu, done)) if bulk_total > done && last > at => {
+            let records = (bulk_total - done) as f64;
+            (
+                records / (last - at).as_secs_f64(),
+                (last_cpu - cpu).as_secs_f64() * 1e6 / records,
+            )
         }
-        _ => f64::NAN,
+        _ => (f64::NAN, f64::NAN),
     };
 
     // Latency: alerts are read as they arrive, on a thread of their own so
@@ -355,7 +367,9 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
         topic,
         produce_rate,
         consume_rate,
+        consume_cpu_us,
         pipeline_rate,
+        pipeline_cpu_us,
         latency_records: paced.len(),
         alerts: latencies.len(),
         latency,
@@ -378,14 +392,30 @@ async fn fail(
     }
 }
 
+/// CPU time used by this process so far, all threads together.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Records/s a consumer in its own group reads `count` records of `topic`
-/// from the start, timed from the first record to the last.
+/// from the start, timed from the first record to the last, and this
+/// process's CPU microseconds per record meanwhile.
 async fn raw_consume(
     brokers: &str,
     topic: &str,
     stamp: &str,
     count: usize,
-) -> Result<f64, PipelineBenchError> {
+) -> Result<(f64, f64), PipelineBenchError> {
     let consumer: StreamConsumer = kafka::consumer(
         brokers,
         &format!("isoflow-bench-{stamp}-raw"),
@@ -400,7 +430,7 @@ async fn raw_consume(
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(_)) => {
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(|| (Instant::now(), process_cpu()));
                 seen += 1;
             }
             Ok(Err(e)) => return Err(KafkaError::from(e).into()),
@@ -411,6 +441,12 @@ async fn raw_consume(
             }
         }
     }
-    let span = first.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
-    Ok((count.saturating_sub(1)) as f64 / span.max(1e-9))
+    let (span, cpu) = first.map_or((0.0, 0.0), |(t, cpu): (Instant, Duration)| {
+        (
+            t.elapsed().as_secs_f64(),
+            process_cpu().saturating_sub(cpu).as_secs_f64(),
+        )
+    });
+    let records = count.saturating_sub(1) as f64;
+    Ok((records / span.max(1e-9), cpu * 1e6 / records.max(1.0)))
 }
