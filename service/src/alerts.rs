@@ -7,10 +7,12 @@
 use crate::features::FeaturePipeline;
 use crate::forest::PackedForest;
 use crate::model::pb;
-use serde_json::{json, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Where a record came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Source<'a> {
     /// Topic.
     pub topic: &'a str,
@@ -49,41 +51,119 @@ pub struct Scored<'a> {
     pub features: &'a [f32],
     /// |z| per z-feature.
     pub z: &'a [f32],
-    /// The original record.
-    pub record: &'a Value,
+    /// Each feature's share of the record's isolation
+    /// ([`PackedForest::attribution`]).
+    pub shares: &'a [f32],
+    /// The original record, as it arrived (JSON).
+    pub record: &'a [u8],
 }
 
-/// Builds the alert JSON for a record that alerted.
-pub fn build(
-    model: &pb::Model,
-    forest: &PackedForest,
-    pipeline: &FeaturePipeline,
-    s: &Scored,
-) -> Value {
-    let names = crate::model::feature_names(model);
-    let reasons = reasons(model, pipeline, s.score, s.features);
-    let mut z = serde_json::Map::new();
-    for (name, &value) in pipeline.z_names().iter().zip(s.z) {
-        z.insert(name.clone(), finite_or_string(value));
+/// One alert message; serialize it to get the JSON on the alerts topic.
+#[derive(Debug, Serialize)]
+pub struct Alert<'a> {
+    /// Stable id ([`alert_id`]).
+    pub alert_id: String,
+    /// Entity key.
+    pub key: &'a str,
+    /// Event time, epoch seconds.
+    pub event_time: f64,
+    /// `name@version` of the model.
+    pub model: String,
+    /// Forest score, rounded to 4 decimals.
+    pub score: f64,
+    /// Forest score, unrounded.
+    pub forest_score: f32,
+    /// The model's alert threshold.
+    pub threshold: f64,
+    /// |z| per z-feature, by name.
+    pub z: ZScores<'a>,
+    /// Why it alerted, as sentences.
+    pub reasons: Vec<String>,
+    /// The features that isolated the record most, largest share first.
+    pub top_features: Vec<TopFeature<'a>>,
+    /// Source coordinates.
+    pub source: Source<'a>,
+    /// The original record, verbatim when it is JSON (it always is for an
+    /// accepted record), else `null`.
+    pub record: Option<&'a RawValue>,
+}
+
+/// |z| per z-feature, written as a JSON object in the pipeline's order.
+#[derive(Debug)]
+pub struct ZScores<'a> {
+    names: &'a [String],
+    values: &'a [f32],
+}
+
+impl Serialize for ZScores<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.names.len()))?;
+        for (name, &value) in self.names.iter().zip(self.values) {
+            map.serialize_entry(name, &Finite(value))?;
+        }
+        map.end()
     }
-    let top: Vec<Value> = top_features(forest, s.features, 3)
+}
+
+/// One of an alert's top contributing features.
+#[derive(Debug, Serialize)]
+pub struct TopFeature<'a> {
+    /// Feature name.
+    pub feature: &'a str,
+    /// The record's value of it.
+    pub value: Finite,
+    /// Its share of the record's isolation, rounded to 4 decimals.
+    pub share: f64,
+}
+
+/// A number as JSON: JSON has no infinities, so those are written as the
+/// strings "inf" and "-inf" (and NaN as "NaN").
+#[derive(Clone, Copy, Debug)]
+pub struct Finite(pub f32);
+
+impl Serialize for Finite {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f32(self.0)
+        } else {
+            s.collect_str(&self.0)
+        }
+    }
+}
+
+/// Builds the alert for a record that alerted.
+pub fn build<'a>(
+    model: &'a pb::Model,
+    pipeline: &'a FeaturePipeline,
+    s: &Scored<'a>,
+) -> Alert<'a> {
+    let spec = model.feature_spec.as_ref();
+    let names = spec.map_or(&[][..], |spec| &spec.features[..]);
+    let top_features = top_shares(s.shares, 3)
         .into_iter()
-        .map(|(i, share)| json!({ "feature": names[i], "value": finite_or_string(s.features[i]), "share": round4(share) }))
+        .map(|(i, share)| TopFeature {
+            feature: names[i].name.as_str(),
+            value: Finite(s.features[i]),
+            share: round4(share),
+        })
         .collect();
-    json!({
-        "alert_id": alert_id(&s.source, model),
-        "key": s.key,
-        "event_time": s.event_time,
-        "model": crate::registry::model_id(model),
-        "score": round4(s.score),
-        "forest_score": s.score,
-        "threshold": model.threshold,
-        "z": z,
-        "reasons": reasons,
-        "top_features": top,
-        "source": s.source.json(),
-        "record": s.record,
-    })
+    Alert {
+        alert_id: alert_id(&s.source, model),
+        key: s.key,
+        event_time: s.event_time,
+        model: crate::registry::model_id(model),
+        score: round4(s.score),
+        forest_score: s.score,
+        threshold: model.threshold,
+        z: ZScores {
+            names: pipeline.z_names(),
+            values: s.z,
+        },
+        reasons: reasons(model, pipeline, s.score, s.features),
+        top_features,
+        source: s.source.clone(),
+        record: serde_json::from_slice(s.record).ok(),
+    }
 }
 
 /// Why a record alerts (or would): the forest threshold and every keyed
@@ -113,7 +193,12 @@ pub fn reasons(
 /// The `n` features with the largest share of the record's isolation, as
 /// `(column, share)`, largest first; features with no share are left out.
 pub fn top_features(forest: &PackedForest, features: &[f32], n: usize) -> Vec<(usize, f32)> {
-    let shares = forest.attribution(features);
+    top_shares(&forest.attribution(features), n)
+}
+
+/// The `n` largest of a record's feature `shares` as `(column, share)`,
+/// largest first; features with no share are left out.
+pub fn top_shares(shares: &[f32], n: usize) -> Vec<(usize, f32)> {
     let mut order: Vec<usize> = (0..shares.len()).collect();
     order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]));
     order
@@ -128,11 +213,4 @@ fn round4(x: f32) -> f64 {
     (x as f64 * 1e4).round() / 1e4
 }
 
-/// JSON has no infinities: report them as the string "inf".
-fn finite_or_string(x: f32) -> Value {
-    if x.is_finite() {
-        json!(x)
-    } else {
-        json!(x.to_string())
-    }
-}
+

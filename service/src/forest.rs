@@ -168,28 +168,41 @@ impl PackedForest {
     /// for the record. Splits that isolate the record quickly (short h)
     /// weigh more; features never split on the path get nothing.
     pub fn attribution(&self, row: &[f32]) -> Vec<f32> {
-        let mut credit = vec![0f32; self.dims];
+        self.attribution_rows(row)
+    }
+
+    /// [`Self::attribution`] of each row of `rows` (rows of `dims` values,
+    /// one after another), as rows of shares in the same layout.
+    pub fn attribution_rows(&self, rows: &[f32]) -> Vec<f32> {
+        let dims = self.dims;
+        let mut credit = vec![0f32; rows.len()];
         let mut path = Vec::with_capacity(self.max_depth as usize + 1);
+        // Tree by tree: a tree stays in cache for every row, where a row at
+        // a time walks the whole forest out of cache again for each row.
         for &root in &self.roots {
-            path.clear();
-            let mut node = self.nodes[root as usize];
-            while node.feature != LEAF {
-                path.push(node.feature as usize);
-                let next = if row[node.feature as usize] <= node.threshold {
-                    node.left
-                } else {
-                    node.right
-                };
-                node = self.nodes[next as usize];
-            }
-            let weight = 1.0 / node.threshold.max(1.0);
-            for &f in &path {
-                credit[f] += weight;
+            for (row, credit) in rows.chunks_exact(dims).zip(credit.chunks_exact_mut(dims)) {
+                path.clear();
+                let mut node = self.nodes[root as usize];
+                while node.feature != LEAF {
+                    path.push(node.feature as usize);
+                    let next = if row[node.feature as usize] <= node.threshold {
+                        node.left
+                    } else {
+                        node.right
+                    };
+                    node = self.nodes[next as usize];
+                }
+                let weight = 1.0 / node.threshold.max(1.0);
+                for &f in &path {
+                    credit[f] += weight;
+                }
             }
         }
-        let total: f32 = credit.iter().sum();
-        if total > 0.0 {
-            credit.iter_mut().for_each(|c| *c /= total);
+        for credit in credit.chunks_exact_mut(dims) {
+            let total: f32 = credit.iter().sum();
+            if total > 0.0 {
+                credit.iter_mut().for_each(|c| *c /= total);
+            }
         }
         credit
     }
@@ -337,6 +350,12 @@ mod tests {
         assert_eq!(forest.attribution(&[0.0, 99.0]), vec![0.0, 1.0]);
         let shares = forest.attribution(&[0.0, 1.0]);
         assert_eq!(shares, vec![0.5, 0.5]);
+        // Rows together give each row's own shares.
+        let rows = [0.0, 1.0, 0.0, 99.0, 1.0, 1.0];
+        assert_eq!(
+            forest.attribution_rows(&rows),
+            vec![0.5, 0.5, 0.0, 1.0, 0.5, 0.5]
+        );
     }
 
     #[test]

@@ -94,6 +94,16 @@ pub(super) async fn process(
     let shadow_topic = ctx.config.shadow_scores_topic.as_str();
     let scores_topic = ctx.config.scores_topic.as_str();
     let every_row = !shadow_topic.is_empty() || !scores_topic.is_empty();
+    // Shares of the alerting rows, computed together: tree by tree, each
+    // tree is read once for all of them.
+    let alerting: Vec<usize> = (0..accepted.len()).filter(|&r| scored.alerts[r]).collect();
+    let alerting_rows: Vec<f32> = alerting
+        .iter()
+        .flat_map(|&r| &scored.matrix[r * dims..(r + 1) * dims])
+        .copied()
+        .collect();
+    let shares = state.forest.attribution_rows(&alerting_rows);
+    let mut shares = shares.chunks_exact(dims.max(1));
     for (row, &i) in accepted.iter().enumerate() {
         if !(every_row || scored.alerts[row]) {
             continue;
@@ -114,7 +124,6 @@ pub(super) async fn process(
             alert_count += 1;
             let alert = alerts::build(
                 &state.model,
-                &state.forest,
                 &state.features,
                 &alerts::Scored {
                     source: source.clone(),
@@ -123,8 +132,8 @@ pub(super) async fn process(
                     score: scored.scores[row].score,
                     features: &scored.matrix[row * dims..(row + 1) * dims],
                     z: &scored.z[row * nz..(row + 1) * nz],
-                    // Accepted records are JSON objects.
-                    record: &serde_json::from_slice(value).unwrap_or_default(),
+                    shares: shares.next().expect("one row of shares per alert"),
+                    record: value,
                 },
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
