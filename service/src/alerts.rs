@@ -132,11 +132,7 @@ impl Serialize for Finite {
 }
 
 /// Builds the alert for a record that alerted.
-pub fn build<'a>(
-    model: &'a pb::Model,
-    pipeline: &'a FeaturePipeline,
-    s: &Scored<'a>,
-) -> Alert<'a> {
+pub fn build<'a>(model: &'a pb::Model, pipeline: &'a FeaturePipeline, s: &Scored<'a>) -> Alert<'a> {
     let spec = model.feature_spec.as_ref();
     let names = spec.map_or(&[][..], |spec| &spec.features[..]);
     let top_features = top_shares(s.shares, 3)
@@ -212,5 +208,3 @@ pub fn top_shares(shares: &[f32], n: usize) -> Vec<(usize, f32)> {
 fn round4(x: f32) -> f64 {
     (x as f64 * 1e4).round() / 1e4
 }
-
-

@@ -270,7 +270,7 @@ impl FeaturePipeline {
         let hashes: Vec<Vec<KeyHash>> = cols
             .keys
             .iter()
-            .map(|c| c.names.iter().map(|n| key_hash(n)).collect())
+            .map(|c| c.names().map(key_hash).collect())
             .collect();
         let hash_of = |c: usize, row: usize| hashes[c][cols.keys[c].ids[row] as usize];
         let unkeyed = key_hash("");

@@ -88,7 +88,14 @@ impl<'a> Scanner<'a> {
         match self.peek()? {
             b'"' => {
                 let raw = self.string()?;
-                Some(Field::Str(Cow::Borrowed(std::str::from_utf8(raw).ok()?)))
+                let text = if raw.is_ascii() {
+                    // SAFETY: ASCII is valid UTF-8; the check is cheaper than
+                    // full validation for the short strings records carry.
+                    unsafe { std::str::from_utf8_unchecked(raw) }
+                } else {
+                    std::str::from_utf8(raw).ok()?
+                };
+                Some(Field::Str(Cow::Borrowed(text)))
             }
             b'n' => self.literal(b"null").map(|()| Field::Absent),
             _ => self.number().map(Field::Number),
@@ -102,7 +109,8 @@ impl<'a> Scanner<'a> {
             b'n' => self.literal(b"null"),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
-            _ => self.number().map(drop),
+            // Skipped numbers are checked, not converted.
+            _ => self.number_extent().map(drop),
         }
     }
 
@@ -115,6 +123,38 @@ impl<'a> Scanner<'a> {
     /// or negative integer when it fits 64 bits, else a double.
     fn number(&mut self) -> Option<serde_json::Number> {
         let start = self.at;
+        let (negative, integer) = self.number_extent()?;
+        let text = &self.text[start..self.at];
+        if integer {
+            let digits = &text[usize::from(negative)..];
+            let parsed = if text == b"-0" {
+                // serde_json reads a negative zero as a double.
+                serde_json::Number::from_f64(-0.0)
+            } else if digits.len() <= 19 {
+                // At most 19 digits fit a u64 without overflow.
+                let magnitude = digits
+                    .iter()
+                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+                if negative {
+                    0i64.checked_sub_unsigned(magnitude)
+                        .map(serde_json::Number::from)
+                } else {
+                    Some(serde_json::Number::from(magnitude))
+                }
+            } else {
+                // Longer integers may still fit (u64 up to 20 digits) or
+                // overflow to a double: serde_json decides.
+                None
+            };
+            return parsed;
+        }
+        let v: f64 = fast_float2::parse(text).ok()?;
+        serde_json::Number::from_f64(v)
+    }
+
+    /// Steps over a number in JSON's grammar; whether it is negative, and
+    /// whether it is an integer (no fraction, no exponent).
+    fn number_extent(&mut self) -> Option<(bool, bool)> {
         let negative = self.peek()? == b'-';
         if negative {
             self.at += 1;
@@ -140,22 +180,7 @@ impl<'a> Scanner<'a> {
             self.digit()?;
             self.digits();
         }
-        // Number text is ASCII by construction.
-        let text = std::str::from_utf8(&self.text[start..self.at]).ok()?;
-        if integer {
-            let parsed = if text == "-0" {
-                // serde_json reads a negative zero as a double.
-                serde_json::Number::from_f64(-0.0)
-            } else if negative {
-                text.parse::<i64>().ok().map(serde_json::Number::from)
-            } else {
-                text.parse::<u64>().ok().map(serde_json::Number::from)
-            };
-            // Beyond 64 bits serde_json reads a double; leave that to it.
-            return parsed;
-        }
-        let v: f64 = fast_float2::parse(text).ok()?;
-        serde_json::Number::from_f64(v)
+        Some((negative, integer))
     }
 
     fn digit(&mut self) -> Option<()> {

@@ -78,14 +78,18 @@ pub struct Wanted {
     pub time: Option<String>,
 }
 
-/// Key values of one key field, interned: `ids[row]` indexes `names`.
+/// Key values of one key field, interned: `ids[row]` is the id of the
+/// row's key, [`KeyColumn::name`] its text.
 #[derive(Clone, Debug, Default)]
 pub struct KeyColumn {
     /// Per-row key id.
     pub ids: Vec<u32>,
-    /// Distinct key values in order of first appearance.
-    pub names: Vec<String>,
-    /// (hash, id) of every name: the text lives once, in `names`.
+    /// Distinct key values in order of first appearance, one after another:
+    /// one buffer instead of a string allocation per new key.
+    text: String,
+    /// End of each distinct key in `text`.
+    ends: Vec<u32>,
+    /// (hash, id) of every distinct key: the text lives once, in `text`.
     index: hashbrown::HashTable<(u64, u32)>,
     /// Keys come from the input: a fast hasher, seeded per column.
     hasher: foldhash::fast::RandomState,
@@ -96,15 +100,37 @@ impl KeyColumn {
     fn with_capacity(rows: usize) -> Self {
         Self {
             ids: Vec::with_capacity(rows),
-            names: Vec::with_capacity(rows),
+            text: String::with_capacity(rows * 16),
+            ends: Vec::with_capacity(rows),
             index: hashbrown::HashTable::with_capacity(rows),
             hasher: Default::default(),
         }
     }
 
+    /// Number of distinct keys.
+    pub fn distinct(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The text of key `id`.
+    pub fn name(&self, id: u32) -> &str {
+        let id = id as usize;
+        let start = if id == 0 {
+            0
+        } else {
+            self.ends[id - 1] as usize
+        };
+        &self.text[start..self.ends[id] as usize]
+    }
+
+    /// The distinct keys, by id.
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.ends.len() as u32).map(|id| self.name(id))
+    }
+
     /// Appends `other`'s rows, re-interning its keys into this column's ids.
     fn append(&mut self, other: KeyColumn) {
-        let ids: Vec<u32> = other.names.iter().map(|name| self.intern(name)).collect();
+        let ids: Vec<u32> = other.names().map(|name| self.intern(name)).collect();
         self.ids
             .extend(other.ids.into_iter().map(|local| ids[local as usize]));
     }
@@ -118,15 +144,16 @@ impl KeyColumn {
     fn intern(&mut self, key: &str) -> u32 {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(key);
-        let names = &self.names;
         if let Some(&(_, id)) = self
             .index
-            .find(hash, |&(h, id)| h == hash && names[id as usize] == key)
+            .find(hash, |&(h, id)| h == hash && self.name(id) == key)
         {
             return id;
         }
-        let id = self.names.len() as u32;
-        self.names.push(key.to_owned());
+        let id = self.ends.len() as u32;
+        self.text.push_str(key);
+        self.ends
+            .push(u32::try_from(self.text.len()).expect("a batch's keys fit in 4 GiB of text"));
         self.index.insert_unique(hash, (hash, id), |&(h, _)| h);
         id
     }
@@ -653,7 +680,7 @@ mod tests {
         assert_eq!(cols.numeric[0], vec![2.0, -400.0, 6.0]);
         assert_eq!(cols.numeric[1], vec![1.0, 3.5, 5.0]);
         assert_eq!(cols.keys[0].ids, vec![0, 1, 0]);
-        assert_eq!(cols.keys[0].names, vec!["x", "y"]);
+        assert_eq!(cols.keys[0].names().collect::<Vec<_>>(), vec!["x", "y"]);
     }
 
     #[test]
@@ -675,7 +702,7 @@ mod tests {
         let data = "{\"v\":{\"x\":1.5},\"dev\":\"d1\"}\n\n{\"v\":{\"x\":2},\"dev\":7}\n";
         let cols = read_jsonl(data.as_bytes(), &wanted(&["v.x"], &["dev"])).unwrap();
         assert_eq!(cols.numeric[0], vec![1.5, 2.0]);
-        assert_eq!(cols.keys[0].names, vec!["d1", "7"]);
+        assert_eq!(cols.keys[0].names().collect::<Vec<_>>(), vec!["d1", "7"]);
         let err = read_jsonl("{\"y\":1}\n".as_bytes(), &wanted(&["v.x"], &[])).unwrap_err();
         assert_eq!(err.to_string(), "row 1: field 'v.x' is missing");
         let err = read_jsonl("{\"v\":\"abc\"}\n".as_bytes(), &wanted(&["v"], &[])).unwrap_err();
@@ -708,7 +735,7 @@ mod tests {
         assert_eq!(parts.rows, i as usize);
         assert_eq!(parts.rows, whole.rows);
         assert_eq!(parts.numeric, whole.numeric);
-        assert_eq!(parts.keys[0].names, whole.keys[0].names);
+        assert!(parts.keys[0].names().eq(whole.keys[0].names()));
         assert_eq!(parts.keys[0].ids, whole.keys[0].ids);
         // An error late in the file names its row in the whole file.
         let bad = format!("{data}x1,2,oops\n");
@@ -756,8 +783,14 @@ mod tests {
                     assert_eq!(ra, rb, "{text}");
                     assert_eq!((&a.numeric, &a.time), (&b.numeric, &b.time), "{text}");
                     assert_eq!(
-                        a.keys.iter().map(|k| &k.names).collect::<Vec<_>>(),
-                        b.keys.iter().map(|k| &k.names).collect::<Vec<_>>(),
+                        a.keys
+                            .iter()
+                            .map(|k| k.names().collect())
+                            .collect::<Vec<Vec<_>>>(),
+                        b.keys
+                            .iter()
+                            .map(|k| k.names().collect())
+                            .collect::<Vec<Vec<_>>>(),
                         "{text}"
                     );
                 }
@@ -794,7 +827,7 @@ mod tests {
                 (
                     c.rows,
                     c.numeric,
-                    c.keys[0].names.clone(),
+                    c.keys[0].names().map(str::to_owned).collect::<Vec<_>>(),
                     c.keys[0].ids.clone(),
                 )
             })
