@@ -307,33 +307,46 @@ impl RecordBatch {
         self.bytes.len()
     }
 
-    /// Copies a consumed message in.
+    /// Copies a consumed message in, headers included.
     pub fn push(&mut self, m: &impl Message) {
-        use rdkafka::message::Headers;
-        let bytes = &mut self.bytes;
-        let mut copy = |part: &[u8]| {
-            let start = bytes.len();
-            bytes.extend_from_slice(part);
-            start..bytes.len()
-        };
-        let key = m.key().map(&mut copy);
-        let value = m.payload().map(&mut copy);
-        let first = self.headers.len();
-        if let Some(headers) = m.headers() {
-            for h in headers.iter() {
-                let name = copy(h.key.as_bytes());
-                let value = h.value.map(&mut copy);
-                self.headers.push(HeaderAt { name, value });
-            }
-        }
+        self.push_bare(m);
+        self.keep_headers(m);
+    }
+
+    /// Copies a consumed message's key and value in, without its headers:
+    /// reading headers costs the client an allocation per header, and
+    /// only a record that goes to the DLQ needs them
+    /// ([`Self::keep_headers`]).
+    pub fn push_bare(&mut self, m: &impl Message) {
+        let key = m.key().map(|k| copy_into(&mut self.bytes, k));
+        let value = m.payload().map(|v| copy_into(&mut self.bytes, v));
+        let at = self.headers.len();
         self.meta.push(Meta {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key,
             value,
-            headers: first..self.headers.len(),
+            headers: at..at,
         });
+    }
+
+    /// Copies `m`'s headers onto the last record, which must be `m`, pushed
+    /// with [`Self::push_bare`].
+    pub fn keep_headers(&mut self, m: &impl Message) {
+        use rdkafka::message::Headers;
+        let Some(headers) = m.headers() else {
+            return;
+        };
+        let last = self.meta.last_mut().expect("a record to keep headers for");
+        debug_assert!(last.partition == m.partition() && last.offset == m.offset());
+        debug_assert!(last.headers.end == self.headers.len());
+        for h in headers.iter() {
+            let name = copy_into(&mut self.bytes, h.key.as_bytes());
+            let value = h.value.map(|v| copy_into(&mut self.bytes, v));
+            self.headers.push(HeaderAt { name, value });
+        }
+        last.headers.end = self.headers.len();
     }
 
     /// Records held.
@@ -392,6 +405,13 @@ impl RecordBatch {
     pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
+}
+
+/// Appends `part` to `bytes`; where it landed.
+fn copy_into(bytes: &mut Vec<u8>, part: &[u8]) -> std::ops::Range<usize> {
+    let start = bytes.len();
+    bytes.extend_from_slice(part);
+    start..bytes.len()
 }
 
 /// Reads a topic from the beginning until `max` messages or until no message
@@ -497,6 +517,25 @@ mod tests {
             batch.clear();
             assert!(batch.is_empty() && batch.bytes() == 0);
         }
+    }
+
+    #[test]
+    fn headers_are_kept_only_where_asked() {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "id",
+            value: Some("r-2"),
+        });
+        let with = message(0, 1, None, b"{}", Some(headers));
+        let mut batch = RecordBatch::default();
+        batch.push_bare(&with);
+        batch.push_bare(&with);
+        batch.keep_headers(&with);
+        batch.push_bare(&with);
+        assert!(batch.get(0).headers.is_empty());
+        let kept: Vec<_> = batch.get(1).headers.iter().collect();
+        assert_eq!(kept, vec![("id", Some(&b"r-2"[..]))]);
+        assert!(batch.get(2).headers.is_empty());
+        assert_eq!(batch.get(2).value, Some(&b"{}"[..]));
     }
 
     #[test]

@@ -215,6 +215,12 @@ impl FeaturePipeline {
         }
     }
 
+    /// The fields a pipeline for `spec` reads, without keeping one.
+    pub fn wanted_for(spec: &pb::FeatureSpec) -> Wanted {
+        // The slot capacity does not change which fields are read.
+        Self::new(spec, 1).wanted
+    }
+
     /// Fields the input must provide.
     pub fn wanted(&self) -> &Wanted {
         &self.wanted

@@ -1,11 +1,16 @@
-//! The consuming side of a pipeline: a thread that polls Kafka and forms
-//! whole batches (N records or T ms after the first, whichever comes first)
-//! and a thread that parses them, so collecting one batch, parsing the one
-//! before it and scoring and publishing the one before that overlap. Each channel between them holds one batch: a slow pipeline stops
-//! the threads, and librdkafka's own bounded prefetch is all that piles up
-//! behind them.
+//! The consuming side of a pipeline: a thread that polls Kafka, parses each
+//! record as it arrives and forms whole batches (N records or T ms after
+//! the first, whichever comes first), so collecting one batch overlaps
+//! scoring and publishing the one before. The channel to the pipeline holds
+//! one batch: a slow pipeline stops the thread, and librdkafka's own
+//! bounded prefetch is all that piles up behind it.
+//!
+//! Parsing here, while the message is still at hand, lets the thread copy a
+//! message's headers only when the record is rejected: the DLQ needs them,
+//! nothing else does, and reading them costs the client an allocation per
+//! header.
 
-use super::parse::{self, ParsedBatch, SharedParser};
+use super::parse::{ParsedBatch, Parsing, SharedParser};
 use crate::kafka::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
@@ -22,18 +27,18 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Records between two readings of the clock while a batch fills.
 const CLOCK_EVERY: u32 = 64;
 
-/// Batches from the collecting and parsing threads.
+/// Parsed batches from the collecting thread.
 pub(super) struct Collector {
     batches: mpsc::Receiver<ParsedBatch>,
     stop: Arc<AtomicBool>,
-    /// The collecting thread, then the parsing thread: the order they stop in.
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
     /// Finished batches going back to the collecting thread for reuse.
     recycle: std::sync::mpsc::Sender<RecordBatch>,
 }
 
 impl Collector {
-    /// Starts the threads for pipeline `name` on a subscribed consumer.
+    /// Starts the thread for pipeline `name` on a subscribed consumer; each
+    /// batch is parsed with the parser current when the batch starts.
     pub(super) fn spawn(
         name: &str,
         consumer: Arc<BaseConsumer>,
@@ -42,42 +47,28 @@ impl Collector {
         parser: SharedParser,
     ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<(RecordBatch, Instant)>(1);
         let (recycle, recycled) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let collecting = {
+        let thread = {
             let stop = stop.clone();
             let name = name.to_owned();
             std::thread::Builder::new()
                 .name(format!("collect-{name}"))
                 .spawn(move || {
                     let limits = (max_records.max(1), max_wait);
-                    collect(&name, &consumer, (&raw_tx, &recycled), limits, &stop)
+                    collect(&name, &consumer, &parser, (&tx, &recycled), limits, &stop)
                 })?
         };
-        let parsing = std::thread::Builder::new()
-            .name(format!("parse-{name}"))
-            .spawn(move || {
-                for (batch, flushed_at) in raw_rx {
-                    let parser = parser.lock().expect("parser lock").clone();
-                    if tx
-                        .blocking_send(parse::parse(&parser, batch, flushed_at))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            })?;
         Ok(Self {
             batches,
             stop,
-            threads: vec![collecting, parsing],
+            thread: Some(thread),
             recycle,
         })
     }
 
-    /// The next batch; `None` once the threads have stopped and every batch
-    /// they made was taken.
+    /// The next batch; `None` once the thread has stopped and every batch it
+    /// made was taken.
     pub(super) async fn next(&mut self) -> Option<ParsedBatch> {
         self.batches.recv().await
     }
@@ -102,7 +93,7 @@ impl Drop for Collector {
         self.stop();
         // Let a send that waits for room fail instead of blocking forever.
         self.batches.close();
-        for thread in self.threads.drain(..) {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -111,8 +102,9 @@ impl Drop for Collector {
 fn collect(
     name: &str,
     consumer: &BaseConsumer,
+    parser: &SharedParser,
     (tx, recycled): (
-        &std::sync::mpsc::SyncSender<(RecordBatch, Instant)>,
+        &mpsc::Sender<ParsedBatch>,
         &std::sync::mpsc::Receiver<RecordBatch>,
     ),
     (max_records, max_wait): (usize, Duration),
@@ -129,6 +121,7 @@ fn collect(
         let mut batch = recycled
             .try_recv()
             .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint));
+        let mut parsing = Parsing::new(&parser.lock().expect("parser lock"), max_records);
         let mut flush_at: Option<Instant> = None;
         // Reading the clock is a good part of the per-record cost here.
         // While records are queued they are taken without waiting and the
@@ -166,7 +159,10 @@ fn collect(
                     if handed.get(partition).is_some_and(|&next| m.offset() < next) {
                         continue;
                     }
-                    batch.push(&m);
+                    batch.push_bare(&m);
+                    if parsing.push(&batch, batch.len() - 1) {
+                        batch.keep_headers(&m);
+                    }
                     flush_at.get_or_insert(now + max_wait);
                     if batch.len() >= max_records {
                         break;
@@ -186,8 +182,11 @@ fn collect(
             handed[partition] = handed[partition].max(next);
         }
         let stopping = stop.load(Relaxed);
-        if !batch.is_empty() && tx.send((batch, Instant::now())).is_err() {
-            return;
+        if !batch.is_empty() {
+            let parsed = parsing.finish(batch, Instant::now());
+            if tx.blocking_send(parsed).is_err() {
+                return;
+            }
         }
         if stopping {
             return;

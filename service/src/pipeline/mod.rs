@@ -290,6 +290,9 @@ async fn run_pipeline(
     let mut live = ctx.handle.live_receiver();
     let mut shadow_rx = ctx.handle.shadow_receiver();
     let mut shadow: Option<Shadow> = None;
+    // Live models not yet active, in deployment order, with the fields each
+    // reads.
+    let mut pending: Vec<(crate::input::Wanted, pb::Model)> = Vec::new();
     let parser = Arc::new(std::sync::Mutex::new(parse::Parser {
         reader: Arc::new(RowReader::new(
             state.as_ref().expect("state is home").features.wanted(),
@@ -327,9 +330,31 @@ async fn run_pipeline(
         let Some(batch) = batch else {
             break;
         };
-        // Model changes take effect here, between batches.
+        // Model changes take effect here, between batches. A model that
+        // reads other fields goes live with the first batch parsed for it:
+        // batches collected before it are scored by the model they were
+        // parsed for.
         if live.has_changed().unwrap_or(false) {
             let model = (*live.borrow_and_update().clone()).clone();
+            let spec = model.feature_spec.clone().unwrap_or_default();
+            let wanted = FeaturePipeline::wanted_for(&spec);
+            let mut shared = parser.lock().expect("parser lock");
+            if shared.reader.wanted() != &wanted {
+                shared.reader = Arc::new(RowReader::new(&wanted));
+            }
+            drop(shared);
+            pending.push((wanted, model));
+        }
+        // The newest model this batch was parsed for goes live, and the ones
+        // deployed before it are passed over.
+        if let Some(at) = pending
+            .iter()
+            .rposition(|(w, _)| w == batch.reader.wanted())
+        {
+            let (_, model) = pending
+                .drain(..=at)
+                .next_back()
+                .expect("drained at least one");
             let s = state.as_mut().expect("state is home between batches");
             let (name, version) = (model.name.clone(), model.version);
             s.swap_model(model, &ctx.engine, ctx.slot_capacity)
@@ -337,12 +362,6 @@ async fn run_pipeline(
                     pipeline: ctx.config.name.clone(),
                     source,
                 })?;
-            let wanted = s.features.wanted();
-            let mut shared = parser.lock().expect("parser lock");
-            if shared.reader.wanted() != wanted {
-                shared.reader = Arc::new(RowReader::new(wanted));
-            }
-            drop(shared);
             tracing::info!(pipeline = %ctx.config.name, model = %name, version, "live model activated");
         }
         if shadow_rx.has_changed().unwrap_or(false) {

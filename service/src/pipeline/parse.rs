@@ -1,6 +1,6 @@
-//! Turning a batch of records into feature columns. It runs on a thread of
-//! its own, so the next batch is parsed while this one is scored and
-//! published.
+//! Turning records into feature columns. The collecting thread parses each
+//! record as it arrives ([`Parsing`]), so the next batch is collected and
+//! parsed while this one is scored and published.
 
 use crate::dlq::Rejection;
 use crate::input::{Columns, RowError, RowReader, Wanted};
@@ -33,14 +33,17 @@ pub(super) struct ParsedBatch {
     pub(super) rejected: Vec<(usize, Rejection)>,
     /// The reader the columns were made with.
     pub(super) reader: Arc<RowReader>,
-    /// When the batch was complete, and how long parsing took.
+    /// When the batch was complete, and how long parsing took (estimated).
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
 }
 
 impl ParsedBatch {
     /// This batch as read for `wanted`: itself when it was, else parsed
-    /// again (a model reading other fields went live after it was parsed).
+    /// again. The pipeline lets a model that reads other fields go live
+    /// only with the first batch parsed for it, so this is a fallback
+    /// (several such models deployed within one batch): a record that only
+    /// the new fields reject reaches the DLQ without its original headers.
     pub(super) fn for_fields(self, wanted: &Wanted, max_bytes: usize) -> ParsedBatch {
         if self.reader.wanted() == wanted {
             return self;
@@ -57,28 +60,86 @@ impl ParsedBatch {
 }
 
 /// Parses `records` (a batch completed at `flushed_at`) with `parser`.
-///
-/// On one thread: spread over a pool, the same work measured slower, as it
-/// then competes with the broker client and the scoring for the cores.
 pub(super) fn parse(parser: &Parser, records: RecordBatch, flushed_at: Instant) -> ParsedBatch {
-    let reader = parser.reader.clone();
-    let mut columns = Columns::with_capacity(reader.wanted(), records.len());
-    let mut accepted: Vec<usize> = Vec::with_capacity(records.len());
-    let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        match parse_one(&reader, &mut columns, record, i + 1, parser.max_bytes) {
-            None => accepted.push(i),
-            Some(rejection) => rejected.push((i, rejection)),
+    let mut parsing = Parsing::new(parser, records.len());
+    for i in 0..records.len() {
+        parsing.push(&records, i);
+    }
+    parsing.finish(records, flushed_at)
+}
+
+/// Records between two timed parses: timing every record would cost more
+/// clock readings than the parsing itself is worth.
+const TIME_EVERY: u32 = 32;
+
+/// One batch being parsed, record by record, as it is collected.
+pub(super) struct Parsing {
+    reader: Arc<RowReader>,
+    max_bytes: usize,
+    columns: Columns,
+    accepted: Vec<usize>,
+    rejected: Vec<(usize, Rejection)>,
+    /// Estimated parsing time: every [`TIME_EVERY`]th record is timed.
+    spent: Duration,
+    untimed: u32,
+}
+
+impl Parsing {
+    /// A batch of up to about `records` records parsed with `parser`.
+    pub(super) fn new(parser: &Parser, records: usize) -> Self {
+        Self {
+            reader: parser.reader.clone(),
+            max_bytes: parser.max_bytes,
+            columns: Columns::with_capacity(parser.reader.wanted(), records),
+            accepted: Vec::with_capacity(records),
+            rejected: Vec::new(),
+            spent: Duration::ZERO,
+            untimed: 0,
         }
     }
-    ParsedBatch {
-        records,
-        columns,
-        accepted,
-        rejected,
-        reader,
-        flushed_at,
-        parse_time: flushed_at.elapsed(),
+
+    /// Parses record `i` of `records`, the next one; true when it was
+    /// rejected (the caller then keeps its headers for the DLQ).
+    pub(super) fn push(&mut self, records: &RecordBatch, i: usize) -> bool {
+        let record = records.get(i);
+        let timed = self.untimed == 0;
+        self.untimed = (self.untimed + 1) % TIME_EVERY;
+        let started = timed.then(Instant::now);
+        let rejection = parse_one(
+            &self.reader,
+            &mut self.columns,
+            record,
+            i + 1,
+            self.max_bytes,
+        );
+        if let Some(started) = started {
+            self.spent += started.elapsed() * TIME_EVERY;
+        }
+        match rejection {
+            None => {
+                self.accepted.push(i);
+                false
+            }
+            Some(rejection) => {
+                self.rejected.push((i, rejection));
+                true
+            }
+        }
+    }
+
+    /// The parsed batch of `records`, every one of them pushed, completed at
+    /// `flushed_at`.
+    pub(super) fn finish(self, records: RecordBatch, flushed_at: Instant) -> ParsedBatch {
+        debug_assert_eq!(self.accepted.len() + self.rejected.len(), records.len());
+        ParsedBatch {
+            records,
+            columns: self.columns,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            reader: self.reader,
+            flushed_at,
+            parse_time: self.spent,
+        }
     }
 }
 
