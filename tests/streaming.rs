@@ -744,3 +744,149 @@ fn tabular_rows_replayed_as_json_score_exactly_as_offline() {
     }
     assert!(read_all(&addr, "rows-dlq").is_empty());
 }
+
+/// Produces JSON `values` to `topic`, each with an `id` header `<tag>-<i>`.
+async fn produce_tagged(addr: &str, topic: &str, tag: &str, values: &[String]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = isoflow::kafka::producer(addr, &Default::default()).unwrap();
+    for (i, value) in values.iter().enumerate() {
+        let id = format!("{tag}-{i}");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "id",
+            value: Some(&id),
+        });
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key("k")
+                    .payload(value)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+}
+
+/// A live model that reads other fields than the one before it: records
+/// parsed for the old fields are scored by the old model, later ones by the
+/// new model, and a record only the new fields reject reaches the DLQ with
+/// its original headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two one-column models: "ma" reads field a, "mb" field b.
+    let mut models = Vec::new();
+    for (name, column) in [("ma", "a"), ("mb", "b")] {
+        let csv = dir.path().join(format!("{column}.csv"));
+        let rows: Vec<String> = (0..256).map(|i| format!("{}", i % 17)).collect();
+        std::fs::write(&csv, format!("{column}\n{}\n", rows.join("\n"))).unwrap();
+        let model = dir.path().join(format!("{name}.isoflow"));
+        let (csv, out) = (csv.display().to_string(), model.display().to_string());
+        ok(
+            "isoflow-train",
+            &[
+                "fit", "--input", &csv, "--out", &out, "--name", name, "--seed", "1",
+            ],
+        );
+        models.push(model);
+    }
+    let mock = Mock::new();
+    for topic in [INPUT, "alerts", "dlq", "scores"] {
+        mock.create()(topic, 1);
+    }
+    let mut config = isoflow::config::Config::default();
+    config.kafka.brokers = mock.addr.clone();
+    config.kafka.group_id = "swap".into();
+    config.service.backend = "cpu".into();
+    config.pipelines.push(isoflow::config::PipelineConfig {
+        name: "swap".into(),
+        input_topic: INPUT.into(),
+        model: models[0].clone(),
+        alerts_topic: "alerts".into(),
+        dlq_topic: "dlq".into(),
+        scores_topic: "scores".into(),
+        shadow_scores_topic: String::new(),
+        batch_max_records: 64,
+        batch_max_ms: 20,
+    });
+    let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
+    let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(isoflow::pipeline::run(
+        config,
+        registry.clone(),
+        handles.clone(),
+        shutdown.clone(),
+    ));
+    handles.wait_started(1).await;
+    let metrics = registry.pipeline("swap");
+    let accounted =
+        || metrics.scored.load(std::sync::atomic::Ordering::Relaxed) + metrics.dlq_total();
+    let until = |n: u64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while accounted() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n}",
+                accounted()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let old: Vec<String> = (0..200).map(|i| format!(r#"{{"a":{}}}"#, i % 13)).collect();
+    produce_tagged(&mock.addr, INPUT, "old", &old).await;
+    until(200).await;
+    let mb = isoflow::model::load(&models[1]).unwrap();
+    handles.get("swap").unwrap().activate(mb).unwrap();
+    let mut new: Vec<String> = (0..200).map(|i| format!(r#"{{"b":{}}}"#, i % 13)).collect();
+    // Valid for the old model, not for the new one.
+    new.extend((0..5).map(|i| format!(r#"{{"a":{i}}}"#)));
+    produce_tagged(&mock.addr, INPUT, "new", &new).await;
+    until(405).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let scores = read_all(&mock.addr, "scores");
+    let models_by_offset: Vec<(i64, String)> = scores
+        .iter()
+        .map(|r| {
+            let s: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            (
+                s["source"]["offset"].as_i64().unwrap(),
+                s["model"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut offsets: Vec<i64> = models_by_offset.iter().map(|(o, _)| *o).collect();
+    offsets.sort();
+    let missing: Vec<i64> = (0..405)
+        .filter(|o| offsets.binary_search(o).is_err())
+        .collect();
+    assert_eq!(
+        models_by_offset.len(),
+        400,
+        "every valid record scored once; missing {missing:?}"
+    );
+    for (offset, model) in &models_by_offset {
+        let want = if *offset < 200 { "ma@" } else { "mb@" };
+        assert!(model.starts_with(want), "offset {offset} scored by {model}");
+    }
+    let dlq = read_all(&mock.addr, "dlq");
+    let dead: Vec<(&str, &str)> = dlq
+        .iter()
+        .map(|r| {
+            (
+                header(r, "id").expect("original headers kept"),
+                header(r, "isoflow.error.reason").unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, &str)> = (200..205)
+        .map(|i| (format!("new-{i}"), "missing_field"))
+        .collect();
+    let expected: Vec<(&str, &str)> = expected.iter().map(|(id, r)| (id.as_str(), *r)).collect();
+    assert_eq!(dead, expected);
+}

@@ -10,7 +10,7 @@
 //! nothing else does, and reading them costs the client an allocation per
 //! header.
 
-use super::parse::{ParsedBatch, Parsing, SharedParser};
+use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
 use crate::kafka::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
@@ -37,14 +37,16 @@ pub(super) struct Collector {
 }
 
 impl Collector {
-    /// Starts the thread for pipeline `name` on a subscribed consumer; each
-    /// batch is parsed with the parser current when the batch starts.
+    /// Starts the thread for pipeline `name` on a subscribed consumer. Each
+    /// batch is parsed with `parser`, which follows the `live` model from
+    /// one batch to the next (taken up at a batch's first record).
     pub(super) fn spawn(
         name: &str,
         consumer: Arc<BaseConsumer>,
         max_records: usize,
         max_wait: Duration,
-        parser: SharedParser,
+        parser: Parser,
+        live: LiveModel,
     ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
         let (recycle, recycled) = std::sync::mpsc::channel();
@@ -56,7 +58,8 @@ impl Collector {
                 .name(format!("collect-{name}"))
                 .spawn(move || {
                     let limits = (max_records.max(1), max_wait);
-                    collect(&name, &consumer, &parser, (&tx, &recycled), limits, &stop)
+                    let parsing = (parser, live);
+                    collect(&name, &consumer, parsing, (&tx, &recycled), limits, &stop)
                 })?
         };
         Ok(Self {
@@ -102,7 +105,7 @@ impl Drop for Collector {
 fn collect(
     name: &str,
     consumer: &BaseConsumer,
-    parser: &SharedParser,
+    (mut parser, mut live): (Parser, LiveModel),
     (tx, recycled): (
         &mpsc::Sender<ParsedBatch>,
         &std::sync::mpsc::Receiver<RecordBatch>,
@@ -121,7 +124,9 @@ fn collect(
         let mut batch = recycled
             .try_recv()
             .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint));
-        let mut parsing = Parsing::new(&parser.lock().expect("parser lock"), max_records);
+        // Made at the batch's first record, so a model that went live while
+        // the thread waited for records applies to them.
+        let mut parsing: Option<Parsing> = None;
         let mut flush_at: Option<Instant> = None;
         // Reading the clock is a good part of the per-record cost here.
         // While records are queued they are taken without waiting and the
@@ -159,6 +164,10 @@ fn collect(
                     if handed.get(partition).is_some_and(|&next| m.offset() < next) {
                         continue;
                     }
+                    let parsing = parsing.get_or_insert_with(|| {
+                        parser.follow(&mut live);
+                        Parsing::new(&parser, max_records)
+                    });
                     batch.push_bare(&m);
                     if parsing.push(&batch, batch.len() - 1) {
                         batch.keep_headers(&m);
@@ -182,7 +191,7 @@ fn collect(
             handed[partition] = handed[partition].max(next);
         }
         let stopping = stop.load(Relaxed);
-        if !batch.is_empty() {
+        if let Some(parsing) = parsing.filter(|_| !batch.is_empty()) {
             let parsed = parsing.finish(batch, Instant::now());
             if tx.blocking_send(parsed).is_err() {
                 return;

@@ -293,18 +293,19 @@ async fn run_pipeline(
     // Live models not yet active, in deployment order, with the fields each
     // reads.
     let mut pending: Vec<(crate::input::Wanted, pb::Model)> = Vec::new();
-    let parser = Arc::new(std::sync::Mutex::new(parse::Parser {
+    let parser = parse::Parser {
         reader: Arc::new(RowReader::new(
             state.as_ref().expect("state is home").features.wanted(),
         )),
         max_bytes: ctx.max_message_bytes,
-    }));
+    };
     let mut collector = collect::Collector::spawn(
         &ctx.config.name,
         consumer.clone(),
         ctx.config.batch_max_records,
         Duration::from_millis(ctx.config.batch_max_ms),
-        parser.clone(),
+        parser,
+        ctx.handle.live_receiver(),
     )
     .map_err(|source| PipelineError::Thread {
         pipeline: ctx.config.name.clone(),
@@ -335,15 +336,10 @@ async fn run_pipeline(
         // batches collected before it are scored by the model they were
         // parsed for.
         if live.has_changed().unwrap_or(false) {
+            // The collecting thread follows the live model on its own.
             let model = (*live.borrow_and_update().clone()).clone();
             let spec = model.feature_spec.clone().unwrap_or_default();
-            let wanted = FeaturePipeline::wanted_for(&spec);
-            let mut shared = parser.lock().expect("parser lock");
-            if shared.reader.wanted() != &wanted {
-                shared.reader = Arc::new(RowReader::new(&wanted));
-            }
-            drop(shared);
-            pending.push((wanted, model));
+            pending.push((FeaturePipeline::wanted_for(&spec), model));
         }
         // The newest model this batch was parsed for goes live, and the ones
         // deployed before it are passed over.

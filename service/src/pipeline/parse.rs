@@ -3,13 +3,14 @@
 //! parsed while this one is scored and published.
 
 use crate::dlq::Rejection;
+use crate::features::FeaturePipeline;
 use crate::input::{Columns, RowError, RowReader, Wanted};
 use crate::kafka::{RecordBatch, RecordRef};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How records are parsed; the pipeline replaces the reader when a new live
-/// model reads other fields.
+/// How records are parsed: the collecting thread replaces the reader when a
+/// new live model reads other fields.
 #[derive(Clone)]
 pub(super) struct Parser {
     /// Reader for the live model's fields.
@@ -17,9 +18,6 @@ pub(super) struct Parser {
     /// Larger messages are rejected as `too_large`.
     pub(super) max_bytes: usize,
 }
-
-/// The parser the parsing thread uses for its next batch.
-pub(super) type SharedParser = Arc<Mutex<Parser>>;
 
 /// A batch as handed to the pipeline.
 pub(super) struct ParsedBatch {
@@ -37,6 +35,24 @@ pub(super) struct ParsedBatch {
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
 }
+
+impl Parser {
+    /// Follows the live model: when `live` changed since last seen and the
+    /// new model reads other fields, reads those from now on.
+    pub(super) fn follow(&mut self, live: &mut LiveModel) {
+        if !live.has_changed().unwrap_or(false) {
+            return;
+        }
+        let model = live.borrow_and_update().clone();
+        let wanted = FeaturePipeline::wanted_for(&model.feature_spec.clone().unwrap_or_default());
+        if self.reader.wanted() != &wanted {
+            self.reader = Arc::new(RowReader::new(&wanted));
+        }
+    }
+}
+
+/// The live model as the pipeline's handle publishes it.
+pub(super) type LiveModel = tokio::sync::watch::Receiver<Arc<crate::model::pb::Model>>;
 
 impl ParsedBatch {
     /// This batch as read for `wanted`: itself when it was, else parsed
