@@ -44,6 +44,9 @@ pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientC
     // Our own messages ("Connection refused" on every retry) would flood the
     // log; failures surface as errors from the calls instead.
     c.set("log_level", "3");
+    // KIP-714 client metrics cost a histogram entry per poll; isoflow
+    // reports its own on /metrics. `[kafka.properties]` can turn them on.
+    c.set("enable.metrics.push", "false");
     for (k, v) in extra {
         c.set(k, v);
     }
