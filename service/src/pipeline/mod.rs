@@ -1,12 +1,12 @@
 //! The streaming service: Kafka records in, alerts and DLQ messages out.
 //!
-//! Each configured pipeline is two threads and two tasks. The collecting
-//! thread polls Kafka and forms batches (N records or T ms, whichever
-//! first); the parsing thread reads them into feature columns (bad records
-//! to the DLQ); the pipeline task builds features → scores on the GPU or CPU
-//! on a blocking thread → publishes alerts, DLQ and optional score messages;
+//! Each configured pipeline is a thread and two tasks. The collecting
+//! thread polls Kafka, reads each record into feature columns as it arrives
+//! (bad records to the DLQ) and forms batches (N records or T ms, whichever
+//! first); the pipeline task builds features → scores on the GPU or CPU on
+//! a blocking thread → publishes alerts, DLQ and optional score messages;
 //! the committer task waits for every acknowledgement of a batch, then
-//! commits its offsets. The four overlap, batch after batch. Batches are
+//! commits its offsets. The three overlap, batch after batch. Batches are
 //! finished in order, so offsets only ever advance over records whose output
 //! the broker has acknowledged: at-least-once, with alert ids that are
 //! stable across replays.
@@ -69,7 +69,7 @@ pub enum PipelineError {
         /// Client message.
         message: String,
     },
-    /// The pipeline's collecting or parsing thread could not start.
+    /// The pipeline's collecting thread could not start.
     #[error("pipeline '{pipeline}': starting the consumer thread: {source}")]
     Thread {
         /// Pipeline name.
