@@ -62,6 +62,26 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
     session_timeout_ms: u32,
     extra: &BTreeMap<String, String>,
 ) -> Result<C, KafkaError> {
+    Ok(consumer_config(brokers, group, session_timeout_ms, extra).create()?)
+}
+
+/// [`consumer`] with a client context of its own.
+pub fn consumer_with_context<X: rdkafka::consumer::ConsumerContext>(
+    brokers: &str,
+    group: &str,
+    session_timeout_ms: u32,
+    extra: &BTreeMap<String, String>,
+    context: X,
+) -> Result<BaseConsumer<X>, KafkaError> {
+    Ok(consumer_config(brokers, group, session_timeout_ms, extra).create_with_context(context)?)
+}
+
+fn consumer_config(
+    brokers: &str,
+    group: &str,
+    session_timeout_ms: u32,
+    extra: &BTreeMap<String, String>,
+) -> ClientConfig {
     let mut c = client_config(brokers, extra);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -83,7 +103,7 @@ pub fn consumer<C: rdkafka::config::FromClientConfig>(
     for (k, v) in extra {
         c.set(k, v);
     }
-    Ok(c.create()?)
+    c
 }
 
 /// A producer that waits for all in-sync replicas and keeps retrying
@@ -321,13 +341,25 @@ impl RecordBatch {
     /// only a record that goes to the DLQ needs them
     /// ([`Self::keep_headers`]).
     pub fn push_bare(&mut self, m: &impl Message) {
-        let key = m.key().map(|k| copy_into(&mut self.bytes, k));
-        let value = m.payload().map(|v| copy_into(&mut self.bytes, v));
+        let coordinates = (m.partition(), m.offset(), m.timestamp().to_millis());
+        self.push_parts(coordinates, m.key(), m.payload());
+    }
+
+    /// Copies a record in from its parts: (partition, offset, timestamp in
+    /// ms), key and value; no headers.
+    pub fn push_parts(
+        &mut self,
+        (partition, offset, timestamp_ms): (i32, i64, Option<i64>),
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) {
+        let key = key.map(|k| copy_into(&mut self.bytes, k));
+        let value = value.map(|v| copy_into(&mut self.bytes, v));
         let at = self.headers.len();
         self.meta.push(Meta {
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
+            partition,
+            offset,
+            timestamp_ms,
             key,
             value,
             headers: at..at,
@@ -338,15 +370,21 @@ impl RecordBatch {
     /// with [`Self::push_bare`].
     pub fn keep_headers(&mut self, m: &impl Message) {
         use rdkafka::message::Headers;
-        let Some(headers) = m.headers() else {
-            return;
-        };
+        if let Some(headers) = m.headers() {
+            self.keep_header_list(headers.iter().map(|h| (h.key, h.value)));
+        }
+    }
+
+    /// Copies `headers`, (name, value) in order, onto the last record.
+    pub fn keep_header_list<'h>(
+        &mut self,
+        headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) {
         let last = self.meta.last_mut().expect("a record to keep headers for");
-        debug_assert!(last.partition == m.partition() && last.offset == m.offset());
         debug_assert!(last.headers.end == self.headers.len());
-        for h in headers.iter() {
-            let name = copy_into(&mut self.bytes, h.key.as_bytes());
-            let value = h.value.map(|v| copy_into(&mut self.bytes, v));
+        for (name, value) in headers {
+            let name = copy_into(&mut self.bytes, name.as_bytes());
+            let value = value.map(|v| copy_into(&mut self.bytes, v));
             self.headers.push(HeaderAt { name, value });
         }
         last.headers.end = self.headers.len();

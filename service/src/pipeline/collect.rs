@@ -10,9 +10,9 @@
 //! nothing else does, and reading them costs the client an allocation per
 //! header.
 
+use super::fetch::{Fetched, MessageQueue, PipelineConsumer};
 use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
 use crate::kafka::RecordBatch;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,12 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long one poll waits while no batch is open; bounds how late the
-/// thread notices a stop.
-const IDLE_POLL: Duration = Duration::from_millis(100);
-
-/// Records between two readings of the clock while a batch fills.
-const CLOCK_EVERY: u32 = 64;
+/// Longest wait for fetched messages before the consumer's own queue is
+/// served again (rebalances wait at most this long) and a stop is noticed.
+const EVENT_POLL: Duration = Duration::from_millis(10);
 
 /// Parsed batches from the collecting thread.
 pub(super) struct Collector {
@@ -42,7 +39,7 @@ impl Collector {
     /// one batch to the next (taken up at a batch's first record).
     pub(super) fn spawn(
         name: &str,
-        consumer: Arc<BaseConsumer>,
+        consumer: Arc<PipelineConsumer>,
         max_records: usize,
         max_wait: Duration,
         parser: Parser,
@@ -102,9 +99,90 @@ impl Drop for Collector {
     }
 }
 
+/// A consumed message, from the pipeline's queue or the consumer's own.
+trait Incoming {
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    /// Copies key and value into `batch`.
+    fn push_into(&self, batch: &mut RecordBatch);
+    /// Copies the headers onto `batch`'s last record, this message.
+    fn keep_headers(&self, batch: &mut RecordBatch);
+}
+
+impl<M: Message> Incoming for M {
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn push_into(&self, batch: &mut RecordBatch) {
+        batch.push_bare(self);
+    }
+    fn keep_headers(&self, batch: &mut RecordBatch) {
+        batch.keep_headers(self);
+    }
+}
+
+impl Incoming for Fetched<'_> {
+    fn partition(&self) -> i32 {
+        Fetched::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Fetched::offset(self)
+    }
+    fn push_into(&self, batch: &mut RecordBatch) {
+        Fetched::push_into(self, batch);
+    }
+    fn keep_headers(&self, batch: &mut RecordBatch) {
+        Fetched::keep_headers(self, batch);
+    }
+}
+
+/// The batch being formed, and what forming it needs.
+struct Forming<'a> {
+    batch: RecordBatch,
+    /// Made at the batch's first record, so a model that went live while
+    /// the thread waited for records applies to them.
+    parsing: Option<Parsing>,
+    parser: &'a mut Parser,
+    live: &'a mut LiveModel,
+    /// Next offset per partition (indexed by partition number) already
+    /// handed over.
+    handed: &'a [i64],
+    flush_at: Option<Instant>,
+    max_records: usize,
+    max_wait: Duration,
+}
+
+impl Forming<'_> {
+    fn take(&mut self, m: &impl Incoming) {
+        let partition = usize::try_from(m.partition()).unwrap_or(0);
+        if self
+            .handed
+            .get(partition)
+            .is_some_and(|&next| m.offset() < next)
+        {
+            return;
+        }
+        let (parser, live, max_records) = (&mut *self.parser, &mut *self.live, self.max_records);
+        let parsing = self.parsing.get_or_insert_with(|| {
+            parser.follow(live);
+            Parsing::new(parser, max_records)
+        });
+        m.push_into(&mut self.batch);
+        if parsing.push(&self.batch, self.batch.len() - 1) {
+            m.keep_headers(&mut self.batch);
+        }
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + self.max_wait);
+        }
+    }
+}
+
 fn collect(
     name: &str,
-    consumer: &BaseConsumer,
+    consumer: &PipelineConsumer,
     (mut parser, mut live): (Parser, LiveModel),
     (tx, recycled): (
         &mpsc::Sender<ParsedBatch>,
@@ -113,75 +191,60 @@ fn collect(
     (max_records, max_wait): (usize, Duration),
     stop: &AtomicBool,
 ) {
-    // Next offset per partition (indexed by partition number) already handed
-    // over. After a rebalance the consumer resumes from the last commit,
-    // which may be behind: those records are done or in flight, and feeding
-    // them to the per-key state twice would corrupt gaps and rates.
+    // Before the first poll, which serves the first assignment.
+    let mut queue = MessageQueue::open(consumer, max_records);
+    // Next offset per partition already handed over. After a rebalance the
+    // consumer resumes from the last commit, which may be behind: those
+    // records are done or in flight, and feeding them to the per-key state
+    // twice would corrupt gaps and rates.
     let mut handed: Vec<i64> = Vec::new();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
     loop {
-        let mut batch = recycled
-            .try_recv()
-            .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint));
-        // Made at the batch's first record, so a model that went live while
-        // the thread waited for records applies to them.
-        let mut parsing: Option<Parsing> = None;
-        let mut flush_at: Option<Instant> = None;
-        // Reading the clock is a good part of the per-record cost here.
-        // While records are queued they are taken without waiting and the
-        // clock is read once per CLOCK_EVERY of them; it is read afresh
-        // whenever the queue runs dry and after every wait.
-        let mut now = Instant::now();
-        let mut since_clock = 0;
-        while !stop.load(Relaxed) {
-            if flush_at.is_some_and(|at| now >= at) {
+        let mut forming = Forming {
+            batch: recycled
+                .try_recv()
+                .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint)),
+            parsing: None,
+            parser: &mut parser,
+            live: &mut live,
+            handed: &handed,
+            flush_at: None,
+            max_records,
+            max_wait,
+        };
+        while !stop.load(Relaxed) && forming.batch.len() < max_records {
+            let now = Instant::now();
+            if forming.flush_at.is_some_and(|at| now >= at) {
                 break;
             }
-            let polled = match consumer.poll(Duration::ZERO) {
-                Some(polled) => {
-                    since_clock += 1;
-                    if since_clock >= CLOCK_EVERY {
-                        since_clock = 0;
-                        now = Instant::now();
-                    }
-                    polled
-                }
-                None => {
-                    now = Instant::now();
-                    let wait = flush_at.map_or(IDLE_POLL, |at| at.saturating_duration_since(now));
-                    let polled = consumer.poll(wait);
-                    now = Instant::now();
-                    match polled {
-                        Some(polled) => polled,
-                        None => continue,
-                    }
-                }
-            };
-            match polled {
-                Ok(m) => {
-                    let partition = usize::try_from(m.partition()).unwrap_or(0);
-                    if handed.get(partition).is_some_and(|&next| m.offset() < next) {
-                        continue;
-                    }
-                    let parsing = parsing.get_or_insert_with(|| {
-                        parser.follow(&mut live);
-                        Parsing::new(&parser, max_records)
-                    });
-                    batch.push_bare(&m);
-                    if parsing.push(&batch, batch.len() - 1) {
-                        batch.keep_headers(&m);
-                    }
-                    flush_at.get_or_insert(now + max_wait);
-                    if batch.len() >= max_records {
-                        break;
-                    }
-                }
-                Err(e) => {
+            // Rebalances, commit replies and client errors; a message here
+            // was fetched before its partition was forwarded.
+            match consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => forming.take(&m),
+                Some(Err(e)) => {
                     tracing::warn!(pipeline = %name, error = %e, "consumer error; retrying")
                 }
+                None => {}
             }
+            let wait = forming
+                .flush_at
+                .map_or(EVENT_POLL, |at| at.saturating_duration_since(now))
+                .min(EVENT_POLL);
+            // The batch's linger runs from its first record: wait for that
+            // one alone, then for the rest.
+            let room = match forming.flush_at {
+                None => 1,
+                Some(_) => max_records - forming.batch.len(),
+            };
+            queue.drain(wait, room, |fetched| match fetched {
+                Ok(m) => forming.take(&m),
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %e, "fetch error; retrying")
+                }
+            });
         }
+        let Forming { batch, parsing, .. } = forming;
         bytes_hint = batch.bytes();
         for (partition, next) in batch.next_offsets() {
             let partition = usize::try_from(partition).unwrap_or(0);

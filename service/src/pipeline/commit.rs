@@ -10,7 +10,7 @@
 use super::PipelineError;
 use crate::config::PipelineConfig;
 use crate::pipeline::PipelineHandle;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::DeliveryFuture;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -84,7 +84,7 @@ impl Committer {
     pub(super) fn spawn(
         handle: PipelineHandle,
         config: &PipelineConfig,
-        consumer: Arc<BaseConsumer>,
+        consumer: Arc<super::fetch::PipelineConsumer>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let task = tokio::spawn(finish_all(handle, config.clone(), consumer, rx));
@@ -109,7 +109,7 @@ impl Committer {
 async fn finish_all(
     handle: PipelineHandle,
     config: PipelineConfig,
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<super::fetch::PipelineConsumer>,
     mut rx: mpsc::Receiver<Sent>,
 ) -> Result<(), PipelineError> {
     while let Some(sent) = rx.recv().await {
@@ -123,7 +123,7 @@ async fn finish_all(
 async fn finish(
     handle: &PipelineHandle,
     config: &PipelineConfig,
-    consumer: &BaseConsumer,
+    consumer: &super::fetch::PipelineConsumer,
     sent: Sent,
 ) -> Result<(), PipelineError> {
     let name = &handle.name;

@@ -15,6 +15,7 @@ mod batch;
 mod collect;
 mod commit;
 mod control;
+mod fetch;
 mod parse;
 
 pub use control::{Handles, PipelineHandle};
@@ -28,7 +29,7 @@ use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
 use crate::score::{Backend, Engine, ScoreError, Scorer};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,11 +217,12 @@ pub async fn run(
         };
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
-        let consumer: BaseConsumer = kafka::consumer(
+        let consumer: fetch::PipelineConsumer = kafka::consumer_with_context(
             &config.kafka.brokers,
             &format!("{}.{}", config.kafka.group_id, p.name),
             config.kafka.session_timeout_ms,
             &config.kafka.properties,
+            fetch::Forwarding::default(),
         )?;
         consumer
             .subscribe(&[p.input_topic.as_str()])
@@ -281,7 +283,7 @@ pub async fn run(
 /// The score → publish → commit loop of one pipeline, fed by its collector.
 async fn run_pipeline(
     ctx: PipelineContext,
-    consumer: &Arc<BaseConsumer>,
+    consumer: &Arc<fetch::PipelineConsumer>,
     state: ScoringState,
     shutdown: CancellationToken,
     drain: Duration,
@@ -422,7 +424,7 @@ async fn run_pipeline(
 /// queries wait on the broker (tansu answers them behind a pending fetch),
 /// so they run on a blocking thread of their own, never in the batch loop.
 async fn probe_lag(
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<fetch::PipelineConsumer>,
     metrics: Arc<PipelineMetrics>,
     stop: CancellationToken,
 ) {
@@ -437,7 +439,7 @@ async fn probe_lag(
 }
 
 /// Consumer lag: high watermark minus position, summed over assigned partitions.
-fn update_lag(consumer: &BaseConsumer, metrics: &PipelineMetrics) {
+fn update_lag(consumer: &fetch::PipelineConsumer, metrics: &PipelineMetrics) {
     let Ok(position) = consumer.position() else {
         return;
     };

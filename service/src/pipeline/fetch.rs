@@ -1,0 +1,203 @@
+//! Fetched messages in batches: every partition the group assigns is
+//! forwarded, before it is assigned, to a queue of the pipeline's own, which
+//! the collecting thread drains a batch at a time
+//! (`rd_kafka_consume_batch_queue`).
+//!
+//! Polling the consumer one message at a time costs three clock readings, a
+//! lock and an allocation per message on top of librdkafka's own work; a
+//! batch call pays those once. Only fetched messages (and fetch errors) go
+//! to this queue: rebalances, commit replies and client errors stay on the
+//! consumer's queue, which the thread still polls between batches. The batch
+//! call must not see those, as it cannot hand them back.
+
+use crate::kafka::RecordBatch;
+use rdkafka::bindings as rdsys;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::ClientContext;
+use std::ffi::{CStr, CString};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::Duration;
+
+/// The consumer of a pipeline.
+pub(crate) type PipelineConsumer = BaseConsumer<Forwarding>;
+
+/// Client context that forwards each assigned partition to the pipeline's
+/// [`MessageQueue`], if one is open.
+#[derive(Default)]
+pub(crate) struct Forwarding {
+    queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
+}
+
+impl ClientContext for Forwarding {}
+
+impl ConsumerContext for Forwarding {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Before the assignment, so no fetch for these partitions starts
+        // on the consumer's own queue.
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
+        let queue = self.queue.load(Ordering::Acquire);
+        if queue.is_null() {
+            return;
+        }
+        let rk = consumer.client().native_ptr();
+        for p in partitions.elements() {
+            let Ok(topic) = CString::new(p.topic()) else {
+                continue;
+            };
+            // SAFETY: `rk` is the live client; the partition queue handle is
+            // released right after forwarding, which keeps its own
+            // reference to `queue`.
+            unsafe {
+                let partition =
+                    rdsys::rd_kafka_queue_get_partition(rk, topic.as_ptr(), p.partition());
+                if !partition.is_null() {
+                    rdsys::rd_kafka_queue_forward(partition, queue);
+                    rdsys::rd_kafka_queue_destroy(partition);
+                }
+            }
+        }
+    }
+}
+
+/// The pipeline's queue of fetched messages; open while the collecting
+/// thread runs.
+pub(super) struct MessageQueue<'c> {
+    consumer: &'c PipelineConsumer,
+    queue: *mut rdsys::rd_kafka_queue_t,
+    taken: Vec<*mut rdsys::rd_kafka_message_t>,
+}
+
+/// One fetched message, as [`MessageQueue::drain`] hands it over.
+pub(super) struct Fetched<'m> {
+    message: &'m rdsys::rd_kafka_message_t,
+}
+
+impl<'c> MessageQueue<'c> {
+    /// Opens the queue; partitions assigned from now on are forwarded to it.
+    /// Call before the consumer's first poll, so the first assignment is.
+    pub(super) fn open(consumer: &'c PipelineConsumer, capacity: usize) -> Self {
+        // SAFETY: the client is live for `'c`.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        consumer.context().queue.store(queue, Ordering::Release);
+        Self {
+            consumer,
+            queue,
+            taken: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Waits up to `wait` for up to `max` messages and hands each to `each`
+    /// in order (an `Err` is a fetch error, with librdkafka's text); returns
+    /// how many it handed over. Waiting ends early once `max` arrived.
+    pub(super) fn drain(
+        &mut self,
+        wait: Duration,
+        max: usize,
+        mut each: impl FnMut(Result<Fetched<'_>, String>),
+    ) -> usize {
+        self.taken.clear();
+        self.taken.reserve(max);
+        let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `taken` has room for `max` pointers; librdkafka writes at
+        // most that many and returns how many (negative on error).
+        let n = unsafe {
+            rdsys::rd_kafka_consume_batch_queue(self.queue, timeout, self.taken.as_mut_ptr(), max)
+        };
+        let n = usize::try_from(n).unwrap_or(0);
+        // SAFETY: librdkafka initialised the first `n` entries.
+        unsafe { self.taken.set_len(n) };
+        for &message in &self.taken {
+            // SAFETY: each pointer is a live message owned by us until the
+            // destroy below; `each` cannot keep the borrow.
+            let m = unsafe { &*message };
+            if m.err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                each(Ok(Fetched { message: m }));
+            } else {
+                // SAFETY: `rd_kafka_message_errstr` returns a string owned by
+                // the message.
+                let text = unsafe { CStr::from_ptr(rdsys::rd_kafka_message_errstr(message)) };
+                each(Err(text.to_string_lossy().into_owned()));
+            }
+            // SAFETY: handed back exactly once.
+            unsafe { rdsys::rd_kafka_message_destroy(message) };
+        }
+        self.taken.clear();
+        n
+    }
+}
+
+impl Drop for MessageQueue<'_> {
+    fn drop(&mut self) {
+        self.consumer
+            .context()
+            .queue
+            .store(ptr::null_mut(), Ordering::Release);
+        // SAFETY: our handle, released once; partitions still forwarded hold
+        // their own references.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
+    }
+}
+
+impl Fetched<'_> {
+    /// Partition.
+    pub(super) fn partition(&self) -> i32 {
+        self.message.partition
+    }
+
+    /// Offset.
+    pub(super) fn offset(&self) -> i64 {
+        self.message.offset
+    }
+
+    /// Copies the message's key and value into `batch` (no headers).
+    pub(super) fn push_into(&self, batch: &mut RecordBatch) {
+        let m = self.message;
+        let part = |p: *mut std::ffi::c_void, len: usize| {
+            // SAFETY: librdkafka's key/payload pointer and length; null
+            // means absent.
+            (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+        };
+        let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a live message; `kind` is written.
+        let ts = unsafe { rdsys::rd_kafka_message_timestamp(m, &mut kind) };
+        let ts = (kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+            .then_some(ts);
+        batch.push_parts(
+            (m.partition, m.offset, ts),
+            part(m.key, m.key_len),
+            part(m.payload, m.len),
+        );
+    }
+
+    /// Copies the message's headers onto the last record of `batch`, which
+    /// must be this message.
+    pub(super) fn keep_headers(&self, batch: &mut RecordBatch) {
+        let mut headers: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
+        // SAFETY: a live message; the headers stay owned by it.
+        let found = unsafe { rdsys::rd_kafka_message_headers(self.message, &mut headers) };
+        if found != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+            return;
+        }
+        let mut list = Vec::new();
+        for idx in 0.. {
+            let (mut name, mut value, mut size) = (ptr::null(), ptr::null(), 0usize);
+            // SAFETY: reads header `idx` of a live header list; the
+            // pointers stay valid while the message lives.
+            let got = unsafe {
+                rdsys::rd_kafka_header_get_all(headers, idx, &mut name, &mut value, &mut size)
+            };
+            if got != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                break;
+            }
+            // SAFETY: as above; names are NUL-terminated.
+            let name = unsafe { CStr::from_ptr(name) }.to_str().unwrap_or_default();
+            let value = (!value.is_null())
+                .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) });
+            list.push((name, value));
+        }
+        batch.keep_header_list(list);
+    }
+}
