@@ -494,6 +494,39 @@ fn kill_9_then_restart_loses_nothing_and_replays_same_alert_ids() {
     assert!(!by_id.is_empty());
 }
 
+/// A second replica joins while the first is consuming: the group moves
+/// partitions between two live members, and every input offset is still
+/// scored or dead-lettered.
+#[test]
+fn a_replica_joining_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::new();
+    let addr = mock.addr.clone();
+    let config = setup(&addr, &mock.create(), dir.path(), 4, 100);
+    let half = MOCK_RECORDS / 2;
+    produce(&addr, dir.path(), half, 0.01, 17);
+    let first = Service::start(&config);
+    wait_for("some progress", Duration::from_secs(30), || {
+        first.accounted() > 2000
+    });
+    // The second replica joins while the rest of the stream arrives.
+    let second = Service::start(&config);
+    produce(&addr, dir.path(), half, 0.01, 18);
+    wait_all_accounted(&addr, 2 * half);
+    assert!(
+        second.accounted() > 0,
+        "the second replica never got a partition; the test saw no rebalance"
+    );
+    let input = input_offsets(&addr);
+    assert_eq!(input.len(), 2 * half);
+    let (scored, dead) = accounted_offsets(&addr);
+    let all: HashSet<_> = scored.iter().chain(&dead).copied().collect();
+    assert_eq!(
+        all, input,
+        "an input offset was neither scored nor dead-lettered"
+    );
+}
+
 #[test]
 fn service_rides_out_a_broker_outage() {
     let dir = tempfile::tempdir().unwrap();
