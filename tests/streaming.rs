@@ -509,9 +509,27 @@ fn a_replica_joining_mid_stream_loses_nothing() {
     wait_for("some progress", Duration::from_secs(30), || {
         first.accounted() > 2000
     });
-    // The second replica joins while the rest of the stream arrives.
+    // The second replica joins while the rest of the stream arrives, paced
+    // over several seconds so the group rebalances with records in flight.
     let second = Service::start(&config);
-    produce(&addr, dir.path(), half, 0.01, 18);
+    ok(
+        "isoflow",
+        &[
+            "gen",
+            "--brokers",
+            &addr,
+            "--topic",
+            INPUT,
+            "--scenario",
+            "fraud",
+            "--count",
+            &half.to_string(),
+            "--seed",
+            "18",
+            "--rate",
+            "2500",
+        ],
+    );
     wait_all_accounted(&addr, 2 * half);
     assert!(
         second.accounted() > 0,
