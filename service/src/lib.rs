@@ -13,7 +13,7 @@
 //! - [`gpu`]: the wgpu context, kernels and buffers — the only module that
 //!   knows about the GPU.
 //! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
-//! - [`commands`]: the work behind each CLI command; [`bench`] measures
+//! - [`commands`]: the work behind each CLI command; [`bench`](mod@bench) measures
 //!   scoring, [`pipeline_bench`] the streaming service against a broker.
 //! - [`pipeline`]: the streaming service — Kafka batches in, alerts/DLQ out,
 //!   offsets committed only after the broker acknowledged the output

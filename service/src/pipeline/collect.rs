@@ -1,5 +1,6 @@
-//! The consuming side of a pipeline: a thread that polls Kafka, parses each
-//! record as it arrives and forms whole batches (N records or T ms after
+//! The consuming side of a pipeline: a thread that takes fetched messages a
+//! batch at a time ([`super::fetch`]), parses each record as it arrives and
+//! forms whole batches (N records or T ms after
 //! the first, whichever comes first), so collecting one batch overlaps
 //! scoring and publishing the one before. The channel to the pipeline holds
 //! one batch: a slow pipeline stops the thread, and librdkafka's own

@@ -65,7 +65,7 @@ impl std::str::FromStr for Backend {
 
 /// Scores batches of feature rows against one model.
 pub trait Scorer: Send {
-    /// Backend name for logs and metrics ("cpu", "gpu: <adapter>").
+    /// Backend name for logs and metrics (`cpu`, `gpu: <adapter>`).
     fn describe(&self) -> String;
 
     /// Feature columns per row.
