@@ -76,6 +76,27 @@ batch_max_ms = 50
     config
 }
 
+/// Produces `count` fraud records of generator seed `seed` to `topic` with
+/// `isoflow gen`, passing `extra` flags on.
+fn gen(addr: &str, topic: &str, count: usize, seed: u64, extra: &[&str]) {
+    let (count, seed) = (count.to_string(), seed.to_string());
+    let mut args = vec![
+        "gen",
+        "--brokers",
+        addr,
+        "--topic",
+        topic,
+        "--scenario",
+        "fraud",
+        "--count",
+        &count,
+        "--seed",
+        &seed,
+    ];
+    args.extend_from_slice(extra);
+    ok("isoflow", &args);
+}
+
 /// Produces `count` fraud records; returns truth: id → type.
 fn produce(
     addr: &str,
@@ -85,26 +106,14 @@ fn produce(
     seed: u64,
 ) -> HashMap<String, String> {
     let truth = dir.join(format!("truth-{seed}.csv"));
-    ok(
-        "isoflow",
-        &[
-            "gen",
-            "--brokers",
-            addr,
-            "--topic",
-            INPUT,
-            "--scenario",
-            "fraud",
-            "--count",
-            &count.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--corrupt-rate",
-            &corrupt.to_string(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ],
-    );
+    let corrupt = corrupt.to_string();
+    let extra = [
+        "--corrupt-rate",
+        &corrupt,
+        "--truth",
+        truth.to_str().unwrap(),
+    ];
+    gen(addr, INPUT, count, seed, &extra);
     std::fs::read_to_string(truth)
         .unwrap()
         .lines()
@@ -512,24 +521,7 @@ fn a_replica_joining_mid_stream_loses_nothing() {
     // The second replica joins while the rest of the stream arrives, paced
     // over several seconds so the group rebalances with records in flight.
     let second = Service::start(&config);
-    ok(
-        "isoflow",
-        &[
-            "gen",
-            "--brokers",
-            &addr,
-            "--topic",
-            INPUT,
-            "--scenario",
-            "fraud",
-            "--count",
-            &half.to_string(),
-            "--seed",
-            "18",
-            "--rate",
-            "2500",
-        ],
-    );
+    gen(&addr, INPUT, half, 18, &["--rate", "2500"]);
     wait_all_accounted(&addr, 2 * half);
     assert!(
         second.accounted() > 0,
@@ -615,22 +607,7 @@ fn trains_on_a_topics_history_with_the_service_feature_code() {
     let broker = Broker::memory();
     let addr = broker.addr();
     broker.create_topic("history", 2);
-    ok(
-        "isoflow",
-        &[
-            "gen",
-            "--brokers",
-            &addr,
-            "--topic",
-            "history",
-            "--scenario",
-            "fraud",
-            "--count",
-            "5000",
-            "--corrupt-rate",
-            "0.02",
-        ],
-    );
+    gen(&addr, "history", 5000, 0, &["--corrupt-rate", "0.02"]);
     let model = dir.path().join("fraud.isoflow");
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.toml");
     let out = ok(
