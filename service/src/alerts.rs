@@ -11,7 +11,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// Where a record came from.
+/// Where a record came from; serializes as `{"topic", "partition",
+/// "offset"}`, as alerts and score messages carry it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Source<'a> {
     /// Topic.
@@ -20,13 +21,6 @@ pub struct Source<'a> {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-}
-
-impl Source<'_> {
-    /// `{"topic", "partition", "offset"}`, as alerts and score messages carry it.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({ "topic": self.topic, "partition": self.partition, "offset": self.offset })
-    }
 }
 
 /// The stable id of an alert for `source` under `model`.

@@ -420,24 +420,16 @@ impl RecordBatch {
     /// Per partition, the offset after the batch's last record there: what
     /// a commit of the batch stores, and where a replay of it ends.
     pub fn next_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
-        // Records come in runs of one partition: fold each run before
-        // touching the map.
+        // Records come in runs of one partition: one map entry per run.
         let mut next = std::collections::BTreeMap::new();
-        let mut run: Option<(i32, i64)> = None;
-        for m in &self.meta {
-            match &mut run {
-                Some((p, o)) if *p == m.partition => *o = (*o).max(m.offset + 1),
-                _ => {
-                    if let Some((p, o)) = run.replace((m.partition, m.offset + 1)) {
-                        let e = next.entry(p).or_insert(o);
-                        *e = (*e).max(o);
-                    }
-                }
-            }
-        }
-        if let Some((p, o)) = run {
-            let e = next.entry(p).or_insert(o);
-            *e = (*e).max(o);
+        for run in self.meta.chunk_by(|a, b| a.partition == b.partition) {
+            let end = run
+                .iter()
+                .map(|m| m.offset + 1)
+                .max()
+                .expect("runs are not empty");
+            let e = next.entry(run[0].partition).or_insert(end);
+            *e = (*e).max(end);
         }
         next
     }

@@ -215,10 +215,12 @@ impl FeaturePipeline {
         }
     }
 
-    /// The fields a pipeline for `spec` reads, without keeping one.
-    pub fn wanted_for(spec: &pb::FeatureSpec) -> Wanted {
+    /// The fields a pipeline for `model`'s feature spec reads, without
+    /// keeping one.
+    pub fn wanted_for(model: &pb::Model) -> Wanted {
+        let none = pb::FeatureSpec::default();
         // The slot capacity does not change which fields are read.
-        Self::new(spec, 1).wanted
+        Self::new(model.feature_spec.as_ref().unwrap_or(&none), 1).wanted
     }
 
     /// Fields the input must provide.

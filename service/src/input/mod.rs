@@ -107,11 +107,6 @@ impl KeyColumn {
         }
     }
 
-    /// Number of distinct keys.
-    pub fn distinct(&self) -> usize {
-        self.ends.len()
-    }
-
     /// The text of key `id`.
     pub fn name(&self, id: u32) -> &str {
         let id = id as usize;

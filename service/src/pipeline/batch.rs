@@ -49,6 +49,7 @@ pub(super) async fn process(
         rejected,
         flushed_at: started,
         parse_time,
+        next_offsets,
         ..
     } = parsed;
     let wanted = state.features.wanted().clone();
@@ -96,10 +97,9 @@ pub(super) async fn process(
     let every_row = !shadow_topic.is_empty() || !scores_topic.is_empty();
     // Shares of the alerting rows, computed together: tree by tree, each
     // tree is read once for all of them.
-    let alerting: Vec<usize> = (0..accepted.len()).filter(|&r| scored.alerts[r]).collect();
-    let alerting_rows: Vec<f32> = alerting
-        .iter()
-        .flat_map(|&r| &scored.matrix[r * dims..(r + 1) * dims])
+    let alerting_rows: Vec<f32> = (0..accepted.len())
+        .filter(|&r| scored.alerts[r])
+        .flat_map(|r| &scored.matrix[r * dims..(r + 1) * dims])
         .copied()
         .collect();
     let shares = state.forest.attribution_rows(&alerting_rows);
@@ -169,7 +169,7 @@ pub(super) async fn process(
     let published_at = Instant::now();
     let sent = Sent {
         deliveries,
-        next_offsets: batch.next_offsets(),
+        next_offsets,
         alert_texts,
         dlq: rejected.iter().map(|(_, r)| r.class).collect(),
         records: batch.len(),
@@ -276,7 +276,7 @@ fn score_message(
     shadow: bool,
 ) -> Vec<u8> {
     let mut line = serde_json::json!({
-        "source": source.json(),
+        "source": source,
         "key": key,
         "score": score,
         "alert": alert,

@@ -11,10 +11,9 @@
 //! nothing else does, and reading them costs the client an allocation per
 //! header.
 
-use super::fetch::{Fetched, MessageQueue, PipelineConsumer};
+use super::fetch::{Incoming, MessageQueue, PipelineConsumer};
 use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
 use crate::kafka::RecordBatch;
-use rdkafka::message::Message;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -97,46 +96,6 @@ impl Drop for Collector {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// A consumed message, from the pipeline's queue or the consumer's own.
-trait Incoming {
-    fn partition(&self) -> i32;
-    fn offset(&self) -> i64;
-    /// Copies key and value into `batch`.
-    fn push_into(&self, batch: &mut RecordBatch);
-    /// Copies the headers onto `batch`'s last record, this message.
-    fn keep_headers(&self, batch: &mut RecordBatch);
-}
-
-impl<M: Message> Incoming for M {
-    fn partition(&self) -> i32 {
-        Message::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Message::offset(self)
-    }
-    fn push_into(&self, batch: &mut RecordBatch) {
-        batch.push_bare(self);
-    }
-    fn keep_headers(&self, batch: &mut RecordBatch) {
-        batch.keep_headers(self);
-    }
-}
-
-impl Incoming for Fetched<'_> {
-    fn partition(&self) -> i32 {
-        Fetched::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Fetched::offset(self)
-    }
-    fn push_into(&self, batch: &mut RecordBatch) {
-        Fetched::push_into(self, batch);
-    }
-    fn keep_headers(&self, batch: &mut RecordBatch) {
-        Fetched::keep_headers(self, batch);
     }
 }
 
@@ -247,16 +206,17 @@ fn collect(
         }
         let Forming { batch, parsing, .. } = forming;
         bytes_hint = batch.bytes();
-        for (partition, next) in batch.next_offsets() {
-            let partition = usize::try_from(partition).unwrap_or(0);
-            if handed.len() <= partition {
-                handed.resize(partition + 1, 0);
-            }
-            handed[partition] = handed[partition].max(next);
-        }
         let stopping = stop.load(Relaxed);
-        if let Some(parsing) = parsing.filter(|_| !batch.is_empty()) {
+        // Parsing starts with a batch's first record: none means no record.
+        if let Some(parsing) = parsing {
             let parsed = parsing.finish(batch, Instant::now());
+            for (&partition, &next) in &parsed.next_offsets {
+                let partition = usize::try_from(partition).unwrap_or(0);
+                if handed.len() <= partition {
+                    handed.resize(partition + 1, 0);
+                }
+                handed[partition] = handed[partition].max(next);
+            }
             if tx.blocking_send(parsed).is_err() {
                 return;
             }

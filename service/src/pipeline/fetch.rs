@@ -13,6 +13,7 @@
 use crate::kafka::RecordBatch;
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
 use rdkafka::ClientContext;
 use std::ffi::{CStr, CString};
 use std::ptr;
@@ -90,14 +91,14 @@ impl<'c> MessageQueue<'c> {
     }
 
     /// Waits up to `wait` for up to `max` messages and hands each to `each`
-    /// in order (an `Err` is a fetch error, with librdkafka's text); returns
-    /// how many it handed over. Waiting ends early once `max` arrived.
+    /// in order (an `Err` is a fetch error, with librdkafka's text). Waiting
+    /// ends early once `max` arrived.
     pub(super) fn drain(
         &mut self,
         wait: Duration,
         max: usize,
         mut each: impl FnMut(Result<Fetched<'_>, String>),
-    ) -> usize {
+    ) {
         self.taken.clear();
         self.taken.reserve(max);
         let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
@@ -124,8 +125,6 @@ impl<'c> MessageQueue<'c> {
             // SAFETY: handed back exactly once.
             unsafe { rdsys::rd_kafka_message_destroy(message) };
         }
-        self.taken.clear();
-        n
     }
 }
 
@@ -141,19 +140,42 @@ impl Drop for MessageQueue<'_> {
     }
 }
 
-impl Fetched<'_> {
-    /// Partition.
-    pub(super) fn partition(&self) -> i32 {
+/// A consumed message, from the pipeline's queue or the consumer's own.
+pub(super) trait Incoming {
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    /// Copies key and value into `batch` (no headers).
+    fn push_into(&self, batch: &mut RecordBatch);
+    /// Copies the headers onto `batch`'s last record, which must be this
+    /// message.
+    fn keep_headers(&self, batch: &mut RecordBatch);
+}
+
+impl<M: Message> Incoming for M {
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn push_into(&self, batch: &mut RecordBatch) {
+        batch.push_bare(self);
+    }
+    fn keep_headers(&self, batch: &mut RecordBatch) {
+        batch.keep_headers(self);
+    }
+}
+
+impl Incoming for Fetched<'_> {
+    fn partition(&self) -> i32 {
         self.message.partition
     }
 
-    /// Offset.
-    pub(super) fn offset(&self) -> i64 {
+    fn offset(&self) -> i64 {
         self.message.offset
     }
 
-    /// Copies the message's key and value into `batch` (no headers).
-    pub(super) fn push_into(&self, batch: &mut RecordBatch) {
+    fn push_into(&self, batch: &mut RecordBatch) {
         let m = self.message;
         let part = |p: *mut std::ffi::c_void, len: usize| {
             // SAFETY: librdkafka's key/payload pointer and length; null
@@ -172,9 +194,7 @@ impl Fetched<'_> {
         );
     }
 
-    /// Copies the message's headers onto the last record of `batch`, which
-    /// must be this message.
-    pub(super) fn keep_headers(&self, batch: &mut RecordBatch) {
+    fn keep_headers(&self, batch: &mut RecordBatch) {
         let mut headers: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
         // SAFETY: a live message; the headers stay owned by it.
         let found = unsafe { rdsys::rd_kafka_message_headers(self.message, &mut headers) };

@@ -340,8 +340,7 @@ async fn run_pipeline(
         if live.has_changed().unwrap_or(false) {
             // The collecting thread follows the live model on its own.
             let model = (*live.borrow_and_update().clone()).clone();
-            let spec = model.feature_spec.clone().unwrap_or_default();
-            pending.push((FeaturePipeline::wanted_for(&spec), model));
+            pending.push((FeaturePipeline::wanted_for(&model), model));
         }
         // The newest model this batch was parsed for goes live, and the ones
         // deployed before it are passed over.

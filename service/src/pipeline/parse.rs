@@ -31,6 +31,9 @@ pub(super) struct ParsedBatch {
     pub(super) rejected: Vec<(usize, Rejection)>,
     /// The reader the columns were made with.
     pub(super) reader: Arc<RowReader>,
+    /// [`RecordBatch::next_offsets`] of the records: where the collector
+    /// resumes, and what a commit of the batch stores.
+    pub(super) next_offsets: std::collections::BTreeMap<i32, i64>,
     /// When the batch was complete, and how long parsing took (estimated).
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
@@ -43,8 +46,7 @@ impl Parser {
         if !live.has_changed().unwrap_or(false) {
             return;
         }
-        let model = live.borrow_and_update().clone();
-        let wanted = FeaturePipeline::wanted_for(&model.feature_spec.clone().unwrap_or_default());
+        let wanted = FeaturePipeline::wanted_for(&live.borrow_and_update());
         if self.reader.wanted() != &wanted {
             self.reader = Arc::new(RowReader::new(&wanted));
         }
@@ -148,6 +150,7 @@ impl Parsing {
     pub(super) fn finish(self, records: RecordBatch, flushed_at: Instant) -> ParsedBatch {
         debug_assert_eq!(self.accepted.len() + self.rejected.len(), records.len());
         ParsedBatch {
+            next_offsets: records.next_offsets(),
             records,
             columns: self.columns,
             accepted: self.accepted,
