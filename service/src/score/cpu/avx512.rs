@@ -103,7 +103,7 @@ impl Tables {
             ($($d:literal)*) => {
                 match dims {
                     $($d if $d > GATHER_ABOVE => {
-                        self.walk::<BLOCK, $d, 4>(&columns, n.div_ceil(W), &mut acc)
+                        self.walk::<BLOCK, $d, 8>(&columns, n.div_ceil(W), &mut acc)
                     })*
                     $($d => self.walk::<BLOCK, $d, 2>(&columns, n.div_ceil(W), &mut acc),)*
                     _ => unreachable!("rows wider than MAX_DIMS take the portable walk"),
@@ -119,7 +119,9 @@ impl Tables {
     /// Walks `groups` groups of 16 rows of `D` features through every tree,
     /// `PAIR` groups side by side, adding the leaves' path lengths to `acc`.
     /// Blending keeps `PAIR × D` columns in registers, so it pairs two
-    /// groups; gathering keeps none and pairs four.
+    /// groups; gathering keeps none and walks eight, which hides the
+    /// gathers' latency better than four did (about 10% faster at 5 to 16
+    /// features).
     // Index loops, not iterator adapters: the adapters were not inlined
     // into this target-feature function and cost a call per step.
     #[allow(clippy::needless_range_loop)]
