@@ -14,7 +14,7 @@ use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
 use keyed::{KeyedFeature, KeyedKind};
-use slots::{combine, key_hash, KeyHash};
+use slots::{combine, key_hash};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -273,14 +273,7 @@ impl FeaturePipeline {
                 names.join(", ")
             )));
         }
-        // Each distinct key of the batch is hashed once, for every feature
-        // and record keyed by it.
-        let hashes: Vec<Vec<KeyHash>> = cols
-            .keys
-            .iter()
-            .map(|c| c.names().map(key_hash).collect())
-            .collect();
-        let hash_of = |c: usize, row: usize| hashes[c][cols.keys[c].ids[row] as usize];
+        let hash_of = |c: usize, row: usize| cols.keys[c].hashes()[row];
         let unkeyed = key_hash("");
         let nz = self.z_features.len();
         let mut z = vec![0f32; rows * nz];

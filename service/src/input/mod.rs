@@ -10,6 +10,7 @@ mod row;
 
 pub use row::{key_of, RowError, RowReader};
 
+use crate::features::slots::{key_hash, KeyHash};
 use std::io::{BufRead, Read};
 
 /// Why input could not be read.
@@ -78,79 +79,77 @@ pub struct Wanted {
     pub time: Option<String>,
 }
 
-/// Key values of one key field, interned: `ids[row]` is the id of the
-/// row's key, [`KeyColumn::name`] its text.
+/// Key values of one key field, row by row: each row's text, and the hash
+/// the per-key state tables look it up by.
+///
+/// Hashing every row's key where it is read is cheaper than interning the
+/// batch's distinct keys first: in a batch of thousands of records most
+/// keys of a busy stream (cards, amounts, sources) are distinct anyway, and
+/// the interning table cost a hash, a probe and a comparison per row before
+/// each distinct key was hashed again for the state tables.
 #[derive(Clone, Debug, Default)]
 pub struct KeyColumn {
-    /// Per-row key id.
-    pub ids: Vec<u32>,
-    /// Distinct key values in order of first appearance, one after another:
-    /// one buffer instead of a string allocation per new key.
+    /// [`key_hash`] of each row's key.
+    hashes: Vec<KeyHash>,
+    /// The rows' keys, one after another: one buffer instead of a string
+    /// per row.
     text: String,
-    /// End of each distinct key in `text`.
+    /// End of each row's key in `text`.
     ends: Vec<u32>,
-    /// (hash, id) of every distinct key: the text lives once, in `text`.
-    index: hashbrown::HashTable<(u64, u32)>,
-    /// Keys come from the input: a fast hasher, seeded per column.
-    hasher: foldhash::fast::RandomState,
 }
 
 impl KeyColumn {
     /// An empty column with room for `rows` rows.
     fn with_capacity(rows: usize) -> Self {
         Self {
-            ids: Vec::with_capacity(rows),
+            hashes: Vec::with_capacity(rows),
             text: String::with_capacity(rows * 16),
             ends: Vec::with_capacity(rows),
-            index: hashbrown::HashTable::with_capacity(rows),
-            hasher: Default::default(),
         }
     }
 
-    /// The text of key `id`.
-    pub fn name(&self, id: u32) -> &str {
-        let id = id as usize;
-        let start = if id == 0 {
-            0
-        } else {
-            self.ends[id - 1] as usize
+    /// Rows in the column.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The key of `row`.
+    pub fn get(&self, row: usize) -> &str {
+        let start = match row {
+            0 => 0,
+            _ => self.ends[row - 1] as usize,
         };
-        &self.text[start..self.ends[id] as usize]
+        &self.text[start..self.ends[row] as usize]
     }
 
-    /// The distinct keys, by id.
-    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        (0..self.ends.len() as u32).map(|id| self.name(id))
+    /// The keys, row by row.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|row| self.get(row))
     }
 
-    /// Appends `other`'s rows, re-interning its keys into this column's ids.
+    /// [`key_hash`] of each row's key, row by row.
+    pub fn hashes(&self) -> &[KeyHash] {
+        &self.hashes
+    }
+
+    /// Appends `other`'s rows.
     fn append(&mut self, other: KeyColumn) {
-        let ids: Vec<u32> = other.names().map(|name| self.intern(name)).collect();
-        self.ids
-            .extend(other.ids.into_iter().map(|local| ids[local as usize]));
+        let base = u32::try_from(self.text.len()).expect("a batch's keys fit in 4 GiB of text");
+        self.text.push_str(&other.text);
+        self.ends.extend(other.ends.iter().map(|&end| base + end));
+        self.hashes.extend(other.hashes);
     }
 
     fn push(&mut self, key: &str) {
-        let id = self.intern(key);
-        self.ids.push(id);
-    }
-
-    /// The id of `key`, given the next one if it is new.
-    fn intern(&mut self, key: &str) -> u32 {
-        use std::hash::BuildHasher;
-        let hash = self.hasher.hash_one(key);
-        if let Some(&(_, id)) = self
-            .index
-            .find(hash, |&(h, id)| h == hash && self.name(id) == key)
-        {
-            return id;
-        }
-        let id = self.ends.len() as u32;
+        self.hashes.push(key_hash(key));
         self.text.push_str(key);
         self.ends
             .push(u32::try_from(self.text.len()).expect("a batch's keys fit in 4 GiB of text"));
-        self.index.insert_unique(hash, (hash, id), |&(h, _)| h);
-        id
     }
 }
 
@@ -674,8 +673,9 @@ mod tests {
         assert_eq!(cols.rows, 3);
         assert_eq!(cols.numeric[0], vec![2.0, -400.0, 6.0]);
         assert_eq!(cols.numeric[1], vec![1.0, 3.5, 5.0]);
-        assert_eq!(cols.keys[0].ids, vec![0, 1, 0]);
-        assert_eq!(cols.keys[0].names().collect::<Vec<_>>(), vec!["x", "y"]);
+        assert_eq!(cols.keys[0].iter().collect::<Vec<_>>(), vec!["x", "y", "x"]);
+        assert_eq!(cols.keys[0].hashes()[0], cols.keys[0].hashes()[2]);
+        assert_ne!(cols.keys[0].hashes()[0], cols.keys[0].hashes()[1]);
     }
 
     #[test]
@@ -697,7 +697,7 @@ mod tests {
         let data = "{\"v\":{\"x\":1.5},\"dev\":\"d1\"}\n\n{\"v\":{\"x\":2},\"dev\":7}\n";
         let cols = read_jsonl(data.as_bytes(), &wanted(&["v.x"], &["dev"])).unwrap();
         assert_eq!(cols.numeric[0], vec![1.5, 2.0]);
-        assert_eq!(cols.keys[0].names().collect::<Vec<_>>(), vec!["d1", "7"]);
+        assert_eq!(cols.keys[0].iter().collect::<Vec<_>>(), vec!["d1", "7"]);
         let err = read_jsonl("{\"y\":1}\n".as_bytes(), &wanted(&["v.x"], &[])).unwrap_err();
         assert_eq!(err.to_string(), "row 1: field 'v.x' is missing");
         let err = read_jsonl("{\"v\":\"abc\"}\n".as_bytes(), &wanted(&["v"], &[])).unwrap_err();
@@ -730,8 +730,8 @@ mod tests {
         assert_eq!(parts.rows, i as usize);
         assert_eq!(parts.rows, whole.rows);
         assert_eq!(parts.numeric, whole.numeric);
-        assert!(parts.keys[0].names().eq(whole.keys[0].names()));
-        assert_eq!(parts.keys[0].ids, whole.keys[0].ids);
+        assert!(parts.keys[0].iter().eq(whole.keys[0].iter()));
+        assert_eq!(parts.keys[0].hashes(), whole.keys[0].hashes());
         // An error late in the file names its row in the whole file.
         let bad = format!("{data}x1,2,oops\n");
         let err = pool
@@ -780,11 +780,11 @@ mod tests {
                     assert_eq!(
                         a.keys
                             .iter()
-                            .map(|k| k.names().collect())
+                            .map(|k| k.iter().collect())
                             .collect::<Vec<Vec<_>>>(),
                         b.keys
                             .iter()
-                            .map(|k| k.names().collect())
+                            .map(|k| k.iter().collect())
                             .collect::<Vec<Vec<_>>>(),
                         "{text}"
                     );
@@ -822,8 +822,8 @@ mod tests {
                 (
                     c.rows,
                     c.numeric,
-                    c.keys[0].names().map(str::to_owned).collect::<Vec<_>>(),
-                    c.keys[0].ids.clone(),
+                    c.keys[0].iter().map(str::to_owned).collect::<Vec<_>>(),
+                    c.keys[0].hashes().to_vec(),
                 )
             })
             .map_err(|e| e.to_string())

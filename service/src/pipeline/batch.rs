@@ -298,8 +298,7 @@ fn entity_key(
     raw: RecordRef,
 ) -> String {
     if let Some(k) = key_column {
-        let column = &columns.keys[k];
-        return column.name(column.ids[row]).to_owned();
+        return columns.keys[k].get(row).to_owned();
     }
     if !key_field.is_empty() {
         if let Some(k) = crate::input::key_of(raw.value.unwrap_or_default(), key_field) {

@@ -248,7 +248,10 @@ mod tests {
             ]
         );
         assert_eq!(parsed.columns.numeric[0], vec![1.5, -3.0]);
-        assert_eq!(parsed.columns.keys[0].ids, vec![0, 0]);
+        assert_eq!(
+            parsed.columns.keys[0].iter().collect::<Vec<_>>(),
+            vec!["a", "a"]
+        );
         // Without an event-time field, rows carry the broker timestamps.
         assert_eq!(parsed.columns.time, vec![1.0, 7.0]);
 
@@ -262,8 +265,8 @@ mod tests {
         assert_eq!(again.reader.wanted(), &other);
         assert_eq!(again.accepted, vec![0, 3, 4, 5, 6]);
         assert_eq!(
-            again.columns.keys[0].names().collect::<Vec<_>>(),
-            vec!["a", "c", "d", "e"]
+            again.columns.keys[0].iter().collect::<Vec<_>>(),
+            vec!["a", "c", "d", "e", "a"]
         );
         let same = again.for_fields(&other, 40);
         assert_eq!(same.accepted.len(), 5);
