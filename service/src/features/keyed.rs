@@ -62,6 +62,12 @@ impl KeyedFeature {
         self.observe_hashed(key_hash(key), t, count)
     }
 
+    /// Starts loading what [`Self::observe_hashed`] of `key` will read first.
+    #[inline]
+    pub fn prefetch(&self, key: KeyHash) {
+        self.slots.prefetch(0, key);
+    }
+
     /// [`Self::observe`] for a key already hashed with [`key_hash`].
     pub fn observe_hashed(&mut self, key: KeyHash, t: f64, count: bool) -> f64 {
         let (slot, fresh) = self.slots.slot_hashed(0, key);

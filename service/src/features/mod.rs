@@ -20,6 +20,10 @@ use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 /// Default bound on keyed state slots.
 pub const DEFAULT_SLOT_CAPACITY: usize = 1 << 20;
 
+/// How many records ahead a batch prefetches the per-key state index: far
+/// enough to cover a miss to memory, near enough to stay in cache.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Runs z-score entries against resident per-slot state.
 pub trait ZEngine: Send {
     /// Applies `entries` in order; writes |z| (kernel encoding) per entry.
@@ -282,6 +286,10 @@ impl FeaturePipeline {
             self.entries.reserve(rows * nz);
             for row in 0..rows {
                 for (index, zf) in self.z_features.iter().enumerate() {
+                    if let (Some(k), true) = (zf.key, row + PREFETCH_AHEAD < rows) {
+                        self.slots
+                            .prefetch(index as u32, hash_of(k, row + PREFETCH_AHEAD));
+                    }
                     let key = zf.key.map_or(unkeyed, |k| hash_of(k, row));
                     let entry =
                         self.slots
@@ -300,21 +308,27 @@ impl FeaturePipeline {
                 *out = zscore::reported(raw);
             }
         }
-        let mut keyed_values = vec![0f32; rows * self.keyed.len()];
         let nk = self.keyed.len();
+        let mut keyed_values = vec![0f32; rows * nk];
+        // A repeat's key is the tuple (key, fields...), hashed from the
+        // hashes of its parts.
+        let key_of = |k: &Keyed, row: usize| {
+            k.fields
+                .iter()
+                .fold(k.key.map_or(unkeyed, |c| hash_of(c, row)), |h, &c| {
+                    combine(h, hash_of(c, row))
+                })
+        };
         for row in 0..rows {
             for (index, k) in self.keyed.iter_mut().enumerate() {
+                if row + PREFETCH_AHEAD < rows {
+                    k.feature.prefetch(key_of(k, row + PREFETCH_AHEAD));
+                }
                 let counts = k.when.is_none_or(|c| cols.numeric[c][row] != 0.0);
-                // A repeat's key is the tuple (key, fields...), hashed from
-                // the hashes of its parts.
-                let key = k
-                    .fields
-                    .iter()
-                    .fold(k.key.map_or(unkeyed, |c| hash_of(c, row)), |h, &c| {
-                        combine(h, hash_of(c, row))
-                    });
                 keyed_values[row * nk + index] =
-                    k.feature.observe_hashed(key, cols.time[row], counts) as f32;
+                    k.feature
+                        .observe_hashed(key_of(k, row), cols.time[row], counts)
+                        as f32;
             }
         }
         let dims = self.ops.len();

@@ -156,6 +156,12 @@ impl KeySlotTable {
         self.entry_hashed(feature, key_hash(key), value)
     }
 
+    /// Starts loading what [`Self::entry_hashed`] of `key` will read first.
+    #[inline]
+    pub fn prefetch(&self, feature: u32, key: KeyHash) {
+        self.slots.prefetch(feature, key);
+    }
+
     /// [`Self::entry`] for a key already hashed with [`key_hash`].
     pub fn entry_hashed(&mut self, feature: u32, key: KeyHash, value: f64) -> ZEntry {
         let (slot, fresh) = self.slots.slot_hashed(feature, key);
