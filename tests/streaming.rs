@@ -690,7 +690,12 @@ fn bench_pipeline_measures_consume_throughput_and_alert_latency() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no figure after '{label}' in:\n{out}"))
     };
-    for label in ["produce", "raw consume", "end to end"] {
+    for label in [
+        "produce",
+        "raw consume",
+        "end to end",
+        "through the last batch",
+    ] {
         assert!(figure(label) > 0.0, "{label}:\n{out}");
     }
     let latency = out.lines().find(|l| l.contains("produce → alert")).unwrap();
