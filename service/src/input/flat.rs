@@ -43,6 +43,35 @@ pub(super) fn scan<'a>(text: &'a [u8], names: &[String], out: &mut [Field<'a>]) 
     (s.at == text.len()).then_some(())
 }
 
+/// True when `literal`, a number in JSON's grammar, is the very text
+/// serde_json prints for the number it reads, so a key made of it needs no
+/// formatting. Conservative: an integer of at most 18 digits other than
+/// `-0`, or a plain decimal of at most 15 significant digits, not ending in
+/// a zero, between 10⁻⁴ and 10¹⁵. Such a decimal is the shortest text that
+/// reads back as its double (two decimals of 15 digits never share one),
+/// and numbers in that range print without an exponent.
+fn prints_as_itself(literal: &[u8]) -> bool {
+    let digits = literal.strip_prefix(b"-").unwrap_or(literal);
+    let Some(point) = digits.iter().position(|&b| b == b'.') else {
+        return digits.len() <= 18
+            && literal != b"-0"
+            && !digits.iter().any(|&b| matches!(b, b'e' | b'E'));
+    };
+    let (whole, fraction) = (&digits[..point], &digits[point + 1..]);
+    if fraction.is_empty()
+        || fraction.ends_with(b"0")
+        || fraction.iter().any(|&b| !b.is_ascii_digit())
+    {
+        return false;
+    }
+    if whole == b"0" {
+        let zeros = fraction.iter().take_while(|&&b| b == b'0').count();
+        zeros <= 3 && fraction.len() - zeros <= 15
+    } else {
+        whole.len() + fraction.len() <= 15
+    }
+}
+
 struct Scanner<'a> {
     text: &'a [u8],
     at: usize,
@@ -98,7 +127,17 @@ impl<'a> Scanner<'a> {
                 Some(Field::Str(Cow::Borrowed(text)))
             }
             b'n' => self.literal(b"null").map(|()| Field::Absent),
-            _ => self.number().map(Field::Number),
+            _ => {
+                let start = self.at;
+                let n = self.number()?;
+                let text = &self.text[start..self.at];
+                Some(if prints_as_itself(text) {
+                    // SAFETY: a number literal is ASCII.
+                    Field::Decimal(n, unsafe { std::str::from_utf8_unchecked(text) })
+                } else {
+                    Field::Number(n)
+                })
+            }
         }
     }
 
@@ -249,6 +288,24 @@ mod tests {
             }
             literals.push(s);
         }
+        // Plain decimals of every length, magnitude and trailing digit,
+        // where the literal is most often kept as its own text.
+        for _ in 0..40_000 {
+            let whole: String = match next() % 4 {
+                0 => "0".into(),
+                _ => (0..1 + next() % 17)
+                    .map(|i| char::from(b'0' + (next() % 9) as u8 + u8::from(i == 0)))
+                    .collect(),
+            };
+            let zeros = if whole == "0" { next() % 7 } else { 0 };
+            let fraction: String = (0..zeros)
+                .map(|_| '0')
+                .chain((0..1 + next() % 17).map(|_| char::from(b'0' + (next() % 10) as u8)))
+                .collect();
+            let sign = if next() % 5 == 0 { "-" } else { "" };
+            literals.push(format!("{sign}{whole}.{fraction}"));
+        }
+        let mut decimals = 0;
         for lit in &literals {
             let text = format!(r#"{{"x":{lit}}}"#);
             let mut out = [Field::Absent];
@@ -256,11 +313,16 @@ mod tests {
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
             match (scanned, parsed) {
                 (Some(()), Ok(v)) => {
-                    let Field::Number(n) = &out[0] else {
+                    let (Field::Number(n) | Field::Decimal(n, _)) = &out[0] else {
                         panic!("{lit}: not a number")
                     };
                     assert_eq!(Some(n), v["x"].as_number(), "{lit}");
                     assert_eq!(n.to_string(), v["x"].to_string(), "{lit}");
+                    // A literal kept as its own text prints as that text.
+                    if let Field::Decimal(_, text) = &out[0] {
+                        assert_eq!(*text, v["x"].to_string(), "{lit}");
+                        decimals += 1;
+                    }
                 }
                 (Some(()), Err(e)) => {
                     panic!("{lit}: scanner accepted what serde_json refuses: {e}")
@@ -268,6 +330,7 @@ mod tests {
                 (None, _) => {}
             }
         }
+        assert!(decimals > 20_000, "{decimals} literals kept as text");
     }
 
     #[test]
@@ -301,7 +364,7 @@ mod tests {
             &mut out,
         )
         .unwrap();
-        assert!(matches!(&out[0], Field::Number(n) if n.as_u64() == Some(2)));
+        assert!(matches!(&out[0], Field::Decimal(n, "2") if n.as_u64() == Some(2)));
         let mut out = [Field::Absent];
         let escaped = br#"{"a":null,"t":true,"f":false,"s":"\u00e9"}"#;
         assert!(

@@ -117,7 +117,7 @@ impl RowReader {
             de.end().ok()?;
         }
         let number = |i: usize| match &fields[i] {
-            Field::Number(n) => n.as_f64(),
+            Field::Number(n) | Field::Decimal(n, _) => n.as_f64(),
             Field::Str(s) => parse_number(s.as_bytes(), 0, "").ok(),
             Field::Absent => None,
         };
@@ -141,6 +141,7 @@ impl RowReader {
         for (out, &i) in cols.keys.iter_mut().zip(&self.keys) {
             match &fields[i] {
                 Field::Str(s) => out.push(s),
+                Field::Decimal(_, text) => out.push(text),
                 // A number keys by its JSON text, as `json_key` does.
                 Field::Number(n) => {
                     use std::fmt::Write;
@@ -166,6 +167,9 @@ impl RowReader {
 pub(super) enum Field<'a> {
     Absent,
     Number(serde_json::Number),
+    /// A number whose literal is the text it prints as (see
+    /// `flat::prints_as_itself`): a key takes the text as it stands.
+    Decimal(serde_json::Number, &'a str),
     Str(Cow<'a, str>),
 }
 
