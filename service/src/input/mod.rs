@@ -145,6 +145,13 @@ impl KeyColumn {
         self.hashes.extend(other.hashes);
     }
 
+    /// Empties the column, keeping its buffers.
+    fn clear(&mut self) {
+        self.hashes.clear();
+        self.text.clear();
+        self.ends.clear();
+    }
+
     fn push(&mut self, key: &str) {
         self.hashes.push(key_hash(key));
         self.text.push_str(key);
@@ -188,6 +195,18 @@ impl Columns {
             time: Vec::with_capacity(rows),
             ..Default::default()
         }
+    }
+
+    /// Empties the columns for reading `wanted`, keeping their buffers: a
+    /// batch's columns are hundreds of kilobytes, and fresh ones cost page
+    /// faults on every batch.
+    pub fn reuse(&mut self, wanted: &Wanted) {
+        self.rows = 0;
+        self.numeric.resize_with(wanted.numeric.len(), Vec::new);
+        self.numeric.iter_mut().for_each(Vec::clear);
+        self.keys.resize_with(wanted.keys.len(), KeyColumn::default);
+        self.keys.iter_mut().for_each(KeyColumn::clear);
+        self.time.clear();
     }
 
     /// Appends one JSON record as data row `row` (1-based, for messages).
@@ -676,6 +695,33 @@ mod tests {
         assert_eq!(cols.keys[0].iter().collect::<Vec<_>>(), vec!["x", "y", "x"]);
         assert_eq!(cols.keys[0].hashes()[0], cols.keys[0].hashes()[2]);
         assert_ne!(cols.keys[0].hashes()[0], cols.keys[0].hashes()[1]);
+    }
+
+    /// Reused columns read like fresh ones, for the same fields or others.
+    #[test]
+    fn reused_columns_read_like_fresh_ones() {
+        let data = "b,a,k,j\n1,2,x,p\n3.5,-4e2,y,q\n";
+        let first = wanted(&["a", "b"], &["k", "j"]);
+        let mut reused = read_csv(data.as_bytes(), &first).unwrap();
+        for next in [
+            first.clone(),
+            wanted(&["b"], &["j"]),
+            wanted(&["a", "b"], &["k", "j"]),
+        ] {
+            reused.reuse(&next);
+            let record = serde_json::json!({"a": 5, "b": 6, "k": "z", "j": "r"});
+            reused.push_json(&next, &record, 1, None).unwrap();
+            let mut fresh = Columns::new(&next);
+            fresh.push_json(&next, &record, 1, None).unwrap();
+            assert_eq!(reused.rows, 1);
+            assert_eq!(reused.numeric, fresh.numeric);
+            assert_eq!(reused.time, fresh.time);
+            assert_eq!(reused.keys.len(), fresh.keys.len());
+            for (r, f) in reused.keys.iter().zip(&fresh.keys) {
+                assert!(r.iter().eq(f.iter()));
+                assert_eq!(r.hashes(), f.hashes());
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(super) async fn process(
     state_slot: &mut Option<Box<ScoringState>>,
     shadow_slot: &mut Option<Shadow>,
     parsed: ParsedBatch,
-    recycle: impl FnOnce(RecordBatch),
+    recycle: impl FnOnce(RecordBatch, Columns),
 ) -> Result<Sent, PipelineError> {
     let name = &ctx.config.name;
     let topic = ctx.config.input_topic.as_str();
@@ -183,7 +183,7 @@ pub(super) async fn process(
         phases: [parse_time, scored_at - parsed_at, published_at - scored_at],
     };
     *state_slot = Some(state);
-    recycle(batch);
+    recycle(batch, columns);
     Ok(sent)
 }
 

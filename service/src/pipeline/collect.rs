@@ -13,6 +13,7 @@
 
 use super::fetch::{Incoming, MessageQueue, PipelineConsumer};
 use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
+use crate::input::Columns;
 use crate::kafka::RecordBatch;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,8 +30,8 @@ pub(super) struct Collector {
     batches: mpsc::Receiver<ParsedBatch>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    /// Finished batches going back to the collecting thread for reuse.
-    recycle: std::sync::mpsc::Sender<RecordBatch>,
+    /// Finished batches' buffers going back to the collecting thread for reuse.
+    recycle: std::sync::mpsc::Sender<(RecordBatch, Columns)>,
 }
 
 impl Collector {
@@ -73,12 +74,12 @@ impl Collector {
         self.batches.recv().await
     }
 
-    /// Gives a finished batch's buffers back for a later batch. Buffers of a
-    /// batch are hundreds of kilobytes: allocated afresh each time, they
-    /// cost page faults on every batch.
-    pub(super) fn recycle(&self, mut batch: RecordBatch) {
+    /// Gives a finished batch's buffers (its records and its columns) back
+    /// for a later batch. Buffers of a batch are hundreds of kilobytes:
+    /// allocated afresh each time, they cost page faults on every batch.
+    pub(super) fn recycle(&self, mut batch: RecordBatch, columns: Columns) {
         batch.clear();
-        let _ = self.recycle.send(batch);
+        let _ = self.recycle.send((batch, columns));
     }
 
     /// Asks the collecting thread to hand over what it holds and stop; [`Self::next`]
@@ -102,6 +103,8 @@ impl Drop for Collector {
 /// The batch being formed, and what forming it needs.
 struct Forming<'a> {
     batch: RecordBatch,
+    /// Columns of an earlier batch, for this one's parsing to reuse.
+    spare: Option<Columns>,
     /// Made at the batch's first record, so a model that went live while
     /// the thread waited for records applies to them.
     parsing: Option<Parsing>,
@@ -128,7 +131,7 @@ impl Forming<'_> {
         let (parser, live, max_records) = (&mut *self.parser, &mut *self.live, self.max_records);
         let parsing = self.parsing.get_or_insert_with(|| {
             parser.follow(live);
-            Parsing::new(parser, max_records)
+            Parsing::new(parser, max_records, self.spare.take())
         });
         m.push_into(&mut self.batch);
         if parsing.push(&self.batch, self.batch.len() - 1) {
@@ -146,7 +149,7 @@ fn collect(
     (mut parser, mut live): (Parser, LiveModel),
     (tx, recycled): (
         &mpsc::Sender<ParsedBatch>,
-        &std::sync::mpsc::Receiver<RecordBatch>,
+        &std::sync::mpsc::Receiver<(RecordBatch, Columns)>,
     ),
     (max_records, max_wait): (usize, Duration),
     stop: &AtomicBool,
@@ -161,10 +164,13 @@ fn collect(
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
     loop {
+        let (batch, spare) = match recycled.try_recv() {
+            Ok((batch, columns)) => (batch, Some(columns)),
+            Err(_) => (RecordBatch::with_capacity(max_records, bytes_hint), None),
+        };
         let mut forming = Forming {
-            batch: recycled
-                .try_recv()
-                .unwrap_or_else(|_| RecordBatch::with_capacity(max_records, bytes_hint)),
+            batch,
+            spare,
             parsing: None,
             parser: &mut parser,
             live: &mut live,

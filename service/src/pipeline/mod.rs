@@ -384,8 +384,8 @@ async fn run_pipeline(
                 None => None,
             };
         }
-        let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b| {
-            collector.recycle(b)
+        let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b, c| {
+            collector.recycle(b, c)
         });
         let sent = if stopping {
             tokio::time::timeout(drain, work)

@@ -79,7 +79,7 @@ impl ParsedBatch {
 
 /// Parses `records` (a batch completed at `flushed_at`) with `parser`.
 pub(super) fn parse(parser: &Parser, records: RecordBatch, flushed_at: Instant) -> ParsedBatch {
-    let mut parsing = Parsing::new(parser, records.len());
+    let mut parsing = Parsing::new(parser, records.len(), None);
     for i in 0..records.len() {
         parsing.push(&records, i);
     }
@@ -103,12 +103,21 @@ pub(super) struct Parsing {
 }
 
 impl Parsing {
-    /// A batch of up to about `records` records parsed with `parser`.
-    pub(super) fn new(parser: &Parser, records: usize) -> Self {
+    /// A batch of up to about `records` records parsed with `parser`, into
+    /// `spare` columns of an earlier batch when there are some.
+    pub(super) fn new(parser: &Parser, records: usize, spare: Option<Columns>) -> Self {
+        let wanted = parser.reader.wanted();
+        let columns = match spare {
+            Some(mut columns) => {
+                columns.reuse(wanted);
+                columns
+            }
+            None => Columns::with_capacity(wanted, records),
+        };
         Self {
             reader: parser.reader.clone(),
             max_bytes: parser.max_bytes,
-            columns: Columns::with_capacity(parser.reader.wanted(), records),
+            columns,
             accepted: Vec::with_capacity(records),
             rejected: Vec::new(),
             spent: Duration::ZERO,
