@@ -83,7 +83,8 @@ pub struct PipelineBenchReport {
     pub topic: String,
     /// Records/s produced (acknowledged).
     pub produce_rate: f64,
-    /// Records/s a plain consumer reads, first record to last.
+    /// Records/s a plain consumer reads, from the record after the first
+    /// batch's worth to the last.
     pub consume_rate: f64,
     /// CPU time of this process per record while the plain consumer reads,
     /// microseconds (the broker's own CPU is not counted).
@@ -201,8 +202,14 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     crate::commands::produce(bulk, brokers, &|_| topic.clone(), 0.0, None).await?;
     let produce_rate = bulk.len() as f64 / started.elapsed().as_secs_f64();
 
-    let (consume_rate, consume_cpu_us) =
-        raw_consume(brokers, &topic, &stamp.to_string(), bulk.len()).await?;
+    let (consume_rate, consume_cpu_us) = raw_consume(
+        brokers,
+        &topic,
+        &stamp.to_string(),
+        bulk.len(),
+        o.batch_size,
+    )
+    .await?;
 
     // The pipeline, in this process, reading the same topic from the start.
     let registry = Arc::new(Registry::default());
@@ -433,13 +440,16 @@ fn process_cpu() -> Duration {
 }
 
 /// Records/s a consumer in its own group reads `count` records of `topic`
-/// from the start, timed from the first record to the last, and this
-/// process's CPU microseconds per record meanwhile.
+/// from the start, and this process's CPU microseconds per record
+/// meanwhile. Timed from record `skip` (the first when there are too few)
+/// to the last: the pipeline's clock starts once its first batch of `skip`
+/// records is through, so both leave out the same start-up.
 async fn raw_consume(
     brokers: &str,
     topic: &str,
     stamp: &str,
     count: usize,
+    skip: usize,
 ) -> Result<(f64, f64), PipelineBenchError> {
     let consumer: StreamConsumer = kafka::consumer(
         brokers,
@@ -449,13 +459,16 @@ async fn raw_consume(
     )?;
     consumer.subscribe(&[topic]).map_err(KafkaError::from)?;
     let deadline = Instant::now() + Duration::from_secs(120);
+    let skip = if skip < count / 2 { skip } else { 0 };
     let mut first = None;
     let mut seen = 0usize;
     while seen < count {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(_)) => {
-                first.get_or_insert_with(|| (Instant::now(), process_cpu()));
+                if seen == skip {
+                    first = Some((Instant::now(), process_cpu()));
+                }
                 seen += 1;
             }
             Ok(Err(e)) => return Err(KafkaError::from(e).into()),
@@ -472,6 +485,6 @@ async fn raw_consume(
             process_cpu().saturating_sub(cpu).as_secs_f64(),
         )
     });
-    let records = count.saturating_sub(1) as f64;
+    let records = count.saturating_sub(skip + 1) as f64;
     Ok((records / span.max(1e-9), cpu * 1e6 / records.max(1.0)))
 }
