@@ -14,7 +14,7 @@ use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
 use keyed::{KeyedFeature, KeyedKind};
-use slots::{combine, key_hash};
+use slots::{combine, key_hash, KeyHash};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -116,6 +116,9 @@ pub struct FeaturePipeline {
     slots: KeySlotTable,
     entries: Vec<ZEntry>,
     z_raw: Vec<f32>,
+    /// Each record's key per keyed feature, row-major: kept between
+    /// batches so its buffer is reused.
+    keyed_keys: Vec<KeyHash>,
 }
 
 impl FeaturePipeline {
@@ -216,6 +219,7 @@ impl FeaturePipeline {
             slots: KeySlotTable::new(slot_capacity),
             entries: Vec::new(),
             z_raw: Vec::new(),
+            keyed_keys: Vec::new(),
         }
     }
 
@@ -310,25 +314,28 @@ impl FeaturePipeline {
         }
         let nk = self.keyed.len();
         let mut keyed_values = vec![0f32; rows * nk];
-        // A repeat's key is the tuple (key, fields...), hashed from the
-        // hashes of its parts.
-        let key_of = |k: &Keyed, row: usize| {
-            k.fields
-                .iter()
-                .fold(k.key.map_or(unkeyed, |c| hash_of(c, row)), |h, &c| {
-                    combine(h, hash_of(c, row))
-                })
-        };
+        // Every record's key first, so the state lookups below can run
+        // ahead of themselves. A repeat's key is the tuple (key, fields...),
+        // hashed from the hashes of its parts.
+        self.keyed_keys.clear();
+        for row in 0..rows {
+            self.keyed_keys.extend(self.keyed.iter().map(|k| {
+                k.fields
+                    .iter()
+                    .fold(k.key.map_or(unkeyed, |c| hash_of(c, row)), |h, &c| {
+                        combine(h, hash_of(c, row))
+                    })
+            }));
+        }
         for row in 0..rows {
             for (index, k) in self.keyed.iter_mut().enumerate() {
-                if row + PREFETCH_AHEAD < rows {
-                    k.feature.prefetch(key_of(k, row + PREFETCH_AHEAD));
+                if let Some(&ahead) = self.keyed_keys.get((row + PREFETCH_AHEAD) * nk + index) {
+                    k.feature.prefetch(ahead);
                 }
                 let counts = k.when.is_none_or(|c| cols.numeric[c][row] != 0.0);
+                let key = self.keyed_keys[row * nk + index];
                 keyed_values[row * nk + index] =
-                    k.feature
-                        .observe_hashed(key_of(k, row), cols.time[row], counts)
-                        as f32;
+                    k.feature.observe_hashed(key, cols.time[row], counts) as f32;
             }
         }
         let dims = self.ops.len();

@@ -130,18 +130,11 @@ impl SlotTable {
     /// [`Self::slot`] for a key already hashed with [`key_hash`].
     pub fn slot_hashed(&mut self, namespace: u32, key: KeyHash) -> (u32, bool) {
         let fingerprint = key ^ namespace_mix(namespace);
-        let mask = self.buckets.len() - 1;
-        let mut at = home(fingerprint) & mask;
-        loop {
-            let bucket = &mut self.buckets[at];
-            if bucket.slot == EMPTY {
-                break;
-            }
-            if bucket.fingerprint == fingerprint {
-                bucket.referenced = true;
-                return (bucket.slot, false);
-            }
-            at = (at + 1) & mask;
+        let at = self.probe(fingerprint);
+        let bucket = &mut self.buckets[at];
+        if bucket.slot != EMPTY {
+            bucket.referenced = true;
+            return (bucket.slot, false);
         }
         let slot = if self.allocated < self.capacity {
             self.allocated += 1;
@@ -181,26 +174,26 @@ impl SlotTable {
     /// The slot of `key` in `namespace`, if it holds one, without touching it.
     #[cfg(test)]
     fn lookup(&self, namespace: u32, key: &str) -> Option<u32> {
-        let fingerprint = key_hash(key) ^ namespace_mix(namespace);
+        let slot = self.buckets[self.probe(key_hash(key) ^ namespace_mix(namespace))].slot;
+        (slot != EMPTY).then_some(slot)
+    }
+
+    /// The bucket holding `fingerprint`, else the vacant one that ends its
+    /// probe run (where it would go).
+    #[inline]
+    fn probe(&self, fingerprint: Fingerprint) -> usize {
         let mask = self.buckets.len() - 1;
         let mut at = home(fingerprint) & mask;
-        while self.buckets[at].slot != EMPTY {
-            if self.buckets[at].fingerprint == fingerprint {
-                return Some(self.buckets[at].slot);
-            }
+        while self.buckets[at].slot != EMPTY && self.buckets[at].fingerprint != fingerprint {
             at = (at + 1) & mask;
         }
-        None
+        at
     }
 
     /// Puts `bucket`, whose fingerprint the index does not hold, in the
     /// first vacant bucket from its home.
     fn place(&mut self, bucket: Bucket) {
-        let mask = self.buckets.len() - 1;
-        let mut at = home(bucket.fingerprint) & mask;
-        while self.buckets[at].slot != EMPTY {
-            at = (at + 1) & mask;
-        }
+        let at = self.probe(bucket.fingerprint);
         self.buckets[at] = bucket;
     }
 

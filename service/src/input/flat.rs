@@ -96,9 +96,13 @@ fn string_end(s: &[u8]) -> Option<usize> {
     }
     let tail = words.remainder();
     let at = s.len() - tail.len();
-    tail.iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|p| at + p)
+    tail.iter().position(|&b| ends_string(b)).map(|p| at + p)
+}
+
+/// A byte that ends a plain string: a quote, a backslash (an escape the
+/// scanner leaves to serde_json) or a control character.
+fn ends_string(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
 }
 
 struct Scanner<'a> {
@@ -380,7 +384,7 @@ mod tests {
                         }
                     })
                     .collect();
-                let plain = s.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                let plain = s.iter().position(|&b| ends_string(b));
                 assert_eq!(string_end(&s), plain, "{s:?}");
             }
         }
