@@ -305,3 +305,55 @@ fn report_writes_json_and_plots() {
     }
     drop(fx);
 }
+
+/// README's first command: `isoflow demo` needs nothing installed. It
+/// scores every generated record on its in-process cluster and ends with a
+/// report that must hold the bars: every corrupt record in the DLQ, recall
+/// of at least 0.9 for each anomaly type, at most 1% false alerts.
+#[test]
+fn demo_scores_every_record_on_its_embedded_cluster_and_reports_detection() {
+    let out = ok("isoflow", &["demo", "--backend", "cpu"]);
+    assert!(out.contains("40000/40000 records"), "{out}");
+    // The rows under a table's header, each split into its columns.
+    let table = |header: &str| -> Vec<Vec<String>> {
+        out.split(header)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no `{header}` table in:\n{out}"))
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let kinds = table("\nanomaly type");
+    let names: Vec<&str> = kinds.iter().map(|r| r[0].as_str()).collect();
+    for kind in [
+        "burst",
+        "corrupt",
+        "ddos",
+        "drift",
+        "duplicate",
+        "fw_deny_storm",
+        "gap",
+        "silent",
+        "ssh_bruteforce",
+        "stolen_card",
+    ] {
+        assert!(names.contains(&kind), "no row for {kind}:\n{out}");
+    }
+    for row in &kinds {
+        let (records, detected): (u64, u64) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+        assert!(records > 0, "{row:?}");
+        if row[0] == "corrupt" {
+            assert_eq!(detected, records, "every corrupt record reaches the DLQ");
+        } else {
+            assert!(detected as f64 >= 0.9 * records as f64, "recall of {row:?}");
+        }
+    }
+    let scenarios = table("\nscenario");
+    assert_eq!(scenarios.len(), 4, "{out}");
+    for row in &scenarios {
+        let false_share: f64 = row[5].trim_end_matches('%').parse().unwrap();
+        assert!(false_share <= 1.0, "false alerts of {row:?}");
+    }
+}

@@ -86,8 +86,12 @@ struct AlertTally {
     alerted_ids: std::collections::HashSet<String>,
 }
 
-/// Runs the demo to completion and prints the report.
-pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
+/// Runs the demo to completion and prints the report. `handles` receives the
+/// scoring engine; drop it only after the runtime (see [`crate::pipeline::Handles`]).
+pub async fn run(
+    opts: DemoOptions,
+    handles: Arc<crate::pipeline::Handles>,
+) -> Result<(), DemoError> {
     let records = gen::generate(&GenOptions {
         scenario: Scenario::Mixed,
         count: opts.count,
@@ -180,7 +184,6 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
     crate::service::cancel_on_signals(shutdown.clone());
-    let handles = Arc::new(crate::pipeline::Handles::default());
     let service = tokio::spawn(crate::service::run(
         config,
         registry.clone(),
@@ -233,13 +236,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             break;
         }
     }
-    // Let the alert watcher catch the last alerts, then stop everything.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the alert watcher catch up with every alert published (a replayed
+    // alert is counted once, hence the time limit), then stop everything.
+    let caught_up = Instant::now();
+    while tally.lock().expect("tally lock").alerted_ids.len() < published_alerts(&registry)
+        && caught_up.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead_lettered = progress(&registry).1 as usize;
     shutdown.cancel();
     service.await.expect("service task")?;
     producing.await.expect("producer task")?;
     let _ = watcher.await;
-    let dlq_ids = read_dlq_ids(&brokers).await;
+    let dlq_ids = read_dlq_ids(&brokers, dead_lettered).await;
     report(&records, &tally.lock().expect("tally lock"), &dlq_ids);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -250,6 +260,14 @@ fn progress(registry: &Registry) -> (u64, u64) {
     let scored: u64 = pipelines.iter().map(|(_, m)| m.scored.load(Relaxed)).sum();
     let dlq: u64 = pipelines.iter().map(|(_, m)| m.dlq_total()).sum();
     (scored + dlq, dlq)
+}
+
+fn published_alerts(registry: &Registry) -> usize {
+    let pipelines = registry.pipelines.lock().expect("metrics lock");
+    pipelines
+        .iter()
+        .map(|(_, m)| m.alerts.load(Relaxed) as usize)
+        .sum()
 }
 
 fn spawn_alert_watcher(
@@ -299,10 +317,12 @@ fn spawn_alert_watcher(
     })
 }
 
-async fn read_dlq_ids(brokers: &str) -> std::collections::HashSet<String> {
+/// Ids of the records in the DLQ, read until `expected` messages are in or
+/// the topic stays quiet for 3 s.
+async fn read_dlq_ids(brokers: &str, expected: usize) -> std::collections::HashSet<String> {
     let brokers = brokers.to_owned();
     tokio::task::spawn_blocking(move || {
-        crate::kafka::read_topic(&brokers, DLQ, usize::MAX, Duration::from_secs(3))
+        crate::kafka::read_topic(&brokers, DLQ, expected, Duration::from_secs(3))
             .unwrap_or_default()
             .into_iter()
             .filter_map(|r| {

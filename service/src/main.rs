@@ -346,13 +346,14 @@ fn main() -> anyhow::Result<()> {
                 grpc_token,
                 pipeline,
             })?;
+            // Declared before the runtime so that it is dropped after it.
+            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 isoflow::service::cancel_on_signals(shutdown.clone());
                 let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
-                let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
-                isoflow::service::run(config, registry, handles, shutdown).await
+                isoflow::service::run(config, registry, handles.clone(), shutdown).await
             })?;
         }
         Command::Gen {
@@ -399,13 +400,18 @@ fn main() -> anyhow::Result<()> {
             seed,
             backend,
         } => {
+            // Declared before the runtime so that it is dropped after it.
+            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(isoflow::demo::run(isoflow::demo::DemoOptions {
-                brokers,
-                count,
-                seed,
-                backend,
-            }))?;
+            runtime.block_on(isoflow::demo::run(
+                isoflow::demo::DemoOptions {
+                    brokers,
+                    count,
+                    seed,
+                    backend,
+                },
+                handles.clone(),
+            ))?;
         }
         Command::Info => {
             let adapters = isoflow::gpu::list_adapters();
@@ -424,9 +430,11 @@ fn main() -> anyhow::Result<()> {
             target: Some(BenchTarget::Pipeline(options)),
             ..
         } => {
+            // Declared before the runtime so that it is dropped after it.
+            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime
-                .block_on(isoflow::pipeline_bench::run(options))
+                .block_on(isoflow::pipeline_bench::run(options, handles.clone()))
                 .context("isoflow bench pipeline failed")?;
             println!("{report}");
         }

@@ -164,7 +164,12 @@ impl std::fmt::Display for PipelineBenchReport {
 }
 
 /// Runs the three phases on fresh topics named `isoflow-bench-<stamp>-*`.
-pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, PipelineBenchError> {
+/// `handles` receives the scoring engine; drop it only after the runtime
+/// (see [`crate::pipeline::Handles`]).
+pub async fn run(
+    options: PipelineBenchOptions,
+    handles: Arc<crate::pipeline::Handles>,
+) -> Result<PipelineBenchReport, PipelineBenchError> {
     let o = &options;
     if o.records < 2
         || !(o.rate > 0.0 && o.seconds > 0.0)
@@ -232,7 +237,7 @@ pub async fn run(options: PipelineBenchOptions) -> Result<PipelineBenchReport, P
     let running = tokio::spawn(crate::pipeline::run(
         config,
         registry.clone(),
-        Arc::new(crate::pipeline::Handles::default()),
+        handles,
         shutdown.clone(),
     ));
     let metrics = registry.pipeline("bench");

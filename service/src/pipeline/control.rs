@@ -100,6 +100,12 @@ impl PipelineHandle {
 
 /// Every pipeline of the process, filled in as they start, and the scoring
 /// engine they share.
+///
+/// It holds the engine, and with it the GPU device, for as long as it lives.
+/// Drop the last `Handles` only after the tokio runtime the pipelines ran on:
+/// NVIDIA's Vulkan driver keeps state for each thread that called it and
+/// crashes in that thread's exit if the device is gone by then. Dropping the
+/// runtime joins its threads; the device then goes on the calling thread.
 #[derive(Default)]
 pub struct Handles {
     list: Mutex<Vec<PipelineHandle>>,
