@@ -86,6 +86,11 @@ struct AlertTally {
     alerted_ids: std::collections::HashSet<String>,
 }
 
+/// Records produced ahead of the pipelines on the embedded cluster. A
+/// quarter of them go to the one partition of the security topic: 5,000
+/// records, about 1 MB of its 5 MB.
+const EMBEDDED_AHEAD: usize = 20_000;
+
 /// Runs the demo to completion and prints the report. `handles` receives the
 /// scoring engine; drop it only after the runtime (see [`crate::pipeline::Handles`]).
 pub async fn run(
@@ -126,10 +131,9 @@ pub async fn run(
             b.clone()
         }
         None => {
-            mock = rdkafka::mocking::MockCluster::new(1).map_err(crate::kafka::KafkaError::from)?;
+            mock = crate::kafka::EmbeddedCluster::start()?;
             for t in &topics {
-                mock.create_topic(t, partitions(t), 1)
-                    .map_err(crate::kafka::KafkaError::from)?;
+                mock.create_topic(t, partitions(t))?;
             }
             mock.bootstrap_servers()
         }
@@ -193,8 +197,24 @@ pub async fn run(
     let producing = {
         let brokers = brokers.clone();
         let records = records.clone();
+        // The embedded cluster keeps 5 MB per partition and deletes older
+        // records beyond that, read or not: there, records go out in chunks,
+        // never more than EMBEDDED_AHEAD ahead of the pipelines.
+        let ahead = if opts.brokers.is_some() {
+            usize::MAX
+        } else {
+            EMBEDDED_AHEAD
+        };
+        let chunk = (ahead / 2).clamp(1, records.len().max(1));
+        let registry = registry.clone();
         tokio::spawn(async move {
-            crate::commands::produce(&records, &brokers, &|s| topic_of(s), 0.0, None).await
+            for (i, part) in records.chunks(chunk).enumerate() {
+                while (i * chunk).saturating_sub(progress(&registry).0 as usize) > ahead - chunk {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                crate::commands::produce(part, &brokers, &|s| topic_of(s), 0.0, None).await?;
+            }
+            Ok::<(), crate::commands::GenCommandError>(())
         })
     };
     let tally = Arc::new(Mutex::new(AlertTally::default()));

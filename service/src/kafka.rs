@@ -7,7 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,6 +35,53 @@ pub enum KafkaError {
     /// Any other client error.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+}
+
+/// An in-process Kafka-protocol cluster of one broker (librdkafka's mock
+/// cluster), for the demo. Unlike a broker's default, its consumer groups
+/// start at once: the first rebalance of a group does not wait 3 s for more
+/// members to join.
+pub struct EmbeddedCluster {
+    client: rdkafka::producer::BaseProducer,
+}
+
+impl EmbeddedCluster {
+    /// Starts the cluster; it stops when this value is dropped.
+    pub fn start() -> Result<Self, KafkaError> {
+        let client: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set("log_level", "3")
+            .create()?;
+        // SAFETY: the mock cluster belongs to `client`, which is alive here;
+        // a null handle (no mock cluster) is checked before use.
+        unsafe {
+            let cluster =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(client.client().native_ptr());
+            if !cluster.is_null() {
+                rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+            }
+        }
+        Ok(Self { client })
+    }
+
+    fn cluster(
+        &self,
+    ) -> rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.client
+            .client()
+            .mock_cluster()
+            .expect("a client made with test.mock.num.brokers has a mock cluster")
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+        Ok(self.cluster().create_topic(topic, partitions, 1)?)
+    }
+
+    /// The address clients connect to.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster().bootstrap_servers()
+    }
 }
 
 /// Shared client settings.
