@@ -4,7 +4,18 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use isoflow::score::{cpu::CpuScorer, RowScore, Scorer};
 use isoflow_suite::{bench_rows, synthetic_rows};
-use isoflow_train::iforest::IsolationForestParams;
+use isoflow_train::iforest::{IsolationForest, IsolationForestParams};
+
+/// 100 trees, ψ = 256, grown on `data` (rows of `dims` values).
+fn forest(data: &[f32], dims: usize) -> IsolationForest {
+    IsolationForestParams {
+        trees: 100,
+        sample_size: 256,
+        seed: 0,
+    }
+    .fit_rows(data, dims)
+    .expect("fit")
+}
 
 fn cpu_scoring(c: &mut Criterion) {
     let rows = bench_rows(1_000_000);
@@ -14,13 +25,7 @@ fn cpu_scoring(c: &mut Criterion) {
     // 16 dims is the shape; 3 dims is the whole-process CSV's.
     for dims in [16, 3] {
         let data = synthetic_rows(rows, dims, 1);
-        let forest = IsolationForestParams {
-            trees: 100,
-            sample_size: 256,
-            seed: 0,
-        }
-        .fit_rows(&data, dims)
-        .expect("fit");
+        let forest = forest(&data, dims);
         let mut out = vec![RowScore::default(); rows];
         // `new` takes the AVX-512 walk where the CPU has it; `portable` is
         // the scalar walk, measured side by side.
@@ -43,13 +48,7 @@ fn cpu_scoring(c: &mut Criterion) {
 fn attribution(c: &mut Criterion) {
     let (rows, dims) = (1_000, 7);
     let data = synthetic_rows(rows, dims, 2);
-    let forest = IsolationForestParams {
-        trees: 100,
-        sample_size: 256,
-        seed: 0,
-    }
-    .fit_rows(&data, dims)
-    .expect("fit");
+    let forest = forest(&data, dims);
     let mut group = c.benchmark_group("attribution");
     group.throughput(Throughput::Elements(rows as u64));
     group.bench_function(format!("{rows}x{dims}_100trees_psi256"), |b| {
