@@ -362,3 +362,57 @@ fn demo_scores_every_record_on_its_embedded_cluster_and_reports_detection() {
         assert!(false_share <= 1.0, "false alerts of {row:?}");
     }
 }
+
+/// `-` is standard output for `gen --out` as for `score --output`, and a
+/// reader that stops early (`| head`) ends the command quietly: what it
+/// wanted was written.
+#[test]
+fn standard_output_is_dash_and_a_reader_may_stop_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(util::bin("isoflow"))
+        .args(["gen", "--scenario", "fraud", "--count", "5", "--out", "-"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(!dir.path().join("-").exists(), "no file named `-`");
+
+    let input = dir.path().join("f.jsonl").display().to_string();
+    ok(
+        "isoflow",
+        &[
+            "gen",
+            "--scenario",
+            "fraud",
+            "--count",
+            "200000",
+            "--out",
+            &input,
+        ],
+    );
+    let mut score = std::process::Command::new(util::bin("isoflow"))
+        .args(score_args("models/fraud.isoflow", &input, "cpu"))
+        .args(["--output", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(score.stdout.take().unwrap()),
+        &mut head,
+    )
+    .unwrap();
+    assert!(head.starts_with("score,alert"), "{head}");
+    // The reader is gone: the rest of the scores meet a closed pipe.
+    let done = score.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}

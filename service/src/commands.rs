@@ -149,7 +149,12 @@ pub fn gen_to_file(
         path: path.display().to_string(),
         source,
     };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| io(e, path))?);
+    let sink: Box<dyn Write> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(path).map_err(|e| io(e, path))?)
+    };
+    let mut out = std::io::BufWriter::new(sink);
     crate::gen::write_jsonl(&mut out, &records).map_err(|e| io(e, path))?;
     out.flush().map_err(|e| io(e, path))?;
     write_truth(&records, truth)?;

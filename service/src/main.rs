@@ -148,7 +148,7 @@ enum Command {
         /// Partitions for topics that do not exist yet.
         #[arg(long, default_value_t = 4)]
         partitions: i32,
-        /// Write JSON lines to this file instead of producing to Kafka.
+        /// Write JSON lines to this file (`-`: standard output) instead of producing to Kafka.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -258,6 +258,23 @@ fn parse_bench_backend(s: &str) -> Result<BenchBackend, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    match run() {
+        // The reader of standard output went away (`isoflow score ... | head`):
+        // what it wanted was written, so this is no failure.
+        Err(e) if closed_pipe(&e) => Ok(()),
+        result => result,
+    }
+}
+
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run() -> anyhow::Result<()> {
     // Mesa's Vulkan driver probes Wayland and prints an error when
     // XDG_RUNTIME_DIR is unset, which headless hosts usually leave it. Compute
     // never needs a display; set it while the process is still one thread.
