@@ -30,6 +30,24 @@ pub enum CommandError {
     },
 }
 
+impl CommandError {
+    /// Standard output was closed by its reader (`isoflow score ... | head`).
+    pub fn reader_left(&self) -> bool {
+        matches!(self, Self::Output { path, source } if closed_stdout(path, source))
+    }
+}
+
+impl GenCommandError {
+    /// Standard output was closed by its reader (`isoflow gen --out - | head`).
+    pub fn reader_left(&self) -> bool {
+        matches!(self, Self::Io { path, source } if closed_stdout(path, source))
+    }
+}
+
+fn closed_stdout(path: &str, e: &std::io::Error) -> bool {
+    path == "-" && e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 /// Options of `isoflow score`.
 #[derive(Clone, Debug)]
 pub struct ScoreOptions {

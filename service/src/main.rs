@@ -269,8 +269,11 @@ fn main() -> anyhow::Result<()> {
 fn closed_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            .downcast_ref::<commands::CommandError>()
+            .is_some_and(commands::CommandError::reader_left)
+            || cause
+                .downcast_ref::<commands::GenCommandError>()
+                .is_some_and(commands::GenCommandError::reader_left)
     })
 }
 
