@@ -136,11 +136,10 @@ impl Event {
     pub fn encode(&self) -> (String, Option<Vec<u8>>) {
         use prost::Message as _;
         match self {
-            Event::Put(m) => (
-                format!("model/{}@{}", m.name, m.version),
-                Some(m.encode_to_vec()),
-            ),
-            Event::Delete { name, version } => (format!("model/{name}@{version}"), None),
+            Event::Put(m) => (format!("model/{}", model_id(m)), Some(m.encode_to_vec())),
+            Event::Delete { name, version } => {
+                (format!("model/{}", version_id(name, *version)), None)
+            }
             Event::Activate {
                 pipeline,
                 mode,
@@ -264,9 +263,15 @@ pub fn check_name(name: &str) -> Result<(), RegistryError> {
     }
 }
 
-/// `name@version`.
+/// `name@version`: how a model version is named in logs, messages, the
+/// registry topic and its file names.
+pub fn version_id(name: &str, version: u32) -> String {
+    format!("{name}@{version}")
+}
+
+/// [`version_id`] of `model`.
 pub fn model_id(model: &pb::Model) -> String {
-    format!("{}@{}", model.name, model.version)
+    version_id(&model.name, model.version)
 }
 
 /// Where models are published and how fast replicas follow.
@@ -498,7 +503,7 @@ impl ModelRegistry {
         self.get(name, Some(version))?;
         if let Some((pipeline, mode)) = self.usage(name, version).into_iter().next() {
             return Err(RegistryError::InUse {
-                model: format!("{name}@{version}"),
+                model: version_id(name, version),
                 pipeline,
                 mode: mode.as_str(),
             });
@@ -605,7 +610,8 @@ impl ModelRegistry {
     }
 
     fn path_of(&self, name: &str, version: u32) -> PathBuf {
-        self.dir.join(format!("{name}@{version}.isoflow"))
+        self.dir
+            .join(format!("{}.isoflow", version_id(name, version)))
     }
 
     /// Replays the registry topic up to its current end (so a restarted

@@ -26,7 +26,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 .await
                 .context("PutModel")?
                 .into_inner();
-            println!("{}@{}", r.name, r.version);
+            println!("{}", isoflow::registry::version_id(&r.name, r.version));
         }
         ModelCommand::List { name, remote } => {
             let (mut models, _) = connect(&remote).await?;
@@ -42,9 +42,8 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                     .map(|u| format!("{}:{}", u.pipeline, mode_name(u.mode)))
                     .collect();
                 println!(
-                    "{}@{}\ttrees={}\tfeatures={}\tthreshold={:.4}\t{}",
-                    m.name,
-                    m.version,
+                    "{}\ttrees={}\tfeatures={}\tthreshold={:.4}\t{}",
+                    isoflow::registry::version_id(&m.name, m.version),
                     m.trees,
                     m.features,
                     m.threshold,
@@ -123,7 +122,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 })
                 .await
                 .context("DeleteModel")?;
-            println!("deleted {name}@{version}");
+            println!("deleted {}", isoflow::registry::version_id(&name, version));
         }
     }
     Ok(())

@@ -171,7 +171,7 @@ impl ModelService for ModelApi {
             .delete(&request.name, request.version)
             .await
             .map_err(status_of)?;
-        tracing::info!(model = %format!("{}@{}", request.name, request.version), "model deleted");
+        tracing::info!(model = %crate::registry::version_id(&request.name, request.version), "model deleted");
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 }
