@@ -87,11 +87,7 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
         path: opts.output.clone(),
         source,
     };
-    let sink: Box<dyn Write> = if opts.output == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::fs::File::create(&opts.output).map_err(write_err)?)
-    };
+    let sink = output::create(opts.output.as_ref()).map_err(write_err)?;
     let mut sink = std::io::BufWriter::with_capacity(1 << 20, sink);
     output::write_scores(
         &mut sink,
@@ -167,12 +163,7 @@ pub fn gen_to_file(
         path: path.display().to_string(),
         source,
     };
-    let sink: Box<dyn Write> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::fs::File::create(path).map_err(|e| io(e, path))?)
-    };
-    let mut out = std::io::BufWriter::new(sink);
+    let mut out = std::io::BufWriter::new(output::create(path).map_err(|e| io(e, path))?);
     crate::gen::write_jsonl(&mut out, &records).map_err(|e| io(e, path))?;
     out.flush().map_err(|e| io(e, path))?;
     write_truth(&records, truth)?;

@@ -3,6 +3,16 @@
 use crate::score::RowScore;
 use std::io::Write;
 
+/// Where a command's output goes: standard output for `-`, else a new file
+/// at `path`.
+pub fn create(path: &std::path::Path) -> std::io::Result<Box<dyn Write>> {
+    Ok(if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(path)?)
+    })
+}
+
 /// Rows formatted per parallel work item.
 const FORMAT_ROWS: usize = 1 << 16;
 

@@ -162,11 +162,8 @@ pub async fn score(
             ),
             isoflow::input::Format::Csv => csv_as_json(reader)?,
         };
-    let sink: Box<dyn Write> = if output == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::fs::File::create(output).with_context(|| format!("cannot write {output}"))?)
-    };
+    let sink = isoflow::output::create(output.as_ref())
+        .with_context(|| format!("cannot write {output}"))?;
     let mut sink = std::io::BufWriter::new(sink);
     writeln!(sink, "score,alert")?;
     let (mut rows, mut alerts) = (0usize, 0usize);
