@@ -95,7 +95,7 @@ const EMBEDDED_AHEAD: usize = 20_000;
 const STALL: Duration = Duration::from_secs(15);
 
 /// Runs the demo to completion and prints the report. `handles` receives the
-/// scoring engine; drop it only after the runtime (see [`crate::pipeline::Handles`]).
+/// scoring engine (see [`crate::pipeline::ServiceRuntime`]).
 pub async fn run(
     opts: DemoOptions,
     handles: Arc<crate::pipeline::Handles>,

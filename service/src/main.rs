@@ -366,14 +366,12 @@ fn run() -> anyhow::Result<()> {
                 grpc_token,
                 pipeline,
             })?;
-            // Declared before the runtime so that it is dropped after it.
-            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime = isoflow::pipeline::ServiceRuntime::new()?;
             runtime.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 isoflow::service::cancel_on_signals(shutdown.clone());
                 let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
-                isoflow::service::run(config, registry, handles.clone(), shutdown).await
+                isoflow::service::run(config, registry, runtime.handles(), shutdown).await
             })?;
         }
         Command::Gen {
@@ -420,9 +418,7 @@ fn run() -> anyhow::Result<()> {
             seed,
             backend,
         } => {
-            // Declared before the runtime so that it is dropped after it.
-            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime = isoflow::pipeline::ServiceRuntime::new()?;
             runtime.block_on(isoflow::demo::run(
                 isoflow::demo::DemoOptions {
                     brokers,
@@ -430,7 +426,7 @@ fn run() -> anyhow::Result<()> {
                     seed,
                     backend,
                 },
-                handles.clone(),
+                runtime.handles(),
             ))?;
         }
         Command::Info => {
@@ -450,11 +446,9 @@ fn run() -> anyhow::Result<()> {
             target: Some(BenchTarget::Pipeline(options)),
             ..
         } => {
-            // Declared before the runtime so that it is dropped after it.
-            let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
-            let runtime = tokio::runtime::Runtime::new()?;
+            let runtime = isoflow::pipeline::ServiceRuntime::new()?;
             let report = runtime
-                .block_on(isoflow::pipeline_bench::run(options, handles.clone()))
+                .block_on(isoflow::pipeline_bench::run(options, runtime.handles()))
                 .context("isoflow bench pipeline failed")?;
             println!("{report}");
         }

@@ -164,8 +164,8 @@ impl std::fmt::Display for PipelineBenchReport {
 }
 
 /// Runs the three phases on fresh topics named `isoflow-bench-<stamp>-*`.
-/// `handles` receives the scoring engine; drop it only after the runtime
-/// (see [`crate::pipeline::Handles`]).
+/// `handles` receives the scoring engine (see
+/// [`crate::pipeline::ServiceRuntime`]).
 pub async fn run(
     options: PipelineBenchOptions,
     handles: Arc<crate::pipeline::Handles>,

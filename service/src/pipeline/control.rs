@@ -102,10 +102,11 @@ impl PipelineHandle {
 /// engine they share.
 ///
 /// It holds the engine, and with it the GPU device, for as long as it lives.
-/// Drop the last `Handles` only after the tokio runtime the pipelines ran on:
-/// NVIDIA's Vulkan driver keeps state for each thread that called it and
-/// crashes in that thread's exit if the device is gone by then. Dropping the
-/// runtime joins its threads; the device then goes on the calling thread.
+/// Drop the last `Handles` only after the tokio runtime the pipelines ran on,
+/// as [`ServiceRuntime`] does: NVIDIA's Vulkan driver keeps state for each
+/// thread that called it and crashes in that thread's exit if the device is
+/// gone by then. Dropping the runtime joins its threads; the device then goes
+/// on the calling thread.
 #[derive(Default)]
 pub struct Handles {
     list: Mutex<Vec<PipelineHandle>>,
@@ -166,5 +167,34 @@ impl Handles {
             .iter()
             .find(|h| h.name == name)
             .cloned()
+    }
+}
+
+/// A tokio runtime for pipelines and their [`Handles`], which it gives up in
+/// the order the GPU needs: the runtime and its threads first, then the
+/// handles and the engine they hold.
+pub struct ServiceRuntime {
+    // Fields drop in the order they are declared.
+    runtime: tokio::runtime::Runtime,
+    handles: Arc<Handles>,
+}
+
+impl ServiceRuntime {
+    /// A multi-threaded runtime and empty handles.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            runtime: tokio::runtime::Runtime::new()?,
+            handles: Arc::default(),
+        })
+    }
+
+    /// The handles to give the pipelines.
+    pub fn handles(&self) -> Arc<Handles> {
+        self.handles.clone()
+    }
+
+    /// Runs `future` to completion on the runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 }

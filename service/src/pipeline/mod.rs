@@ -18,7 +18,7 @@ mod control;
 mod fetch;
 mod parse;
 
-pub use control::{Handles, PipelineHandle};
+pub use control::{Handles, PipelineHandle, ServiceRuntime};
 
 use crate::config::{Config, PipelineConfig};
 use crate::features::FeaturePipeline;
