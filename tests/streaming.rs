@@ -458,6 +458,57 @@ fn sigterm_drains_commits_and_exits_zero() {
     );
 }
 
+/// Offsets are committed in batches a little after their output is
+/// acknowledged, also when the stream stops: a service gone idle has
+/// committed every offset it read, so a crash then replays nothing.
+#[test]
+fn an_idle_service_has_committed_every_offset() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::new();
+    let addr = mock.addr.clone();
+    let config = setup(&addr, &mock.create(), dir.path(), 2, 100);
+    let total = 5_000;
+    produce(&addr, dir.path(), total, 0.0, 14);
+    let mut service = Service::start(&config);
+    wait_for("every record", Duration::from_secs(60), || {
+        service.accounted() as usize >= total
+    });
+    // The service's group, asked without joining it.
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("group.id", "e2e.fraud")
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for p in 0..2 {
+        partitions.add_partition(INPUT, p);
+    }
+    let ends: Vec<i64> = (0..2)
+        .map(|p| {
+            probe
+                .fetch_watermarks(INPUT, p, Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
+        .collect();
+    wait_for("every offset committed", Duration::from_secs(5), || {
+        let committed = probe
+            .committed_offsets(partitions.clone(), Duration::from_secs(5))
+            .unwrap();
+        let at: Vec<i64> = (0..2)
+            .map(
+                |p| match committed.find_partition(INPUT, p).unwrap().offset() {
+                    rdkafka::Offset::Offset(o) => o,
+                    _ => -1,
+                },
+            )
+            .collect();
+        at == ends
+    });
+    assert!(service.child.try_wait().unwrap().is_none(), "still running");
+}
+
 #[test]
 fn kill_9_then_restart_loses_nothing_and_replays_same_alert_ids() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,12 @@
 //! broker); doing it here lets the pipeline parse and score the next batch
 //! meanwhile. Batches are finished strictly in order, so a committed offset
 //! still only ever covers records whose output the broker acknowledged.
+//!
+//! Offsets are committed at most every [`COMMIT_INTERVAL`], not per batch:
+//! each commit is a request the broker (the group coordinator) serves, and
+//! at a batch every few milliseconds those cost it more than the records'
+//! own fetches. A crash replays at most that much more, which at-least-once
+//! with stable alert ids allows; a drain commits the last batch.
 
 use super::PipelineError;
 use crate::config::PipelineConfig;
@@ -19,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// Longest time acknowledged output waits for its offsets' commit.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Batches published but not yet acknowledged, beyond the one being
 /// processed: enough to hide a round trip, few enough that a broker outage
@@ -112,19 +121,81 @@ async fn finish_all(
     consumer: Arc<super::fetch::PipelineConsumer>,
     mut rx: mpsc::Receiver<Sent>,
 ) -> Result<(), PipelineError> {
-    while let Some(sent) = rx.recv().await {
-        finish(&handle, &config, &consumer, sent).await?;
+    let mut offsets = Offsets::default();
+    loop {
+        let sent = match offsets.due() {
+            // Offsets wait for the next batch, or for their time.
+            Some(due) => tokio::select! {
+                sent = rx.recv() => sent,
+                _ = tokio::time::sleep_until(due.into()) => {
+                    offsets.commit(&handle, &consumer);
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(sent) = sent else {
+            offsets.commit(&handle, &consumer);
+            return Ok(());
+        };
+        if let Err(e) = finish(&handle, &config, sent, &mut offsets).await {
+            // The batches before the failed one were acknowledged.
+            offsets.commit(&handle, &consumer);
+            return Err(e);
+        }
+        if offsets.due().is_some_and(|due| due <= Instant::now()) {
+            offsets.commit(&handle, &consumer);
+        }
     }
-    Ok(())
 }
 
-/// Waits for every acknowledgement of one batch, commits its offsets and
-/// counts it.
+/// Offsets of finished batches not committed yet.
+#[derive(Default)]
+struct Offsets {
+    next: BTreeMap<i32, i64>,
+    /// When the oldest of them was finished.
+    since: Option<Instant>,
+}
+
+impl Offsets {
+    /// When they are to be committed, if there are any.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|at| at + COMMIT_INTERVAL)
+    }
+
+    fn add(&mut self, next: &BTreeMap<i32, i64>) {
+        for (&partition, &offset) in next {
+            let at = self.next.entry(partition).or_insert(offset);
+            *at = (*at).max(offset);
+        }
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn commit(&mut self, handle: &PipelineHandle, consumer: &super::fetch::PipelineConsumer) {
+        self.since = None;
+        if self.next.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in std::mem::take(&mut self.next) {
+            tpl.add_partition_offset(&handle.input_topic, partition, Offset::Offset(offset))
+                .expect("valid offset");
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Not fatal: the next commit carries later offsets; a crash before
+            // it replays these batches, which at-least-once allows.
+            tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed");
+        }
+    }
+}
+
+/// Waits for every acknowledgement of one batch, adds its offsets to those
+/// to commit and counts it.
 async fn finish(
     handle: &PipelineHandle,
     config: &PipelineConfig,
-    consumer: &super::fetch::PipelineConsumer,
     sent: Sent,
+    offsets: &mut Offsets,
 ) -> Result<(), PipelineError> {
     let name = &handle.name;
     for (output, delivery) in sent.deliveries {
@@ -140,16 +211,7 @@ async fn finish(
         });
     }
     let acked_at = Instant::now();
-    let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in &sent.next_offsets {
-        tpl.add_partition_offset(&handle.input_topic, *partition, Offset::Offset(*offset))
-            .expect("valid offset");
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        // Not fatal: the next commit carries later offsets; a crash before it
-        // replays this batch, which at-least-once allows.
-        tracing::warn!(pipeline = %name, error = %e, "offset commit failed");
-    }
+    offsets.add(&sent.next_offsets);
     for text in sent.alert_texts {
         handle.publish_alert(text);
     }

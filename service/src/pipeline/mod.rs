@@ -402,8 +402,8 @@ async fn run_pipeline(
     tokio::time::timeout(drain, committer.close())
         .await
         .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
-    // Offsets were committed after every batch; a final synchronous commit
-    // makes sure the last one reached the broker before we exit.
+    // The committer committed the last offsets as it closed; a final
+    // synchronous commit makes sure they reached the broker before we exit.
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(pipeline = %ctx.config.name, error = %e, "final commit: nothing new to commit");
     }
