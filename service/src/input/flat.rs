@@ -12,9 +12,96 @@
 use super::row::Field;
 use std::borrow::Cow;
 
+/// The keys of the last record scanned with one set of names, in order,
+/// each with the name it is, if wanted. The records of a stream mostly share
+/// one layout, so each key of the next record is first compared with the
+/// key in its place here: one comparison instead of a scan for its end and
+/// a search among the names.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Layout {
+    /// The id of the reader whose names the indices refer to (0: none).
+    reader: u64,
+    /// Each key as it appeared, quotes included, and its name's index.
+    keys: Vec<(Key, Option<usize>)>,
+}
+
+/// A key's bytes, quotes included; up to 16 of them also as two words, so
+/// that a comparison is two loads and two masks rather than a call.
+#[derive(Clone, Debug, Default)]
+struct Key {
+    bytes: Vec<u8>,
+    words: [u64; 2],
+    masks: [u64; 2],
+}
+
+impl Key {
+    fn new(bytes: &[u8]) -> Self {
+        let mut padded = [0u8; 16];
+        let mut mask = [0u8; 16];
+        let n = bytes.len().min(16);
+        padded[..n].copy_from_slice(&bytes[..n]);
+        mask[..n].fill(0xff);
+        let word = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("eight bytes"))
+        };
+        Self {
+            bytes: bytes.to_vec(),
+            words: [word(&padded, 0), word(&padded, 1)],
+            masks: [word(&mask, 0), word(&mask, 1)],
+        }
+    }
+
+    /// True when `rest` starts with this key.
+    #[inline]
+    fn starts(&self, rest: &[u8]) -> bool {
+        match rest.get(..16) {
+            Some(head) if self.bytes.len() <= 16 => {
+                let word = |i: usize| {
+                    u64::from_le_bytes(head[i * 8..i * 8 + 8].try_into().expect("eight bytes"))
+                };
+                (word(0) ^ self.words[0]) & self.masks[0] == 0
+                    && (word(1) ^ self.words[1]) & self.masks[1] == 0
+            }
+            _ => rest.starts_with(&self.bytes),
+        }
+    }
+}
+
+impl Layout {
+    /// The key at the start of `rest` if it is the one last seen in place
+    /// `ordinal`: its length, quotes included, and its name's index.
+    #[inline]
+    fn expect(&self, ordinal: usize, rest: &[u8]) -> Option<(usize, Option<usize>)> {
+        let (key, index) = self.keys.get(ordinal)?;
+        key.starts(rest).then_some((key.bytes.len(), *index))
+    }
+
+    fn learn(&mut self, ordinal: usize, key: &[u8], index: Option<usize>) {
+        let entry = (Key::new(key), index);
+        if ordinal < self.keys.len() {
+            self.keys[ordinal] = entry;
+        } else {
+            self.keys.push(entry);
+        }
+    }
+}
+
 /// Fills `out[i]` with the value of top-level field `names[i]` of `text`
 /// (the last one if repeated; [`Field::Absent`] for `null` or none).
-pub(super) fn scan<'a>(text: &'a [u8], names: &[String], out: &mut [Field<'a>]) -> Option<()> {
+/// `layout` remembers the record's keys for the next record read with the
+/// names of reader `reader`.
+pub(super) fn scan<'a>(
+    text: &'a [u8],
+    (reader, names): (u64, &[String]),
+    out: &mut [Field<'a>],
+    layout: &mut Layout,
+) -> Option<()> {
+    if layout.reader != reader {
+        *layout = Layout {
+            reader,
+            keys: Vec::new(),
+        };
+    }
     let mut s = Scanner { text, at: 0 };
     s.ws();
     s.byte(b'{')?;
@@ -22,12 +109,24 @@ pub(super) fn scan<'a>(text: &'a [u8], names: &[String], out: &mut [Field<'a>]) 
     if s.peek()? == b'}' {
         s.at += 1;
     } else {
-        loop {
-            let key = s.string()?;
+        for ordinal in 0.. {
+            let index = match layout.expect(ordinal, &text[s.at..]) {
+                Some((len, index)) => {
+                    s.at += len;
+                    index
+                }
+                None => {
+                    let start = s.at;
+                    let key = s.string()?;
+                    let index = names.iter().position(|n| n.as_bytes() == key);
+                    layout.learn(ordinal, &text[start..s.at], index);
+                    index
+                }
+            };
             s.ws();
             s.byte(b':')?;
             s.ws();
-            match names.iter().position(|n| n.as_bytes() == key) {
+            match index {
                 Some(i) => out[i] = s.value()?,
                 None => s.skip_value()?,
             }
@@ -70,6 +169,44 @@ fn prints_as_itself(literal: &[u8]) -> bool {
     } else {
         whole.len() + fraction.len() <= 15
     }
+}
+
+/// Powers of ten a double holds exactly.
+const EXACT_POWERS: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The value of a decimal literal `[-]digits.digits` (no exponent) whose
+/// digits, point removed, make an integer m ≤ 2⁵³: m / 10^k, both exact,
+/// so the one division rounds correctly (Clinger's fast path), as the
+/// general parser would. `None` for anything else. Most amounts, rates and
+/// timestamps in records are such literals.
+#[inline]
+fn plain_decimal(literal: &[u8]) -> Option<f64> {
+    let (negative, digits) = match literal.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, literal),
+    };
+    if digits.len() > 20 {
+        return None;
+    }
+    let point = digits.iter().position(|&b| b == b'.')?;
+    let mut m = 0u64;
+    for &d in &digits[..point] {
+        m = m * 10 + u64::from(d.wrapping_sub(b'0'));
+    }
+    for &d in &digits[point + 1..] {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        m = m * 10 + u64::from(d - b'0');
+    }
+    if m > 1 << 53 {
+        return None;
+    }
+    let v = m as f64 / EXACT_POWERS[digits.len() - point - 1];
+    Some(if negative { -v } else { v })
 }
 
 /// The first byte of `s` that ends a plain string: a quote, a backslash or
@@ -218,7 +355,10 @@ impl<'a> Scanner<'a> {
             };
             return parsed;
         }
-        let v: f64 = fast_float2::parse(text).ok()?;
+        let v = match plain_decimal(text) {
+            Some(v) => v,
+            None => fast_float2::parse(text).ok()?,
+        };
         serde_json::Number::from_f64(v)
     }
 
@@ -340,7 +480,12 @@ mod tests {
         for lit in &literals {
             let text = format!(r#"{{"x":{lit}}}"#);
             let mut out = [Field::Absent];
-            let scanned = scan(text.as_bytes(), &["x".to_string()], &mut out);
+            let scanned = scan(
+                text.as_bytes(),
+                (1, &["x".to_string()]),
+                &mut out,
+                &mut Layout::default(),
+            );
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
             match (scanned, parsed) {
                 (Some(()), Ok(v)) => {
@@ -390,6 +535,45 @@ mod tests {
         }
     }
 
+    /// Keys checked against the last record's layout read exactly what a
+    /// fresh scan reads, whatever the next record's keys and order.
+    #[test]
+    fn a_learnt_layout_never_misreads_the_next_record() {
+        let names = ["a".to_string(), "bb".to_string()];
+        let records: [&[u8]; 7] = [
+            br#"{"a":1,"bb":"x","c":2}"#,
+            br#"{"a":1.5,"bb":"y","c":3}"#,
+            br#"{"bb":"z","a":2}"#,
+            br#"{"ab":9,"a":3,"bb":"w"}"#,
+            br#"{"a" : 4 ,"bbb":"v","bb":"u"}"#,
+            br#"{"a":5}"#,
+            br#"{"a\u0062":1}"#,
+        ];
+        let read = |text: &[u8], layout: &mut Layout| {
+            let mut out = [Field::Absent, Field::Absent];
+            scan(text, (7, &names), &mut out, layout).map(|()| format!("{out:?}"))
+        };
+        let mut layout = Layout::default();
+        for text in records.iter().chain(records.iter().rev()) {
+            assert_eq!(
+                read(text, &mut layout),
+                read(text, &mut Layout::default()),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Another reader's names: what was learnt for the first is dropped.
+        let mut out = [Field::Absent];
+        scan(
+            br#"{"a":1,"bb":"x"}"#,
+            (8, &["bb".to_string()]),
+            &mut out,
+            &mut layout,
+        )
+        .unwrap();
+        assert!(matches!(&out[0], Field::Str(s) if s == "x"));
+    }
+
     #[test]
     fn gives_up_on_what_it_does_not_handle() {
         let names = ["a".to_string()];
@@ -412,20 +596,30 @@ mod tests {
             "",
         ] {
             let mut out = [Field::Absent];
-            assert!(scan(text.as_bytes(), &names, &mut out).is_none(), "{text}");
+            assert!(
+                scan(
+                    text.as_bytes(),
+                    (1, &names),
+                    &mut out,
+                    &mut Layout::default()
+                )
+                .is_none(),
+                "{text}"
+            );
         }
         let mut out = [Field::Absent];
         scan(
             b" { \"b\" : null , \"a\" : \"v\" , \"a\":2 } ",
-            &names,
+            (1, &names),
             &mut out,
+            &mut Layout::default(),
         )
         .unwrap();
         assert!(matches!(&out[0], Field::Decimal(n, "2") if n.as_u64() == Some(2)));
         let mut out = [Field::Absent];
         let escaped = br#"{"a":null,"t":true,"f":false,"s":"\u00e9"}"#;
         assert!(
-            scan(escaped, &names, &mut out).is_none(),
+            scan(escaped, (1, &names), &mut out, &mut Layout::default()).is_none(),
             "an escaped string, even skipped, is left to serde_json"
         );
     }

@@ -175,6 +175,8 @@ pub struct Columns {
     scratch_numbers: Vec<f64>,
     scratch_keys: Vec<String>,
     scratch_text: String,
+    /// The key layout of the records read last (see `flat::Layout`).
+    layout: flat::Layout,
 }
 
 impl Columns {

@@ -39,6 +39,8 @@ pub struct RowReader {
     time: Option<usize>,
     /// Every wanted path is a plain top-level name: the fast path applies.
     plain: bool,
+    /// Tells this reader's names from another's (clones share them).
+    id: u64,
 }
 
 impl RowReader {
@@ -56,7 +58,9 @@ impl RowReader {
         let keys = wanted.keys.iter().map(&mut at).collect();
         let time = wanted.time.as_ref().map(&mut at);
         let plain = !names.iter().any(|n| n.contains('.'));
+        static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            id: READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             wanted: wanted.clone(),
             picker: JsonPicker::new(wanted),
             names,
@@ -104,7 +108,8 @@ impl RowReader {
             spilled = vec![Field::Absent; self.names.len()];
             &mut spilled
         };
-        if super::flat::scan(text, &self.names, fields).is_none() {
+        let scanned = super::flat::scan(text, (self.id, &self.names), fields, &mut cols.layout);
+        if scanned.is_none() {
             // Nested values, escapes: serde_json, still without a value.
             fields.fill(Field::Absent);
             let mut de = serde_json::Deserializer::from_slice(text);
