@@ -149,7 +149,7 @@ pub(super) fn scan<'a>(
 /// a zero, between 10⁻⁴ and 10¹⁵. Such a decimal is the shortest text that
 /// reads back as its double (two decimals of 15 digits never share one),
 /// and numbers in that range print without an exponent.
-fn prints_as_itself(literal: &[u8]) -> bool {
+pub(super) fn prints_as_itself(literal: &[u8]) -> bool {
     let digits = literal.strip_prefix(b"-").unwrap_or(literal);
     let Some(point) = digits.iter().position(|&b| b == b'.') else {
         return digits.len() <= 18
@@ -298,13 +298,9 @@ impl<'a> Scanner<'a> {
             _ => {
                 let start = self.at;
                 let n = self.number()?;
-                let text = &self.text[start..self.at];
-                Some(if prints_as_itself(text) {
-                    // SAFETY: a number literal is ASCII.
-                    Field::Decimal(n, unsafe { std::str::from_utf8_unchecked(text) })
-                } else {
-                    Field::Number(n)
-                })
+                // SAFETY: a number literal is ASCII.
+                let text = unsafe { std::str::from_utf8_unchecked(&self.text[start..self.at]) };
+                Some(Field::Literal(n, text))
             }
         }
     }
@@ -489,13 +485,16 @@ mod tests {
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(&text);
             match (scanned, parsed) {
                 (Some(()), Ok(v)) => {
-                    let (Field::Number(n) | Field::Decimal(n, _)) = &out[0] else {
+                    let (Field::Number(n) | Field::Literal(n, _)) = &out[0] else {
                         panic!("{lit}: not a number")
                     };
                     assert_eq!(Some(n), v["x"].as_number(), "{lit}");
                     assert_eq!(n.to_string(), v["x"].to_string(), "{lit}");
                     // A literal kept as its own text prints as that text.
-                    if let Field::Decimal(_, text) = &out[0] {
+                    if let Field::Literal(_, text) = &out[0] {
+                        if !prints_as_itself(text.as_bytes()) {
+                            continue;
+                        }
                         assert_eq!(*text, v["x"].to_string(), "{lit}");
                         decimals += 1;
                     }
@@ -615,7 +614,7 @@ mod tests {
             &mut Layout::default(),
         )
         .unwrap();
-        assert!(matches!(&out[0], Field::Decimal(n, "2") if n.as_u64() == Some(2)));
+        assert!(matches!(&out[0], Field::Literal(n, "2") if n.as_u64() == Some(2)));
         let mut out = [Field::Absent];
         let escaped = br#"{"a":null,"t":true,"f":false,"s":"\u00e9"}"#;
         assert!(

@@ -122,7 +122,7 @@ impl RowReader {
             de.end().ok()?;
         }
         let number = |i: usize| match &fields[i] {
-            Field::Number(n) | Field::Decimal(n, _) => n.as_f64(),
+            Field::Number(n) | Field::Literal(n, _) => n.as_f64(),
             Field::Str(s) => parse_number(s.as_bytes(), 0, "").ok(),
             Field::Absent => None,
         };
@@ -146,9 +146,11 @@ impl RowReader {
         for (out, &i) in cols.keys.iter_mut().zip(&self.keys) {
             match &fields[i] {
                 Field::Str(s) => out.push(s),
-                Field::Decimal(_, text) => out.push(text),
+                Field::Literal(_, text) if super::flat::prints_as_itself(text.as_bytes()) => {
+                    out.push(text)
+                }
                 // A number keys by its JSON text, as `json_key` does.
-                Field::Number(n) => {
+                Field::Number(n) | Field::Literal(n, _) => {
                     use std::fmt::Write;
                     text.clear();
                     write!(text, "{n}").expect("writing to a String");
@@ -172,9 +174,10 @@ impl RowReader {
 pub(super) enum Field<'a> {
     Absent,
     Number(serde_json::Number),
-    /// A number whose literal is the text it prints as (see
-    /// `flat::prints_as_itself`): a key takes the text as it stands.
-    Decimal(serde_json::Number, &'a str),
+    /// A number and its literal as the record has it: a key takes the
+    /// literal as it stands when it is the text the number prints as (see
+    /// `flat::prints_as_itself`), checked only for keys.
+    Literal(serde_json::Number, &'a str),
     Str(Cow<'a, str>),
 }
 
