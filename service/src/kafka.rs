@@ -161,11 +161,10 @@ pub fn producer(
 ) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(brokers, extra);
     c.set("acks", "all")
-        // librdkafka's default. A batch's messages are queued within a
-        // millisecond or so of each other, stretched on a busy machine: with
-        // 1 ms they went out as two to four requests a batch, each one work
-        // for the broker.
-        .set("linger.ms", "5")
+        // The pipeline queues a batch's messages in one burst, which leaves
+        // as one request, and awaits their acknowledgements before its
+        // commit: lingering would only add latency.
+        .set("linger.ms", "1")
         .set("message.timeout.ms", "60000")
         .set("queue.buffering.max.messages", "200000");
     for (k, v) in extra {

@@ -104,6 +104,11 @@ pub(super) async fn process(
         .collect();
     let shares = state.forest.attribution_rows(&alerting_rows);
     let mut shares = shares.chunks_exact(dims.max(1));
+    // Every message is built first and queued after, in one burst: queued
+    // within a fraction of a millisecond, a batch's messages leave in one
+    // produce request. Built between sends, they spread over two or more,
+    // each one work for the broker.
+    let mut outgoing: Vec<(Output, String, Vec<u8>)> = Vec::new();
     for (row, &i) in accepted.iter().enumerate() {
         if !(every_row || scored.alerts[row]) {
             continue;
@@ -138,20 +143,22 @@ pub(super) async fn process(
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
             alert_texts.push(String::from_utf8(payload.clone()).expect("JSON is UTF-8"));
-            deliveries.push(send(ctx, Output::Alerts, key.as_bytes(), &payload, None).await);
+            outgoing.push((Output::Alerts, key.clone(), payload));
         }
         if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
             // `alert` is what the shadow would have decided, never published
             // as an alert.
             let payload = score_message(&source, &key, model, scores[row].score, alerts[row], true);
-            let delivery = send(ctx, Output::ShadowScores, key.as_bytes(), &payload, None);
-            deliveries.push(delivery.await);
+            outgoing.push((Output::ShadowScores, key.clone(), payload));
         }
         if !scores_topic.is_empty() {
             let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
             let payload = score_message(&source, &key, &live_id, score, alert, false);
-            deliveries.push(send(ctx, Output::Scores, key.as_bytes(), &payload, None).await);
+            outgoing.push((Output::Scores, key, payload));
         }
+    }
+    for (output, key, payload) in &outgoing {
+        deliveries.push(send(ctx, *output, key.as_bytes(), payload, None).await);
     }
     for (i, rejection) in &rejected {
         let record = batch.get(*i);
