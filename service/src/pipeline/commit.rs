@@ -135,6 +135,8 @@ async fn finish_all(
             None => rx.recv().await,
         };
         let Some(sent) = sent else {
+            // Asynchronous like the others: closing the consumer waits for
+            // the replies of commits in flight.
             offsets.commit(&handle, &consumer);
             return Ok(());
         };

@@ -29,7 +29,7 @@ use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
 use crate::score::{Backend, Engine, ScoreError, Scorer};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -402,11 +402,6 @@ async fn run_pipeline(
     tokio::time::timeout(drain, committer.close())
         .await
         .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
-    // The committer committed the last offsets as it closed; a final
-    // synchronous commit makes sure they reached the broker before we exit.
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(pipeline = %ctx.config.name, error = %e, "final commit: nothing new to commit");
-    }
     let m = &ctx.metrics;
     tracing::info!(
         pipeline = %ctx.config.name,
