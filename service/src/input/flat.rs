@@ -41,13 +41,10 @@ impl Key {
         let n = bytes.len().min(16);
         padded[..n].copy_from_slice(&bytes[..n]);
         mask[..n].fill(0xff);
-        let word = |b: &[u8; 16], i: usize| {
-            u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("eight bytes"))
-        };
         Self {
             bytes: bytes.to_vec(),
-            words: [word(&padded, 0), word(&padded, 1)],
-            masks: [word(&mask, 0), word(&mask, 1)],
+            words: [word(&padded[..8]), word(&padded[8..])],
+            masks: [word(&mask[..8]), word(&mask[8..])],
         }
     }
 
@@ -56,11 +53,8 @@ impl Key {
     fn starts(&self, rest: &[u8]) -> bool {
         match rest.get(..16) {
             Some(head) if self.bytes.len() <= 16 => {
-                let word = |i: usize| {
-                    u64::from_le_bytes(head[i * 8..i * 8 + 8].try_into().expect("eight bytes"))
-                };
-                (word(0) ^ self.words[0]) & self.masks[0] == 0
-                    && (word(1) ^ self.words[1]) & self.masks[1] == 0
+                (word(&head[..8]) ^ self.words[0]) & self.masks[0] == 0
+                    && (word(&head[8..]) ^ self.words[1]) & self.masks[1] == 0
             }
             _ => rest.starts_with(&self.bytes),
         }
@@ -209,6 +203,12 @@ fn plain_decimal(literal: &[u8]) -> Option<f64> {
     Some(if negative { -v } else { v })
 }
 
+/// The eight bytes `b` as one little-endian word.
+#[inline]
+fn word(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().expect("eight bytes"))
+}
+
 /// The first byte of `s` that ends a plain string: a quote, a backslash or
 /// a control character. Eight bytes at a time: keys and values are mostly
 /// a word or two long, and a byte at a time this loop was a sixth of
@@ -222,8 +222,8 @@ fn string_end(s: &[u8]) -> Option<usize> {
     // lowest mark is exact.
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let mut words = s.chunks_exact(8);
-    for (i, word) in (&mut words).enumerate() {
-        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+    for (i, eight) in (&mut words).enumerate() {
+        let w = word(eight);
         let marks = below(w ^ (ONES * u64::from(b'"')), 1)
             | below(w ^ (ONES * u64::from(b'\\')), 1)
             | below(w, 0x20);
