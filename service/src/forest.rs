@@ -174,17 +174,27 @@ impl PackedForest {
     /// [`Self::attribution`] of each row of `rows` (rows of `dims` values,
     /// one after another), as rows of shares in the same layout.
     pub fn attribution_rows(&self, rows: &[f32]) -> Vec<f32> {
+        let mut credit = self.credit_rows(rows);
+        normalize_shares(&mut credit, self.dims);
+        credit
+    }
+
+    /// Each row's credit per feature before normalisation. In every tree a
+    /// feature gets (splits on it along the path) × 1/h, added in tree
+    /// order: the CPU scorer's vector walk adds the same products in the
+    /// same order, so the two agree bit for bit.
+    pub fn credit_rows(&self, rows: &[f32]) -> Vec<f32> {
         let dims = self.dims;
         let mut credit = vec![0f32; rows.len()];
-        let mut path = Vec::with_capacity(self.max_depth as usize + 1);
+        let mut counts = vec![0u32; dims];
         // Tree by tree: a tree stays in cache for every row, where a row at
         // a time walks the whole forest out of cache again for each row.
         for &root in &self.roots {
             for (row, credit) in rows.chunks_exact(dims).zip(credit.chunks_exact_mut(dims)) {
-                path.clear();
+                counts.fill(0);
                 let mut node = self.nodes[root as usize];
                 while node.feature != LEAF {
-                    path.push(node.feature as usize);
+                    counts[node.feature as usize] += 1;
                     let next = if row[node.feature as usize] <= node.threshold {
                         node.left
                     } else {
@@ -193,18 +203,25 @@ impl PackedForest {
                     node = self.nodes[next as usize];
                 }
                 let weight = 1.0 / node.threshold.max(1.0);
-                for &f in &path {
-                    credit[f] += weight;
+                for (c, &k) in credit.iter_mut().zip(&counts) {
+                    if k > 0 {
+                        *c += k as f32 * weight;
+                    }
                 }
             }
         }
-        for credit in credit.chunks_exact_mut(dims) {
-            let total: f32 = credit.iter().sum();
-            if total > 0.0 {
-                credit.iter_mut().for_each(|c| *c /= total);
-            }
-        }
         credit
+    }
+}
+
+/// Turns rows of per-feature credit (rows of `dims`) into shares summing
+/// to 1; a row with no credit stays all zeros.
+pub fn normalize_shares(credit: &mut [f32], dims: usize) {
+    for credit in credit.chunks_exact_mut(dims.max(1)) {
+        let total: f32 = credit.iter().sum();
+        if total > 0.0 {
+            credit.iter_mut().for_each(|c| *c /= total);
+        }
     }
 }
 
@@ -247,6 +264,10 @@ pub struct ImplicitForest {
     pub leaves: Vec<f32>,
     /// Per tree, in tree order.
     pub trees: Vec<ImplicitTree>,
+    /// Per split, whether it is one of the tree's own: false for the
+    /// never-decisive splits above a leaf's copies, which no path crosses
+    /// in the tree itself (attribution leaves them out).
+    pub real: Vec<bool>,
 }
 
 impl ImplicitForest {
@@ -262,6 +283,7 @@ impl ImplicitForest {
             };
             f.splits
                 .resize(f.splits.len() + (1 << depth) - 1, Split::default());
+            f.real.resize(f.splits.len(), false);
             f.leaves.resize(f.leaves.len() + (1 << depth), 0.0);
             let mut stack = vec![(root, 0usize, 0u32)];
             while let Some((node, pos, level)) = stack.pop() {
@@ -277,6 +299,7 @@ impl ImplicitForest {
                         feature: n.feature,
                         threshold: n.threshold,
                     };
+                    f.real[tree.splits as usize + pos] = true;
                     (n.left, n.right)
                 };
                 stack.push((left, 2 * pos + 1, level + 1));

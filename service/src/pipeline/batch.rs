@@ -85,7 +85,7 @@ pub(super) async fn process(
 
     let scored_at = Instant::now();
     // Queue every output message; the committer awaits the deliveries.
-    let dims = state.forest.dims;
+    let dims = state.attribution.dims();
     let nz = state.features.z_names().len();
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
@@ -95,14 +95,14 @@ pub(super) async fn process(
     let shadow_topic = ctx.config.shadow_scores_topic.as_str();
     let scores_topic = ctx.config.scores_topic.as_str();
     let every_row = !shadow_topic.is_empty() || !scores_topic.is_empty();
-    // Shares of the alerting rows, computed together: tree by tree, each
-    // tree is read once for all of them.
+    // Shares of the alerting rows, computed together: sixteen rows per walk
+    // on the vector walk, and tree by tree, each tree read once for all.
     let alerting_rows: Vec<f32> = (0..accepted.len())
         .filter(|&r| scored.alerts[r])
         .flat_map(|r| &scored.matrix[r * dims..(r + 1) * dims])
         .copied()
         .collect();
-    let shares = state.forest.attribution_rows(&alerting_rows);
+    let shares = state.attribution.rows(&alerting_rows);
     let mut shares = shares.chunks_exact(dims.max(1));
     // Every message is built first and queued after, in one burst: queued
     // within a fraction of a millisecond, a batch's messages leave in one

@@ -28,6 +28,7 @@ use crate::input::RowReader;
 use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
+use crate::score::cpu::Attribution;
 use crate::score::{Backend, Engine, ScoreError, Scorer};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
@@ -90,7 +91,8 @@ pub enum PipelineError {
 /// for each batch and back.
 pub(crate) struct ScoringState {
     pub(crate) model: pb::Model,
-    pub(crate) forest: PackedForest,
+    /// Shares of the alerting rows' features, on the CPU whatever scores.
+    pub(crate) attribution: Attribution,
     pub(crate) features: FeaturePipeline,
     pub(crate) scorer: Box<dyn Scorer>,
     pub(crate) z_engine: Box<dyn ZEngine>,
@@ -114,7 +116,7 @@ impl ScoringState {
             self.z_engine = engine.z_engine()?;
             tracing::warn!(model = %model.name, version = model.version, "feature spec changed: per-key state restarts");
         }
-        self.forest = forest;
+        self.attribution = Attribution::new(forest);
         self.model = model;
         Ok(())
     }
@@ -212,7 +214,7 @@ pub async fn run(
                 pipeline: p.name.clone(),
                 source,
             })?,
-            forest,
+            attribution: Attribution::new(forest),
             model,
         };
         // One group per pipeline: a replica joining for one topic must not

@@ -1,7 +1,9 @@
 //! The CPU scorer: the GPU kernel's twin, parallel over rows on all cores.
 
 use super::{check_shape, RowScore, ScoreError, Scorer};
-use crate::forest::{score_from_mean_path, ImplicitForest, PackedForest, IMPLICIT_MAX_DEPTH};
+use crate::forest::{
+    normalize_shares, score_from_mean_path, ImplicitForest, PackedForest, IMPLICIT_MAX_DEPTH,
+};
 use rayon::prelude::*;
 use std::cmp::Ordering::{Equal, Less};
 
@@ -58,7 +60,7 @@ impl CpuForest {
                     && packed.max_depth <= avx512::MAX_DEPTH
                     && packed.dims <= avx512::MAX_DIMS =>
             {
-                Some(avx512::Tables::new(packed.dims, implicit.iter()))
+                Some(avx512::Tables::new(packed.dims, implicit))
             }
             _ => None,
         };
@@ -221,6 +223,66 @@ impl Scorer for CpuScorer {
     }
 }
 
+/// Per-feature shares of alerting rows (the method of
+/// [`PackedForest::attribution`]) on the AVX-512 walk where the CPU and
+/// forest allow: sixteen rows per walk and no branches to mispredict, about
+/// a fifth of the branching walk's time per row. Either way the shares are
+/// those of [`PackedForest::attribution_rows`], bit for bit.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    forest: CpuForest,
+}
+
+impl Attribution {
+    /// Attribution of `forest`'s rows, on the fastest walk available.
+    pub fn new(forest: PackedForest) -> Self {
+        Self {
+            forest: CpuForest::new(forest, true),
+        }
+    }
+
+    /// The branching walk only (the reference the vector walk must match).
+    pub fn portable(forest: PackedForest) -> Self {
+        Self {
+            forest: CpuForest::new(forest, false),
+        }
+    }
+
+    /// Whether rows take the AVX-512 walk.
+    pub fn vector(&self) -> bool {
+        self.forest.vector()
+    }
+
+    /// Features per row.
+    pub fn dims(&self) -> usize {
+        self.forest.packed.dims
+    }
+
+    /// Shares of each row of `rows` (rows of the forest's width, one after
+    /// another), as rows in the same layout, each summing to 1.
+    pub fn rows(&self, rows: &[f32]) -> Vec<f32> {
+        let dims = self.forest.packed.dims.max(1);
+        #[cfg(target_arch = "x86_64")]
+        let mut credit = match &self.forest.simd {
+            Some(tables) => {
+                let mut credit = vec![0f32; rows.len()];
+                for (rows, credit) in rows
+                    .chunks(BLOCK_ROWS * dims)
+                    .zip(credit.chunks_mut(BLOCK_ROWS * dims))
+                {
+                    tables.credit::<BLOCK_ROWS>(rows, credit);
+                }
+                credit
+            }
+            None => self.forest.packed.credit_rows(rows),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let mut credit = self.forest.packed.credit_rows(rows);
+        normalize_shares(&mut credit, dims);
+        credit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,8 +376,33 @@ mod tests {
 
     #[test]
     fn vector_walk_matches_portable_walk_bit_for_bit() {
+        for (dims, max_depth, forest, rows) in random_forests() {
+            let n = rows.len() / dims;
+            let mut fast = CpuScorer::new(forest.clone());
+            if dims <= 16 && max_depth <= 8 && std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(fast.describe().contains("avx512"), "{}", fast.describe());
+            }
+            let (mut a, mut b) = (vec![RowScore::default(); n], vec![RowScore::default(); n]);
+            fast.score(&rows, &mut a).unwrap();
+            CpuScorer::portable(forest).score(&rows, &mut b).unwrap();
+            for (row, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(
+                    (a.score.to_bits(), a.mean_path.to_bits()),
+                    (b.score.to_bits(), b.mean_path.to_bits()),
+                    "dims {dims} depth {max_depth} row {row}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+
+    /// Forests of 25 random trees (leaves at every depth, so complete trees
+    /// carry padding) for each width and depth the walks treat apart, with
+    /// rows on their threshold grid and a NaN now and then: (dims, max
+    /// depth, forest, rows).
+    fn random_forests() -> Vec<(usize, u32, PackedForest, Vec<f32>)> {
         let mut rng = 7u64;
-        for dims in [1usize, 3, 8, 16, 17] {
+        let mut out = Vec::new();
+        for dims in [1usize, 3, 8, 9, 16, 17] {
             for max_depth in [1u32, 4, 5, 6, 7, 8, 9] {
                 let names: Vec<String> = (0..dims).map(|d| format!("f{d}")).collect();
                 let model = pb::Model {
@@ -337,22 +424,43 @@ mod tests {
                         k => (k % 18) as f32 * 0.25 - 0.25,
                     })
                     .collect();
-                let n = rows.len() / dims;
-                let mut fast = CpuScorer::new(forest.clone());
-                if dims <= 16 && max_depth <= 8 && std::arch::is_x86_feature_detected!("avx512f") {
-                    assert!(fast.describe().contains("avx512"), "{}", fast.describe());
-                }
-                let (mut a, mut b) = (vec![RowScore::default(); n], vec![RowScore::default(); n]);
-                fast.score(&rows, &mut a).unwrap();
-                CpuScorer::portable(forest).score(&rows, &mut b).unwrap();
-                for (row, (a, b)) in a.iter().zip(&b).enumerate() {
-                    assert_eq!(
-                        (a.score.to_bits(), a.mean_path.to_bits()),
-                        (b.score.to_bits(), b.mean_path.to_bits()),
-                        "dims {dims} depth {max_depth} row {row}: {a:?} vs {b:?}"
-                    );
-                }
+                out.push((dims, max_depth, forest, rows));
             }
+        }
+        out
+    }
+
+    #[test]
+    fn vector_attribution_matches_the_branching_walk_bit_for_bit() {
+        for (dims, max_depth, forest, rows) in random_forests() {
+            let fast = Attribution::new(forest.clone());
+            if dims <= 16 && max_depth <= 8 && std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(fast.vector(), "dims {dims} depth {max_depth}");
+            }
+            let (a, b) = (fast.rows(&rows), forest.attribution_rows(&rows));
+            assert_eq!(a.len(), b.len());
+            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "dims {dims} depth {max_depth} row {} feature {}: {a} vs {b}",
+                    i / dims,
+                    i % dims
+                );
+            }
+            let portable = Attribution::portable(forest.clone());
+            assert!(!portable.vector());
+            assert_eq!(
+                portable.rows(&rows[..dims * 3]),
+                forest.attribution_rows(&rows[..dims * 3])
+            );
+        }
+        // Every row's shares sum to 1 (hand-built model: both features on
+        // some path).
+        let forest = PackedForest::from_model(&model()).unwrap();
+        let shares = Attribution::new(forest).rows(&[0.0, 0.0, 1.0, 3.0]);
+        for row in shares.chunks(2) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{shares:?}");
         }
     }
 

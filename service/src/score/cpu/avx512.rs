@@ -8,7 +8,7 @@
 //! Decisions (`x <= threshold` left, else right, NaN right) and the f32 sum
 //! in tree order are those of the scalar walk, so results are bit-identical.
 
-use crate::forest::Split;
+use crate::forest::ImplicitForest;
 use std::arch::x86_64::*;
 
 /// Deepest tree this walk takes (levels 0..8 hold at most 128 nodes).
@@ -35,6 +35,9 @@ pub(super) fn available() -> bool {
 #[derive(Clone, Debug)]
 pub(super) struct Tables {
     features: Vec<i32>,
+    /// `features` with −1 for the splits above a leaf's copies, which
+    /// attribution does not credit.
+    credited: Vec<i32>,
     thresholds: Vec<f32>,
     leaves: Vec<f32>,
     /// Per tree: (table offset, leaf offset, depth).
@@ -43,29 +46,32 @@ pub(super) struct Tables {
 }
 
 impl Tables {
-    /// Builds the tables from complete trees in breadth-first order:
-    /// `(splits, leaves, depth)` per tree.
-    pub(super) fn new<'a>(
-        dims: usize,
-        trees: impl Iterator<Item = (&'a [Split], &'a [f32], u32)>,
-    ) -> Self {
+    /// Builds the tables from a forest of complete trees (depth ≤
+    /// [`MAX_DEPTH`]).
+    pub(super) fn new(dims: usize, forest: &ImplicitForest) -> Self {
         let mut t = Self {
             features: Vec::new(),
+            credited: Vec::new(),
             thresholds: Vec::new(),
             leaves: Vec::new(),
             trees: Vec::new(),
             dims,
         };
-        for (splits, leaves, depth) in trees {
+        for (tree, (splits, leaves, depth)) in forest.trees.iter().zip(forest.iter()) {
             debug_assert!(depth <= MAX_DEPTH);
+            let real = &forest.real[tree.splits as usize..];
             let base = t.features.len();
             t.features.resize(base + TABLE_LEN, 0);
+            t.credited.resize(base + TABLE_LEN, -1);
             t.thresholds.resize(base + TABLE_LEN, 0.0);
             for (level, &offset) in LEVEL_OFFSET.iter().enumerate().take(depth as usize) {
                 let first = (1 << level) - 1;
                 for j in 0..1 << level {
                     let split = splits[first + j];
                     t.features[base + offset + j] = split.feature as i32;
+                    if real[first + j] {
+                        t.credited[base + offset + j] = split.feature as i32;
+                    }
                     t.thresholds[base + offset + j] = split.threshold;
                 }
             }
@@ -88,14 +94,7 @@ impl Tables {
     unsafe fn accumulate_avx512<const BLOCK: usize>(&self, rows: &[f32], sums: &mut [f32]) {
         let dims = self.dims;
         let n = sums.len();
-        // Column-major copy of the block; padding lanes walk zeros and are
-        // never read back.
-        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
-        for (r, row) in rows.chunks_exact(dims).enumerate() {
-            for (d, &x) in row.iter().enumerate() {
-                columns[d][r] = x;
-            }
-        }
+        let columns = self.columns::<BLOCK>(rows);
         let mut acc = [0f32; BLOCK];
         // One copy of the walk per row width, so the per-feature blends
         // unroll and the row's columns stay in registers.
@@ -113,6 +112,124 @@ impl Tables {
         by_dims!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
         for (s, &a) in sums.iter_mut().zip(&acc) {
             *s += a;
+        }
+    }
+
+    /// Column-major copy of a block of rows; padding lanes walk zeros and
+    /// are never read back.
+    #[inline]
+    fn columns<const BLOCK: usize>(&self, rows: &[f32]) -> [[f32; BLOCK]; MAX_DIMS] {
+        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
+        for (r, row) in rows.chunks_exact(self.dims).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                columns[d][r] = x;
+            }
+        }
+        columns
+    }
+
+    /// Each row's attribution credit per feature (see
+    /// [`crate::forest::PackedForest::credit_rows`], which this equals bit
+    /// for bit), written to `credit` in the rows' layout. `rows` holds at
+    /// most `BLOCK` rows.
+    pub(super) fn credit<const BLOCK: usize>(&self, rows: &[f32], credit: &mut [f32]) {
+        assert!(available(), "AVX-512 walk on a CPU without AVX-512");
+        assert!(rows.len() <= BLOCK * self.dims && rows.len() == credit.len());
+        // SAFETY: AVX-512F is present (checked above); the shapes are checked.
+        unsafe { self.credit_avx512::<BLOCK>(rows, credit) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn credit_avx512<const BLOCK: usize>(&self, rows: &[f32], credit: &mut [f32]) {
+        let dims = self.dims;
+        let n = rows.len() / dims.max(1);
+        let columns = self.columns::<BLOCK>(rows);
+        let mut out = [[0f32; BLOCK]; MAX_DIMS];
+        macro_rules! by_dims {
+            ($($d:literal)*) => {
+                match dims {
+                    $($d => self.credit_walk::<BLOCK, $d>(&columns, n.div_ceil(W), &mut out),)*
+                    _ => unreachable!("rows wider than MAX_DIMS take the portable walk"),
+                }
+            };
+        }
+        by_dims!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        for (r, row) in credit.chunks_exact_mut(dims).enumerate() {
+            for (d, c) in row.iter_mut().enumerate() {
+                *c = out[d][r];
+            }
+        }
+    }
+
+    /// Walks `groups` groups of 16 rows of `D` features through every tree,
+    /// counting per lane the path's splits on each feature in 4-bit fields
+    /// (features 0–7 in one vector, 8–15 in another; a path has at most
+    /// eight splits), then adding count × 1/h per feature to `out`.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn credit_walk<const BLOCK: usize, const D: usize>(
+        &self,
+        columns: &[[f32; BLOCK]; MAX_DIMS],
+        groups: usize,
+        out: &mut [[f32; BLOCK]; MAX_DIMS],
+    ) {
+        let one = _mm512_set1_epi32(1);
+        let nibble = _mm512_set1_epi32(15);
+        for g in 0..groups {
+            let mut xs = [_mm512_setzero_ps(); D];
+            let mut d = 0;
+            while d < D {
+                xs[d] = _mm512_loadu_ps(columns[d].as_ptr().add(g * W));
+                d += 1;
+            }
+            let mut credit = [_mm512_setzero_ps(); D];
+            for &(table, leaf_base, depth) in &self.trees {
+                let features = self.features.as_ptr().add(table);
+                let credited = self.credited.as_ptr().add(table);
+                let thresholds = self.thresholds.as_ptr().add(table);
+                let mut pos = _mm512_setzero_si512();
+                let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for level in 0..depth as usize {
+                    let offset = LEVEL_OFFSET[level];
+                    let f = pick(features.add(offset), level, pos);
+                    let t = _mm512_castsi512_ps(pick(thresholds.add(offset).cast(), level, pos));
+                    // A shift of 32 or more (−1's included, as unsigned)
+                    // leaves nothing, so each split lands in one field.
+                    let shift = _mm512_slli_epi32::<2>(pick(credited.add(offset), level, pos));
+                    low = _mm512_add_epi32(low, _mm512_sllv_epi32(one, shift));
+                    if D > 8 {
+                        let above = _mm512_sub_epi32(shift, _mm512_set1_epi32(32));
+                        high = _mm512_add_epi32(high, _mm512_sllv_epi32(one, above));
+                    }
+                    let x = value::<BLOCK, D>(features.add(offset), level, f, pos, columns, &xs, g);
+                    let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
+                    pos = _mm512_add_epi32(pos, pos);
+                    pos = _mm512_mask_add_epi32(pos, right, pos, one);
+                }
+                let leaf = _mm512_i32gather_ps::<4>(pos, self.leaves.as_ptr().add(leaf_base));
+                let weight = _mm512_div_ps(
+                    _mm512_set1_ps(1.0),
+                    _mm512_max_ps(leaf, _mm512_set1_ps(1.0)),
+                );
+                let mut d = 0;
+                while d < D {
+                    let fields = if d < 8 { low } else { high };
+                    let count = _mm512_and_si512(
+                        _mm512_srlv_epi32(fields, _mm512_set1_epi32(4 * (d as i32 % 8))),
+                        nibble,
+                    );
+                    // Multiply, then add: a fused multiply-add would round
+                    // once where the scalar twin rounds twice.
+                    let product = _mm512_mul_ps(_mm512_cvtepi32_ps(count), weight);
+                    credit[d] = _mm512_add_ps(credit[d], product);
+                    d += 1;
+                }
+            }
+            let mut d = 0;
+            while d < D {
+                _mm512_storeu_ps(out[d].as_mut_ptr().add(g * W), credit[d]);
+                d += 1;
+            }
         }
     }
 
@@ -134,7 +251,6 @@ impl Tables {
     ) {
         debug_assert!((BLOCK / W).is_multiple_of(PAIR));
         let one = _mm512_set1_epi32(1);
-        let block = _mm512_set1_epi32(BLOCK as i32);
         for &(table, leaf_base, depth) in &self.trees {
             let features = self.features.as_ptr().add(table);
             let thresholds = self.thresholds.as_ptr().add(table);
@@ -144,52 +260,30 @@ impl Tables {
             // which lie inside the block (BLOCK / W is a multiple of PAIR).
             for g0 in (0..groups).step_by(PAIR) {
                 let mut xs = [[_mm512_setzero_ps(); D]; PAIR];
-                let mut lanes = [_mm512_setzero_si512(); PAIR];
                 for p in 0..PAIR {
-                    let g = g0 + p;
                     let mut d = 0;
                     while d < D {
-                        xs[p][d] = _mm512_loadu_ps(columns[d].as_ptr().add(g * W));
+                        xs[p][d] = _mm512_loadu_ps(columns[d].as_ptr().add((g0 + p) * W));
                         d += 1;
                     }
-                    lanes[p] = _mm512_add_epi32(
-                        _mm512_set1_epi32((g * W) as i32),
-                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                    );
                 }
                 let mut pos = [_mm512_setzero_si512(); PAIR];
                 let mut level = 0;
                 while level < depth as usize {
                     let offset = LEVEL_OFFSET[level];
                     for p in 0..PAIR {
-                        let (f, t) =
-                            lookup(features.add(offset), thresholds.add(offset), level, pos[p]);
-                        let x = if D > GATHER_ABOVE {
-                            // The first two levels hold one and two splits:
-                            // loading their columns whole beats a gather
-                            // (fraud model, 7 features: 164 -> 144 ns per
-                            // row); from four splits on, the gather wins.
-                            let split = features.add(offset);
-                            let at = (g0 + p) * W;
-                            match level {
-                                0 => select::<BLOCK, 1>(split, columns, at, pos[p]),
-                                1 => select::<BLOCK, 2>(split, columns, at, pos[p]),
-                                _ => {
-                                    let at =
-                                        _mm512_add_epi32(_mm512_mullo_epi32(f, block), lanes[p]);
-                                    _mm512_i32gather_ps::<4>(at, columns.as_ptr().cast::<f32>())
-                                }
-                            }
-                        } else {
-                            let mut x = xs[p][0];
-                            let mut d = 1;
-                            while d < D {
-                                let is_d = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
-                                x = _mm512_mask_blend_ps(is_d, x, xs[p][d]);
-                                d += 1;
-                            }
-                            x
-                        };
+                        let f = pick(features.add(offset), level, pos[p]);
+                        let t =
+                            _mm512_castsi512_ps(pick(thresholds.add(offset).cast(), level, pos[p]));
+                        let x = value::<BLOCK, D>(
+                            features.add(offset),
+                            level,
+                            f,
+                            pos[p],
+                            columns,
+                            &xs[p],
+                            g0 + p,
+                        );
                         let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
                         pos[p] = _mm512_add_epi32(pos[p], pos[p]);
                         pos[p] = _mm512_mask_add_epi32(pos[p], right, pos[p], one);
@@ -242,40 +336,74 @@ unsafe fn select<const BLOCK: usize, const NODES: usize>(
     v[0]
 }
 
-/// Each lane's split (feature, threshold) at node `pos` of level `level`,
-/// whose table entries start at `features` / `thresholds`.
+/// Each lane's value of its split's feature `f` at level `level` of group
+/// `g`, whose level's split features start at `split`. `xs` holds the
+/// group's columns when `D` is small enough to pick among them by blends.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn lookup(
-    features: *const i32,
-    thresholds: *const f32,
+unsafe fn value<const BLOCK: usize, const D: usize>(
+    split: *const i32,
     level: usize,
+    f: __m512i,
     pos: __m512i,
-) -> (__m512i, __m512) {
-    let f = |k: usize| _mm512_loadu_si512(features.add(k * W).cast());
-    let t = |k: usize| _mm512_loadu_ps(thresholds.add(k * W));
+    columns: &[[f32; BLOCK]; MAX_DIMS],
+    xs: &[__m512; D],
+    g: usize,
+) -> __m512 {
+    if D > GATHER_ABOVE {
+        // The first two levels hold one and two splits: loading their
+        // columns whole beats a gather (fraud model, 7 features: 164 -> 144
+        // ns per row); from four splits on, the gather wins.
+        match level {
+            0 => select::<BLOCK, 1>(split, columns, g * W, pos),
+            1 => select::<BLOCK, 2>(split, columns, g * W, pos),
+            _ => {
+                let lanes = _mm512_add_epi32(
+                    _mm512_set1_epi32((g * W) as i32),
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                );
+                let at = _mm512_add_epi32(
+                    _mm512_mullo_epi32(f, _mm512_set1_epi32(BLOCK as i32)),
+                    lanes,
+                );
+                _mm512_i32gather_ps::<4>(at, columns.as_ptr().cast::<f32>())
+            }
+        }
+    } else {
+        let mut x = xs[0];
+        let mut d = 1;
+        while d < D {
+            let is_d = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
+            x = _mm512_mask_blend_ps(is_d, x, xs[d]);
+            d += 1;
+        }
+        x
+    }
+}
+
+/// Each lane's entry for node `pos` of level `level` in a per-level table
+/// (split features, their bits of thresholds, or credited features) whose
+/// level starts at `table`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pick(table: *const i32, level: usize, pos: __m512i) -> __m512i {
+    let v = |k: usize| _mm512_loadu_si512(table.add(k * W).cast());
     // Two vectors (32 entries) per permute; bits 5 and 6 of `pos` then
     // choose among the pairs.
-    let pair = |k: usize| {
-        (
-            _mm512_permutex2var_epi32(f(k), pos, f(k + 1)),
-            _mm512_permutex2var_ps(t(k), pos, t(k + 1)),
-        )
-    };
-    let pick = |bit: i32, lo: (__m512i, __m512), hi: (__m512i, __m512)| {
+    let pair = |k: usize| _mm512_permutex2var_epi32(v(k), pos, v(k + 1));
+    let choose = |bit: i32, lo: __m512i, hi: __m512i| {
         let m = _mm512_test_epi32_mask(pos, _mm512_set1_epi32(bit));
-        (
-            _mm512_mask_blend_epi32(m, lo.0, hi.0),
-            _mm512_mask_blend_ps(m, lo.1, hi.1),
-        )
+        _mm512_mask_blend_epi32(m, lo, hi)
     };
     match level {
-        0..=4 => (
-            _mm512_permutexvar_epi32(pos, f(0)),
-            _mm512_permutexvar_ps(pos, t(0)),
-        ),
+        0..=4 => _mm512_permutexvar_epi32(pos, v(0)),
         5 => pair(0),
-        6 => pick(32, pair(0), pair(2)),
-        _ => pick(64, pick(32, pair(0), pair(2)), pick(32, pair(4), pair(6))),
+        6 => choose(32, pair(0), pair(2)),
+        _ => choose(
+            64,
+            choose(32, pair(0), pair(2)),
+            choose(32, pair(4), pair(6)),
+        ),
     }
 }
