@@ -94,7 +94,8 @@ impl Tables {
     unsafe fn accumulate_avx512<const BLOCK: usize>(&self, rows: &[f32], sums: &mut [f32]) {
         let dims = self.dims;
         let n = sums.len();
-        let columns = self.columns::<BLOCK>(rows);
+        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
+        self.transpose::<BLOCK>(rows, &mut columns);
         let mut acc = [0f32; BLOCK];
         // One copy of the walk per row width, so the per-feature blends
         // unroll and the row's columns stay in registers.
@@ -115,17 +116,15 @@ impl Tables {
         }
     }
 
-    /// Column-major copy of a block of rows; padding lanes walk zeros and
-    /// are never read back.
+    /// Writes a block of rows column-major into zeroed `columns`; padding
+    /// lanes walk zeros and are never read back.
     #[inline]
-    fn columns<const BLOCK: usize>(&self, rows: &[f32]) -> [[f32; BLOCK]; MAX_DIMS] {
-        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
+    fn transpose<const BLOCK: usize>(&self, rows: &[f32], columns: &mut [[f32; BLOCK]; MAX_DIMS]) {
         for (r, row) in rows.chunks_exact(self.dims).enumerate() {
             for (d, &x) in row.iter().enumerate() {
                 columns[d][r] = x;
             }
         }
-        columns
     }
 
     /// Each row's attribution credit per feature (see
@@ -143,7 +142,8 @@ impl Tables {
     unsafe fn credit_avx512<const BLOCK: usize>(&self, rows: &[f32], credit: &mut [f32]) {
         let dims = self.dims;
         let n = rows.len() / dims.max(1);
-        let columns = self.columns::<BLOCK>(rows);
+        let mut columns = [[0f32; BLOCK]; MAX_DIMS];
+        self.transpose::<BLOCK>(rows, &mut columns);
         let mut out = [[0f32; BLOCK]; MAX_DIMS];
         macro_rules! by_dims {
             ($($d:literal)*) => {
