@@ -2,7 +2,10 @@
 //! rows with `ISOFLOW_BENCH_ROWS`). Reports rows/s via `Throughput::Elements`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use isoflow::score::{cpu::CpuScorer, RowScore, Scorer};
+use isoflow::score::{
+    cpu::{Attribution, CpuScorer},
+    RowScore, Scorer,
+};
 use isoflow_suite::{bench_rows, synthetic_rows};
 use isoflow_train::iforest::{IsolationForest, IsolationForestParams};
 
@@ -53,6 +56,12 @@ fn attribution(c: &mut Criterion) {
     group.throughput(Throughput::Elements(rows as u64));
     group.bench_function(format!("{rows}x{dims}_100trees_psi256"), |b| {
         b.iter(|| forest.packed().attribution_rows(&data))
+    });
+    // What the pipeline runs: the AVX-512 walk where the CPU has it.
+    let fast = Attribution::new(forest.packed().clone());
+    let walk = if fast.vector() { "vector" } else { "branching" };
+    group.bench_function(format!("{rows}x{dims}_100trees_psi256/{walk}"), |b| {
+        b.iter(|| fast.rows(&data))
     });
     group.finish();
 }

@@ -186,14 +186,16 @@ impl PackedForest {
     pub fn credit_rows(&self, rows: &[f32]) -> Vec<f32> {
         let dims = self.dims;
         let mut credit = vec![0f32; rows.len()];
+        let mut path = Vec::with_capacity(self.max_depth as usize + 1);
         let mut counts = vec![0u32; dims];
         // Tree by tree: a tree stays in cache for every row, where a row at
         // a time walks the whole forest out of cache again for each row.
         for &root in &self.roots {
             for (row, credit) in rows.chunks_exact(dims).zip(credit.chunks_exact_mut(dims)) {
-                counts.fill(0);
+                path.clear();
                 let mut node = self.nodes[root as usize];
                 while node.feature != LEAF {
+                    path.push(node.feature as usize);
                     counts[node.feature as usize] += 1;
                     let next = if row[node.feature as usize] <= node.threshold {
                         node.left
@@ -203,10 +205,11 @@ impl PackedForest {
                     node = self.nodes[next as usize];
                 }
                 let weight = 1.0 / node.threshold.max(1.0);
-                for (c, &k) in credit.iter_mut().zip(&counts) {
-                    if k > 0 {
-                        *c += k as f32 * weight;
-                    }
+                // Each feature's count × 1/h once, at its first split on
+                // the path; its later splits add 0 × 1/h, which changes
+                // nothing (credit is never −0), and no branch is taken.
+                for &f in &path {
+                    credit[f] += std::mem::take(&mut counts[f]) as f32 * weight;
                 }
             }
         }
