@@ -226,7 +226,7 @@ impl Scorer for CpuScorer {
 /// Per-feature shares of alerting rows (the method of
 /// [`PackedForest::attribution`]) on the AVX-512 walk where the CPU and
 /// forest allow: sixteen rows per walk and no branches to mispredict, about
-/// a fifth of the branching walk's time per row. Either way the shares are
+/// a sixth of the branching walk's time per row. Either way the shares are
 /// those of [`PackedForest::attribution_rows`], bit for bit.
 #[derive(Clone, Debug)]
 pub struct Attribution {
