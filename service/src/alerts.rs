@@ -5,7 +5,6 @@
 //! can drop duplicates after an at-least-once replay.
 
 use crate::features::FeaturePipeline;
-use crate::forest::PackedForest;
 use crate::model::pb;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -46,7 +45,7 @@ pub struct Scored<'a> {
     /// |z| per z-feature.
     pub z: &'a [f32],
     /// Each feature's share of the record's isolation
-    /// ([`PackedForest::attribution`]).
+    /// ([`crate::forest::PackedForest::attribution`]).
     pub shares: &'a [f32],
     /// The original record, as it arrived (JSON).
     pub record: &'a [u8],
@@ -178,12 +177,6 @@ pub fn reasons(
         }
     }
     reasons
-}
-
-/// The `n` features with the largest share of the record's isolation, as
-/// `(column, share)`, largest first; features with no share are left out.
-pub fn top_features(forest: &PackedForest, features: &[f32], n: usize) -> Vec<(usize, f32)> {
-    top_shares(&forest.attribution(features), n)
 }
 
 /// The `n` largest of a record's feature `shares` as `(column, share)`,
