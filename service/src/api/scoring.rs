@@ -26,11 +26,10 @@ use tonic::{Request, Response, Status};
 /// Prepared scorers kept; the oldest entries go when more models are used.
 const PREPARED_MODELS: usize = 32;
 
-/// A model ready to score: its packed forest, its attribution walk and idle
-/// scorers to reuse.
+/// A model ready to score: its packed forest (held by its attribution walk)
+/// and idle scorers to reuse.
 pub struct Prepared {
     model: Arc<pb::Model>,
-    forest: PackedForest,
     attribution: Attribution,
     names: Vec<String>,
     idle: Mutex<Vec<Box<dyn Scorer>>>,
@@ -43,8 +42,7 @@ impl Prepared {
             .map_err(|e| Status::invalid_argument(format!("model refused: {e}")))?;
         Ok(Self {
             names: crate::model::feature_names(&model),
-            attribution: Attribution::new(forest.clone()),
-            forest,
+            attribution: Attribution::new(forest),
             model,
             idle: Mutex::new(Vec::new()),
         })
@@ -72,7 +70,7 @@ pub fn score_request(
     let internal = |e: crate::score::ScoreError| Status::internal(format!("scoring failed: {e}"));
     let matrix: Vec<f32> = match raw {
         Some(f) => {
-            let dims = prepared.forest.dims;
+            let dims = prepared.attribution.forest().dims;
             if f.dims as usize != dims || f.values.len() % dims != 0 {
                 return Err(Status::invalid_argument(format!(
                     "features: model {} takes {dims} features per row ({}); got dims {} and {} values",
@@ -132,14 +130,16 @@ pub fn score_request(
             }
         }
     };
-    let dims = prepared.forest.dims;
+    let dims = prepared.attribution.forest().dims;
     let rows = matrix.len() / dims.max(1);
     let mut scores = vec![RowScore::default(); rows];
     if rows > 0 {
         let idle = prepared.idle.lock().expect("scorer pool lock").pop();
         let mut scorer = match idle {
             Some(s) => s,
-            None => engine.scorer(&prepared.forest).map_err(internal)?,
+            None => engine
+                .scorer(prepared.attribution.forest())
+                .map_err(internal)?,
         };
         let scored = scorer.score(&matrix, &mut scores);
         prepared.idle.lock().expect("scorer pool lock").push(scorer);
@@ -459,7 +459,7 @@ mod tests {
         let model = Arc::new(crate::model::load(&path).unwrap());
         let prepared = Prepared::new(model.clone()).unwrap();
         let engine = Engine::select(Backend::Cpu).unwrap();
-        let dims = prepared.forest.dims;
+        let dims = prepared.attribution.forest().dims;
         // 37 rows, not a multiple of the vector walk's 16: odd rows spread
         // wide (most alert), even rows near a usual payment (amount,
         // merchant risk, foreign, distance, amount z, rate, duplicates).
@@ -491,7 +491,7 @@ mod tests {
         for (row, r) in all.results.iter().enumerate() {
             let features = &values[row * dims..(row + 1) * dims];
             let want: Vec<(String, f32, f32)> =
-                crate::alerts::top_shares(&prepared.forest.attribution(features), 3)
+                crate::alerts::top_shares(&prepared.attribution.forest().attribution(features), 3)
                     .into_iter()
                     .map(|(i, share)| (prepared.names[i].clone(), features[i], share))
                     .collect();

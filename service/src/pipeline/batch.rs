@@ -85,7 +85,7 @@ pub(super) async fn process(
 
     let scored_at = Instant::now();
     // Queue every output message; the committer awaits the deliveries.
-    let dims = state.attribution.dims();
+    let dims = state.attribution.forest().dims;
     let nz = state.features.z_names().len();
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;

@@ -92,6 +92,21 @@ impl CpuForest {
         self.accumulate(rows, sums)
     }
 
+    /// Each row's attribution credit per feature
+    /// ([`PackedForest::credit_rows`]), on the fastest walk available.
+    fn credit(&self, rows: &[f32]) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tables) = &self.simd {
+            let width = BLOCK_ROWS * self.packed.dims.max(1);
+            let mut credit = vec![0f32; rows.len()];
+            for (rows, credit) in rows.chunks(width).zip(credit.chunks_mut(width)) {
+                tables.credit::<BLOCK_ROWS>(rows, credit);
+            }
+            return credit;
+        }
+        self.packed.credit_rows(rows)
+    }
+
     /// Adds each row's path length in every tree, in tree order, to `sums`.
     fn accumulate(&self, rows: &[f32], sums: &mut [f32]) {
         let dims = self.packed.dims;
@@ -253,32 +268,16 @@ impl Attribution {
         self.forest.vector()
     }
 
-    /// Features per row.
-    pub fn dims(&self) -> usize {
-        self.forest.packed.dims
+    /// The forest whose rows it attributes.
+    pub fn forest(&self) -> &PackedForest {
+        &self.forest.packed
     }
 
     /// Shares of each row of `rows` (rows of the forest's width, one after
     /// another), as rows in the same layout, each summing to 1.
     pub fn rows(&self, rows: &[f32]) -> Vec<f32> {
-        let dims = self.forest.packed.dims.max(1);
-        #[cfg(target_arch = "x86_64")]
-        let mut credit = match &self.forest.simd {
-            Some(tables) => {
-                let mut credit = vec![0f32; rows.len()];
-                for (rows, credit) in rows
-                    .chunks(BLOCK_ROWS * dims)
-                    .zip(credit.chunks_mut(BLOCK_ROWS * dims))
-                {
-                    tables.credit::<BLOCK_ROWS>(rows, credit);
-                }
-                credit
-            }
-            None => self.forest.packed.credit_rows(rows),
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let mut credit = self.forest.packed.credit_rows(rows);
-        normalize_shares(&mut credit, dims);
+        let mut credit = self.forest.credit(rows);
+        normalize_shares(&mut credit, self.forest.packed.dims);
         credit
     }
 }

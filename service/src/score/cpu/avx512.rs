@@ -191,8 +191,6 @@ impl Tables {
                 let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for level in 0..depth as usize {
                     let offset = LEVEL_OFFSET[level];
-                    let f = pick(features.add(offset), level, pos);
-                    let t = _mm512_castsi512_ps(pick(thresholds.add(offset).cast(), level, pos));
                     // A shift of 32 or more (−1's included, as unsigned)
                     // leaves nothing, so each split lands in one field.
                     let shift = _mm512_slli_epi32::<2>(pick(credited.add(offset), level, pos));
@@ -201,10 +199,15 @@ impl Tables {
                         let above = _mm512_sub_epi32(shift, _mm512_set1_epi32(32));
                         high = _mm512_add_epi32(high, _mm512_sllv_epi32(one, above));
                     }
-                    let x = value::<BLOCK, D>(features.add(offset), level, f, pos, columns, &xs, g);
-                    let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
-                    pos = _mm512_add_epi32(pos, pos);
-                    pos = _mm512_mask_add_epi32(pos, right, pos, one);
+                    pos = descend::<BLOCK, D>(
+                        features.add(offset),
+                        thresholds.add(offset),
+                        level,
+                        pos,
+                        columns,
+                        &xs,
+                        g,
+                    );
                 }
                 let leaf = _mm512_i32gather_ps::<4>(pos, self.leaves.as_ptr().add(leaf_base));
                 let weight = _mm512_div_ps(
@@ -250,7 +253,6 @@ impl Tables {
         acc: &mut [f32; BLOCK],
     ) {
         debug_assert!((BLOCK / W).is_multiple_of(PAIR));
-        let one = _mm512_set1_epi32(1);
         for &(table, leaf_base, depth) in &self.trees {
             let features = self.features.as_ptr().add(table);
             let thresholds = self.thresholds.as_ptr().add(table);
@@ -272,21 +274,15 @@ impl Tables {
                 while level < depth as usize {
                     let offset = LEVEL_OFFSET[level];
                     for p in 0..PAIR {
-                        let f = pick(features.add(offset), level, pos[p]);
-                        let t =
-                            _mm512_castsi512_ps(pick(thresholds.add(offset).cast(), level, pos[p]));
-                        let x = value::<BLOCK, D>(
+                        pos[p] = descend::<BLOCK, D>(
                             features.add(offset),
+                            thresholds.add(offset),
                             level,
-                            f,
                             pos[p],
                             columns,
                             &xs[p],
                             g0 + p,
                         );
-                        let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
-                        pos[p] = _mm512_add_epi32(pos[p], pos[p]);
-                        pos[p] = _mm512_mask_add_epi32(pos[p], right, pos[p], one);
                     }
                     level += 1;
                 }
@@ -334,6 +330,30 @@ unsafe fn select<const BLOCK: usize, const NODES: usize>(
         bit += 1;
     }
     v[0]
+}
+
+/// One level of group `g`'s walk: each lane reads its node's split (the
+/// level's entries start at `features` / `thresholds`) and steps to the
+/// left child when its value is ≤ the threshold, else (greater, or NaN) to
+/// the right one.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn descend<const BLOCK: usize, const D: usize>(
+    features: *const i32,
+    thresholds: *const f32,
+    level: usize,
+    pos: __m512i,
+    columns: &[[f32; BLOCK]; MAX_DIMS],
+    xs: &[__m512; D],
+    g: usize,
+) -> __m512i {
+    let f = pick(features, level, pos);
+    let t = _mm512_castsi512_ps(pick(thresholds.cast(), level, pos));
+    let x = value::<BLOCK, D>(features, level, f, pos, columns, xs, g);
+    let right = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, t);
+    let pos = _mm512_add_epi32(pos, pos);
+    _mm512_mask_add_epi32(pos, right, pos, _mm512_set1_epi32(1))
 }
 
 /// Each lane's value of its split's feature `f` at level `level` of group
