@@ -225,7 +225,7 @@ pub async fn produce(
     sent: Option<&[std::sync::OnceLock<std::time::Instant>]>,
 ) -> Result<(), GenCommandError> {
     use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::FutureRecord;
+    use rdkafka::producer::{FutureRecord, Producer};
     // Generated records stand for the applications upstream of the service,
     // so they are batched as a default client batches them (librdkafka's and
     // Kafka's `linger.ms` of 5 ms), not by the service's own 1 ms. It matters
@@ -234,6 +234,20 @@ pub async fn produce(
     // made produce-to-alert p99 pass 100 ms within 10 s.
     let linger = [("linger.ms".to_owned(), "5".to_owned())].into();
     let producer = crate::kafka::producer(brokers, &linger)?;
+    if let (true, Some(first)) = (rate > 0.0, records.first()) {
+        // A paced stream stands for a running application: connect and
+        // learn the topic's leaders before the first record is due, so a
+        // latency measured from its send time is not the client's start-up.
+        let (client, topic) = (producer.clone(), topic_of(first.scenario));
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+        })
+        .await
+        .expect("metadata task does not panic")
+        .map_err(|e| GenCommandError::Kafka(e.into()))?;
+    }
     let started = std::time::Instant::now();
     let mut pending = std::collections::VecDeque::new();
     for (i, r) in records.iter().enumerate() {
