@@ -466,6 +466,13 @@ impl Config {
                 self.service.backend
             ));
         }
+        let most = crate::features::slots::MAX_CAPACITY;
+        if !(1..=most).contains(&self.service.slot_capacity) {
+            return bad(format!(
+                "service.slot_capacity {}: expected 1 to {most} keys per keyed feature",
+                self.service.slot_capacity
+            ));
+        }
         if self.grpc.tls_cert.is_some() != self.grpc.tls_key.is_some() {
             return bad("grpc.tls_cert and grpc.tls_key must be set together".into());
         }
@@ -638,6 +645,12 @@ dlq_topic = "dlq"
             Config::parse(&format!("{GOOD}[service]\nbackend = \"tpu\"\n"), "t.toml").unwrap_err();
         assert!(
             err.to_string().contains("expected auto, gpu or cpu"),
+            "{err}"
+        );
+        let err =
+            Config::parse(&format!("{GOOD}[service]\nslot_capacity = 0\n"), "t.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("slot_capacity 0: expected 1 to"),
             "{err}"
         );
         let err = Config::parse(&GOOD.replace("\"alerts\"", "\"\""), "t.toml").unwrap_err();
