@@ -234,15 +234,25 @@ pub async fn produce(
     // made produce-to-alert p99 pass 100 ms within 10 s.
     let linger = [("linger.ms".to_owned(), "5".to_owned())].into();
     let producer = crate::kafka::producer(brokers, &linger)?;
-    if let (true, Some(first)) = (rate > 0.0, records.first()) {
+    if rate > 0.0 {
         // A paced stream stands for a running application: connect and
-        // learn the topic's leaders before the first record is due, so a
+        // learn the topics' leaders before the first record is due, so a
         // latency measured from its send time is not the client's start-up.
-        let (client, topic) = (producer.clone(), topic_of(first.scenario));
+        let mut scenarios = Vec::new();
+        for r in records {
+            if !scenarios.contains(&r.scenario) {
+                scenarios.push(r.scenario);
+            }
+        }
+        let topics: Vec<String> = scenarios.into_iter().map(topic_of).collect();
+        let client = producer.clone();
         tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+            topics.iter().try_for_each(|topic| {
+                client
+                    .client()
+                    .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+                    .map(drop)
+            })
         })
         .await
         .expect("metadata task does not panic")
