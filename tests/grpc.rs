@@ -329,6 +329,10 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         async move { status(&mut c).await.scored >= 3000 }
     })
     .await;
+    // The fraud model keeps per-card and per-tuple state: some of its
+    // capacity is taken, none of it overrun.
+    let fill = status(&mut scoring_a.clone()).await.state_fill;
+    assert!(fill > 0.0 && fill <= 1.0, "state fill {fill}");
     let alert_brokers = brokers.clone();
     let alerts = tokio::task::spawn_blocking(move || {
         isoflow::kafka::read_topic(&alert_brokers, "alerts", 100_000, Duration::from_secs(2))

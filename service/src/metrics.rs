@@ -93,6 +93,8 @@ pub struct PipelineMetrics {
     pub consumer_lag: AtomicI64,
     /// Keys evicted from bounded per-key state.
     pub state_evictions: AtomicU64,
+    /// The fullest per-key table's keys over its capacity, as `f64` bits.
+    pub state_fill: AtomicU64,
     /// When the last batch finished, milliseconds since the epoch (0: none yet).
     pub last_batch_ms: AtomicI64,
     /// Microseconds spent in each of [`PHASES`], over all batches.
@@ -113,6 +115,7 @@ impl Default for PipelineMetrics {
             end_to_end_latency: Histogram::new(SECONDS),
             consumer_lag: AtomicI64::new(0),
             state_evictions: AtomicU64::new(0),
+            state_fill: AtomicU64::new(0f64.to_bits()),
             last_batch_ms: AtomicI64::new(0),
             phase_micros: Default::default(),
         }
@@ -215,6 +218,16 @@ impl Registry {
                 m.consumer_lag.load(Relaxed)
             );
         }
+        // Near 1, new keys are about to evict old ones: raise
+        // `slot_capacity` before evictions make keyed features forget.
+        let _ = writeln!(out, "# TYPE isoflow_state_fill_ratio gauge");
+        for (p, m) in pipelines.iter() {
+            let _ = writeln!(
+                out,
+                "isoflow_state_fill_ratio{{pipeline=\"{p}\"}} {}",
+                f64::from_bits(m.state_fill.load(Relaxed))
+            );
+        }
         // Alert on a stalled pipeline with
         // `time() - isoflow_last_batch_timestamp_seconds > N and isoflow_consumer_lag > 0`.
         let _ = writeln!(out, "# TYPE isoflow_last_batch_timestamp_seconds gauge");
@@ -314,6 +327,11 @@ mod tests {
             text.contains("isoflow_batch_latency_seconds_bucket{pipeline=\"fraud\",le=\"0.01\"} 0")
         );
         assert!(text.contains("isoflow_backend_info{backend=\"cpu\"} 1"));
+        assert!(text.contains("isoflow_state_fill_ratio{pipeline=\"fraud\"} 0\n"));
+        m.state_fill.store(0.75f64.to_bits(), Relaxed);
+        assert!(r
+            .render()
+            .contains("isoflow_state_fill_ratio{pipeline=\"fraud\"} 0.75\n"));
         m.phase_micros[1].fetch_add(1_500_000, Relaxed);
         m.last_batch_ms.store(1_767_225_600_250, Relaxed);
         let text = r.render();

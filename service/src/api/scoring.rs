@@ -408,6 +408,7 @@ impl ScoringService for ScoringApi {
                     consumer_lag: m.consumer_lag.load(Relaxed),
                     state_evictions: m.state_evictions.load(Relaxed),
                     records_per_second: scored as f64 / uptime,
+                    state_fill: f64::from_bits(m.state_fill.load(Relaxed)),
                 }
             })
             .collect();

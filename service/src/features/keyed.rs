@@ -53,6 +53,11 @@ impl KeyedFeature {
         self.slots.evictions()
     }
 
+    /// Keys held as a share of capacity ([`SlotTable::fill`]).
+    pub fn fill(&self) -> f64 {
+        self.slots.fill()
+    }
+
     /// The feature value of a record of `key` at time `t`, updating the state.
     /// For [`KeyedKind::Repeat`], `key` must already include the compared fields.
     /// A record that does not `count` (a rate's `when` field is zero) gets

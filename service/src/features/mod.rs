@@ -261,6 +261,15 @@ impl FeaturePipeline {
                 .sum::<u64>()
     }
 
+    /// The fullest per-key table's keys as a share of its capacity: at 1
+    /// its features evict a key for each new one.
+    pub fn state_fill(&self) -> f64 {
+        self.keyed
+            .iter()
+            .map(|k| k.feature.fill())
+            .fold(self.slots.fill(), f64::max)
+    }
+
     /// True when some feature needs event times ([`Columns::time`]).
     pub fn needs_time(&self) -> bool {
         !self.keyed.is_empty()
@@ -439,5 +448,44 @@ window_s = 300.0
         let batch = features.compute(&cols, &mut CpuZEngine::default()).unwrap();
         let dup: Vec<bool> = batch.matrix.iter().map(|&v| v > 0.5).collect();
         assert_eq!(dup, [false, true, false, false, false, true, false, false]);
+    }
+
+    /// The fill an operator watches is the fullest table's: here the
+    /// repeat feature's, whose tuples outnumber the cards.
+    #[test]
+    fn state_fill_is_the_fullest_tables_share_of_capacity() {
+        let spec = spec::SpecFile::parse(
+            r#"
+key_field = "card"
+time_field = "ts"
+[[feature]]
+name = "amount_z"
+kind = "key_zscore"
+source = "amount"
+alpha = 0.1
+[[feature]]
+name = "dup"
+kind = "key_repeat"
+fields = ["amount"]
+window_s = 300.0
+"#,
+            "test",
+        )
+        .unwrap()
+        .to_proto()
+        .unwrap();
+        let mut features = FeaturePipeline::new(&spec, 4);
+        assert_eq!(features.state_fill(), 0.0);
+        let mut fills = Vec::new();
+        for (i, amount) in [1.0, 2.0, 3.0, 4.0, 5.0].into_iter().enumerate() {
+            let mut cols = Columns::new(features.wanted());
+            let record = serde_json::json!({"card": "c1", "amount": amount, "ts": i as f64});
+            cols.push_json(features.wanted(), &record, 1, None).unwrap();
+            features.compute(&cols, &mut CpuZEngine::default()).unwrap();
+            fills.push(features.state_fill());
+        }
+        // One card holds one z slot; each amount is a new tuple.
+        assert_eq!(fills, [0.25, 0.5, 0.75, 1.0, 1.0]);
+        assert_eq!(features.evictions(), 1);
     }
 }

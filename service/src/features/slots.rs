@@ -130,6 +130,11 @@ impl SlotTable {
         self.evictions
     }
 
+    /// Keys held as a share of capacity: at 1 each new key evicts one.
+    pub fn fill(&self) -> f64 {
+        self.len as f64 / self.capacity as f64
+    }
+
     /// The slot of `key` in `namespace`, and whether it is fresh (first
     /// sighting, or the key was evicted since): fresh slots need their state reset.
     pub fn slot(&mut self, namespace: u32, key: &str) -> (u32, bool) {
@@ -285,6 +290,7 @@ mod tests {
     fn reuses_slots_and_counts_evictions() {
         let mut t = SlotTable::new(2);
         assert_eq!(t.slot(0, "a"), (0, true));
+        assert_eq!(t.fill(), 0.5);
         assert_eq!(t.slot(0, "b"), (1, true));
         assert_eq!(t.slot(0, "a"), (0, false));
         // The same key in another namespace is another key; the table is full.
@@ -347,6 +353,7 @@ mod tests {
             assert!(t.len() <= capacity);
         }
         assert_eq!(t.len(), capacity);
+        assert_eq!(t.fill(), 1.0);
         assert_eq!(t.allocated(), capacity);
         // Every slot's current owner is still found, at that slot.
         for (slot, name) in owner.iter().enumerate() {

@@ -151,6 +151,11 @@ impl KeySlotTable {
         self.slots.evictions()
     }
 
+    /// Keys held as a share of capacity ([`SlotTable::fill`]).
+    pub fn fill(&self) -> f64 {
+        self.slots.fill()
+    }
+
     /// Maps one record to an entry: its slot, reset flag and shifted value.
     pub fn entry(&mut self, feature: u32, key: &str, value: f64) -> ZEntry {
         self.entry_hashed(feature, key_hash(key), value)

@@ -184,6 +184,7 @@ pub(super) async fn process(
         alerts: alert_count,
         shadow_alerts: scored.shadow_alerts,
         evictions: state.features.evictions(),
+        state_fill: state.features.state_fill(),
         oldest_ms: batch.iter().filter_map(|r| r.timestamp_ms).min(),
         started,
         published_at,

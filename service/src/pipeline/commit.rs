@@ -72,6 +72,8 @@ pub(super) struct Sent {
     pub(super) shadow_alerts: u64,
     /// Per-key state evictions so far.
     pub(super) evictions: u64,
+    /// The fullest per-key table's share of its capacity.
+    pub(super) state_fill: f64,
     /// Oldest broker timestamp in the batch, ms.
     pub(super) oldest_ms: Option<i64>,
     /// When the batch was handed to the pipeline, and when publishing ended.
@@ -229,6 +231,7 @@ async fn finish(
     m.batch_latency
         .observe(sent.started.elapsed().as_secs_f64());
     m.state_evictions.store(sent.evictions, Relaxed);
+    m.state_fill.store(sent.state_fill.to_bits(), Relaxed);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
