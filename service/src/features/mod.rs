@@ -409,23 +409,26 @@ mod tests {
     /// A repeat is the same card, amount and merchant again; a part that
     /// differs, or the same text split differently between the parts, is
     /// another tuple.
+    /// A spec keyed by `card`, timed by `ts`, with `features` (TOML).
+    fn card_spec(features: &str) -> pb::FeatureSpec {
+        let text = format!("key_field = \"card\"\ntime_field = \"ts\"\n{features}");
+        spec::SpecFile::parse(&text, "test")
+            .unwrap()
+            .to_proto()
+            .unwrap()
+    }
+
     #[test]
     fn repeat_keys_are_tuples_of_the_key_and_fields() {
-        let spec = spec::SpecFile::parse(
+        let spec = card_spec(
             r#"
-key_field = "card"
-time_field = "ts"
 [[feature]]
 name = "dup"
 kind = "key_repeat"
 fields = ["amount", "merchant"]
 window_s = 300.0
 "#,
-            "test",
-        )
-        .unwrap()
-        .to_proto()
-        .unwrap();
+        );
         let mut features = FeaturePipeline::new(&spec, 1 << 10);
         let rows = [
             ("c1", "10", "m1"),
@@ -454,10 +457,8 @@ window_s = 300.0
     /// repeat feature's, whose tuples outnumber the cards.
     #[test]
     fn state_fill_is_the_fullest_tables_share_of_capacity() {
-        let spec = spec::SpecFile::parse(
+        let spec = card_spec(
             r#"
-key_field = "card"
-time_field = "ts"
 [[feature]]
 name = "amount_z"
 kind = "key_zscore"
@@ -469,11 +470,7 @@ kind = "key_repeat"
 fields = ["amount"]
 window_s = 300.0
 "#,
-            "test",
-        )
-        .unwrap()
-        .to_proto()
-        .unwrap();
+        );
         let mut features = FeaturePipeline::new(&spec, 4);
         assert_eq!(features.state_fill(), 0.0);
         let mut fills = Vec::new();
