@@ -308,10 +308,17 @@ pub async fn run(
     // for real, without a backlog to read first: from the start, the
     // thousands of alerts of a long bulk phase delayed the receipt of the
     // first paced ones by tens of milliseconds.
-    let alerts_end = watcher
-        .fetch_watermarks(&alerts_topic, 0, Duration::from_secs(10))
-        .map_err(KafkaError::from)?
-        .1;
+    // A broker round trip: off the runtime, where the pipeline runs.
+    let (watcher, watermarks) = tokio::task::spawn_blocking({
+        let topic = alerts_topic.clone();
+        move || {
+            let watermarks = watcher.fetch_watermarks(&topic, 0, Duration::from_secs(10));
+            (watcher, watermarks)
+        }
+    })
+    .await
+    .expect("watermark task does not panic");
+    let alerts_end = watermarks.map_err(KafkaError::from)?.1;
     let from = match alerts_end {
         0 => rdkafka::Offset::Beginning,
         end => rdkafka::Offset::Offset(end - 1),

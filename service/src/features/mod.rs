@@ -406,9 +406,6 @@ pub fn signed_log1p(x: f64) -> f64 {
 mod tests {
     use super::*;
 
-    /// A repeat is the same card, amount and merchant again; a part that
-    /// differs, or the same text split differently between the parts, is
-    /// another tuple.
     /// A spec keyed by `card`, timed by `ts`, with `features` (TOML).
     fn card_spec(features: &str) -> pb::FeatureSpec {
         let text = format!("key_field = \"card\"\ntime_field = \"ts\"\n{features}");
@@ -418,6 +415,9 @@ mod tests {
             .unwrap()
     }
 
+    /// A repeat is the same card, amount and merchant again; a part that
+    /// differs, or the same text split differently between the parts, is
+    /// another tuple.
     #[test]
     fn repeat_keys_are_tuples_of_the_key_and_fields() {
         let spec = card_spec(
