@@ -292,7 +292,7 @@ fn bad_arguments_say_what_was_expected() {
 fn report_writes_json_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
-    let fx = fit("cardio", &["--report", report.to_str().unwrap()]);
+    let fx = fit("thyroid", &["--report", report.to_str().unwrap()]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();

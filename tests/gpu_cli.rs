@@ -1,5 +1,5 @@
 //! `isoflow score --backend gpu` against `--backend cpu`, whole process, on
-//! every shared tabular set: every score within 1e-5 and identical alerts
+//! every tabular set of `tests/data`: every score within 1e-5 and identical alerts
 //! (away from the threshold). Runs on whatever adapter is present (Mesa
 //! lavapipe in CI); no adapter is a failure, not a skip.
 
@@ -8,7 +8,7 @@ mod util;
 use util::{data, ok, parse_scores, score_args};
 
 #[test]
-fn gpu_scores_equal_cpu_scores_on_every_shared_set() {
+fn gpu_scores_equal_cpu_scores_on_every_tabular_set() {
     let dir = tempfile::tempdir().unwrap();
     let reference = std::fs::read_to_string(data("tabular/REFERENCE.csv")).unwrap();
     let mut worst = 0f64;

@@ -1,10 +1,11 @@
 //! The work behind the CLI commands; `main` only parses flags and calls these.
 
-use crate::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
-use crate::forest::PackedForest;
+use crate::detector::{DetectError, Detector, DetectorOptions};
+use crate::features::DEFAULT_SLOT_CAPACITY;
 use crate::model::{self, ModelError};
-use crate::score::{Backend, Engine, RowScore, ScoreError};
-use crate::{decision, input, output};
+use crate::preset::{Preset, PresetError};
+use crate::score::{Backend, Engine, ScoreError};
+use crate::{input, output};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,6 +21,15 @@ pub enum CommandError {
     /// Scoring failed.
     #[error(transparent)]
     Score(#[from] ScoreError),
+    /// The detector could not be built or could not score.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// A preset cannot describe the stream.
+    #[error(transparent)]
+    Preset(#[from] PresetError),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
     /// Output could not be written.
     #[error("cannot write output {path}: {source}")]
     Output {
@@ -48,17 +58,41 @@ fn closed_stdout(path: &str, e: &std::io::Error) -> bool {
     path == "-" && e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
+/// Where `isoflow score` gets its model.
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    /// A model file.
+    File(PathBuf),
+    /// A preset with no model file: a cold start that learns from the stream.
+    Preset {
+        /// The preset.
+        preset: Preset,
+        /// Key fields; the first is the entity.
+        keys: Vec<String>,
+        /// Event-time field.
+        time: String,
+        /// Numeric fields; empty: every numeric field of the first record.
+        fields: Vec<String>,
+    },
+}
+
 /// Options of `isoflow score`.
 #[derive(Clone, Debug)]
 pub struct ScoreOptions {
-    /// Model file.
-    pub model: PathBuf,
+    /// The model.
+    pub model: ModelSource,
     /// Input path (CSV or JSON lines) or `-`.
     pub input: String,
     /// Output path or `-`.
     pub output: String,
     /// Backend.
     pub backend: Backend,
+    /// Keep learning from the stream (online forest).
+    pub learn: bool,
+    /// Label feedback (JSON lines: records plus `label` and `label_ts`).
+    pub feedback: Option<String>,
+    /// Seed of regrown trees (default: the model's training seed).
+    pub seed: Option<u64>,
 }
 
 /// What `score_file` did.
@@ -72,16 +106,63 @@ pub struct ScoreSummary {
     pub backend: &'static str,
 }
 
+/// The model `source` names: a file, or a preset's cold-start model.
+pub fn resolve_model(
+    source: &ModelSource,
+    input: &str,
+    seed: u64,
+) -> Result<model::Model, CommandError> {
+    match source {
+        ModelSource::File(path) => Ok(model::load(path)?),
+        ModelSource::Preset {
+            preset,
+            keys,
+            time,
+            fields,
+        } => {
+            let fields = if fields.is_empty() {
+                input::numeric_fields_of_first_record(input, keys, time)?
+            } else {
+                fields.clone()
+            };
+            Ok(preset.cold_model(keys, time, &fields, seed)?)
+        }
+    }
+}
+
 /// Scores every row of a file against a model and writes `score,alert[,z_*]`.
 pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
-    let model = model::load(&opts.model)?;
-    let spec = model.feature_spec.clone().unwrap_or_default();
-    let mut pipeline = FeaturePipeline::new(&spec, DEFAULT_SLOT_CAPACITY);
-    let started = std::time::Instant::now();
-    let columns = input::read_path(&opts.input, pipeline.wanted())?;
-    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    let model = resolve_model(&opts.model, &opts.input, opts.seed.unwrap_or(0))?;
+    if matches!(opts.model, ModelSource::Preset { .. }) && !opts.learn {
+        return Err(CommandError::Usage(
+            "a preset without a model file starts cold and must learn: add --learn".into(),
+        ));
+    }
     let engine = Engine::select(opts.backend)?;
-    let scored = score_columns(&model, &mut pipeline, &columns, &engine)?;
+    let mut detector = Detector::new(
+        model,
+        engine,
+        &DetectorOptions {
+            learn: opts.learn,
+            seed: opts.seed,
+            slot_capacity: DEFAULT_SLOT_CAPACITY,
+        },
+    )?;
+    if let Some(path) = &opts.feedback {
+        if !detector.pipeline().uses_feedback() {
+            return Err(CommandError::Usage(format!(
+                "--feedback {path}: the model has no key_label_risk feature to use it"
+            )));
+        }
+        let wanted = detector.pipeline().feedback_wanted();
+        let labels = input::read_path(path, &wanted)?;
+        let labels = detector.pipeline().labels_from(&labels);
+        detector.pipeline_mut().add_labels(labels);
+    }
+    let started = std::time::Instant::now();
+    let columns = input::read_path(&opts.input, detector.pipeline().wanted())?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
+    let scored = detector.score(&columns)?;
     let score_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
     let write_err = |source| CommandError::Output {
         path: opts.output.clone(),
@@ -93,7 +174,7 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
         &mut sink,
         &scored.scores,
         &scored.alerts,
-        pipeline.z_names(),
+        detector.pipeline().z_names(),
         &scored.z,
     )
     .map_err(write_err)?;
@@ -103,46 +184,13 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
         read_ms,
         score_ms,
         write_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms - score_ms,
-        backend = engine.name(),
+        backend = detector.backend(),
         "scored file"
     );
     Ok(ScoreSummary {
         rows: scored.scores.len(),
         alerts: scored.alerts.iter().filter(|&&a| a).count(),
-        backend: engine.name(),
-    })
-}
-
-/// Scores, decisions and z-scores of a batch of records.
-#[derive(Clone, Debug, Default)]
-pub struct Scored {
-    /// Forest score and mean path per row.
-    pub scores: Vec<RowScore>,
-    /// Alert decision per row.
-    pub alerts: Vec<bool>,
-    /// Row-major |z| per z-feature.
-    pub z: Vec<f32>,
-}
-
-/// Runs records (read with `pipeline.wanted()`) through features, scorer and
-/// decision on `engine`.
-pub fn score_columns(
-    model: &model::Model,
-    pipeline: &mut FeaturePipeline,
-    columns: &input::Columns,
-    engine: &Engine,
-) -> Result<Scored, CommandError> {
-    let forest = PackedForest::from_model(model)?;
-    let features = pipeline.compute(columns, engine.z_engine()?.as_mut())?;
-    let mut scores = vec![RowScore::default(); features.rows];
-    engine
-        .scorer(&forest)?
-        .score(&features.matrix, &mut scores)?;
-    let alerts = decision::decide(&scores, &features.matrix, model.threshold, pipeline.rules());
-    Ok(Scored {
-        scores,
-        alerts,
-        z: features.z,
+        backend: detector.backend(),
     })
 }
 

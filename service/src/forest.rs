@@ -85,8 +85,9 @@ impl PackedForest {
         Ok(Self::pack(forest, dims))
     }
 
-    /// Packs a forest that has already been validated against `dims` features.
-    fn pack(forest: &pb::Forest, dims: usize) -> Self {
+    /// Packs a forest that has already been validated against `dims`
+    /// features, or that this crate grew itself ([`crate::grow`]).
+    pub(crate) fn pack(forest: &pb::Forest, dims: usize) -> Self {
         let total: usize = forest.trees.iter().map(|t| t.feature.len()).sum();
         let mut nodes = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(forest.trees.len());

@@ -12,6 +12,10 @@
 //! - [`score`]: the [`score::Scorer`] trait; `cpu` is the reference twin.
 //! - [`gpu`]: the wgpu context, kernels and buffers — the only module that
 //!   knows about the GPU.
+//! - [`detector`]: the one scoring sequence (features, forest, smoothing,
+//!   threshold, rules); [`learn`] keeps a forest learning from the stream,
+//!   growing trees with [`grow`]; [`preset`] picks features and settings
+//!   for a kind of stream.
 //! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
 //! - [`commands`]: the work behind each CLI command; [`bench`](mod@bench) measures
 //!   scoring, [`pipeline_bench`] the streaming service against a broker.
@@ -36,13 +40,16 @@ pub mod commands;
 pub mod config;
 pub mod decision;
 pub mod demo;
+pub mod detector;
 pub mod dlq;
 pub mod features;
 pub mod forest;
 pub mod gen;
 pub mod gpu;
+pub mod grow;
 pub mod input;
 pub mod kafka;
+pub mod learn;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -65,6 +72,7 @@ pub mod pb {
 
 pub mod pipeline;
 pub mod pipeline_bench;
+pub mod preset;
 pub mod registry;
 pub mod score;
 pub mod service;

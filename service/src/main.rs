@@ -31,8 +31,33 @@ enum Command {
     Score {
         /// Model file (from `isoflow-train fit`); with --grpc, a registry
         /// model `name` or `name@version`.
-        #[arg(long, required_unless_present = "pipeline")]
+        #[arg(long, required_unless_present_any = ["pipeline", "preset"], conflicts_with = "preset")]
         model: Option<PathBuf>,
+        /// No model file: start cold with this preset's features (metrics,
+        /// transactions) and learn from the stream (needs --learn).
+        #[arg(long, requires_all = ["key", "learn"])]
+        preset: Option<isoflow::preset::Preset>,
+        /// With --preset: key fields, the first being the entity.
+        #[arg(long, value_delimiter = ',')]
+        key: Vec<String>,
+        /// With --preset: event-time field (epoch seconds).
+        #[arg(long, default_value = "")]
+        time: String,
+        /// With --preset: numeric fields (default: every numeric field of the
+        /// first record).
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// Keep learning: regrow the oldest trees from recent rows as the
+        /// stream goes (each record scored before it is learnt).
+        #[arg(long)]
+        learn: bool,
+        /// Label feedback, JSON lines: records plus `label` and `label_ts`
+        /// (when the label became known); used only once known.
+        #[arg(long)]
+        feedback: Option<String>,
+        /// Seed of the trees grown while learning (default: the model's).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Score through a running service's gRPC API at this address instead
         /// of locally (JSON lines, or CSV rows sent as JSON objects).
         #[arg(long)]
@@ -323,17 +348,36 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Score {
             model,
+            preset,
+            key,
+            time,
+            fields,
+            learn,
+            feedback,
+            seed,
             input,
             output,
             backend,
             ..
         } => {
-            let model = model.context("--model is required without --grpc")?;
+            let model = match (model, preset) {
+                (Some(path), _) => commands::ModelSource::File(path),
+                (None, Some(preset)) => commands::ModelSource::Preset {
+                    preset,
+                    keys: key,
+                    time,
+                    fields,
+                },
+                (None, None) => anyhow::bail!("give --model FILE, or --preset P --key K --learn"),
+            };
             let summary = commands::score_file(&ScoreOptions {
                 model,
                 input,
                 output: output.clone(),
                 backend,
+                learn,
+                feedback,
+                seed,
             })
             .context("isoflow score failed")?;
             if output != "-" {

@@ -1,5 +1,5 @@
 //! Shared helpers for the end-to-end tests: locating the built binaries and
-//! the shared data, running commands.
+//! the test data, running commands.
 
 #![allow(dead_code)]
 
@@ -22,11 +22,30 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The shared data folder.
+/// A file or folder of the repository's own test data (`tests/data/`): the
+/// contract tests need nothing beside the clone.
 pub fn data(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
+        .join("tests/data")
         .join(rel)
+}
+
+/// The wider benchmark data (`../shared/data` beside the clone) when it is
+/// there; `None` (and a line saying so) when it is not, so wider runs are
+/// skipped visibly rather than failing on a bare clone.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    if path.exists() {
+        Some(path)
+    } else {
+        println!(
+            "skipped: {} is not present (the wider benchmark data)",
+            path.display()
+        );
+        None
+    }
 }
 
 /// Runs a binary with arguments and returns its output.

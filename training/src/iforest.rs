@@ -12,13 +12,13 @@
 
 use crate::TrainError;
 use isoflow::forest::PackedForest;
+use isoflow::grow;
 use isoflow::model::pb;
 use isoflow::score::{cpu::CpuScorer, RowScore, Scorer};
 use linfa::dataset::{DatasetBase, Records};
 use linfa::traits::{Fit, PredictInplace};
 use ndarray::{Array1, Array2, ArrayView2};
-use rand::seq::index;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -105,12 +105,12 @@ impl IsolationForestParams {
         let rows = data.len().checked_div(dims).unwrap_or(0);
         self.check(rows, dims)?;
         let psi = self.sample_size.min(rows);
-        let max_depth = (psi.max(2) as f64).log2().ceil() as usize;
+        let max_depth = grow::max_depth(psi);
         let trees: Vec<pb::Tree> = (0..self.trees)
             .into_par_iter()
             .map(|t| {
-                let mut rng = ChaCha8Rng::seed_from_u64(tree_seed(self.seed, t as u64));
-                let tree = grow_tree(data, rows, dims, psi, max_depth, &mut rng);
+                let mut rng = ChaCha8Rng::seed_from_u64(grow::tree_seed(self.seed, t as u64));
+                let tree = grow::grow_tree(data, rows, dims, psi, max_depth, &mut rng);
                 on_tree();
                 tree
             })
@@ -135,14 +135,6 @@ impl IsolationForestParams {
     }
 }
 
-/// SplitMix64 of (seed, tree): decorrelated per-tree streams.
-fn tree_seed(seed: u64, tree: u64) -> u64 {
-    let mut z = seed ^ tree.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A model wrapper so a bare forest can be validated and packed.
 fn placeholder_model(forest: &pb::Forest, dims: usize) -> pb::Model {
     let names: Vec<String> = (0..dims).map(|i| format!("f{i}")).collect();
@@ -150,99 +142,6 @@ fn placeholder_model(forest: &pb::Forest, dims: usize) -> pb::Model {
         feature_spec: Some(isoflow::features::spec::fields_spec(&names)),
         forest: Some(forest.clone()),
         ..Default::default()
-    }
-}
-
-struct TreeBuilder<'a> {
-    sample: &'a [f32],
-    dims: usize,
-    max_depth: usize,
-    tree: pb::Tree,
-    features: Vec<usize>,
-}
-
-fn grow_tree(
-    data: &[f32],
-    rows: usize,
-    dims: usize,
-    psi: usize,
-    max_depth: usize,
-    rng: &mut ChaCha8Rng,
-) -> pb::Tree {
-    let picked = index::sample(rng, rows, psi);
-    let mut sample = Vec::with_capacity(psi * dims);
-    for r in picked.iter() {
-        sample.extend_from_slice(&data[r * dims..(r + 1) * dims]);
-    }
-    let mut builder = TreeBuilder {
-        sample: &sample,
-        dims,
-        max_depth,
-        tree: pb::Tree::default(),
-        features: (0..dims).collect(),
-    };
-    let mut idx: Vec<u32> = (0..psi as u32).collect();
-    builder.build(&mut idx, 0, rng);
-    builder.tree
-}
-
-impl TreeBuilder<'_> {
-    fn value(&self, row: u32, feature: usize) -> f32 {
-        self.sample[row as usize * self.dims + feature]
-    }
-
-    /// Draws features without replacement until one is not constant on
-    /// `idx` (constant draws do not count, as in scikit-learn's splitter).
-    fn pick_split(&mut self, idx: &[u32], rng: &mut ChaCha8Rng) -> Option<(usize, f32)> {
-        for k in 0..self.dims {
-            let j = rng.gen_range(k..self.dims);
-            self.features.swap(k, j);
-            let f = self.features[k];
-            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-            for &r in idx {
-                let x = self.value(r, f);
-                lo = lo.min(x);
-                hi = hi.max(x);
-            }
-            if hi > lo {
-                let (lo64, hi64) = (lo as f64, hi as f64);
-                let mut t = lo64 + rng.gen::<f64>() * (hi64 - lo64);
-                if t >= hi64 {
-                    t = lo64;
-                }
-                let mut t32 = t as f32;
-                if t32 as f64 > t {
-                    t32 = t32.next_down();
-                }
-                return Some((f, t32));
-            }
-        }
-        None
-    }
-
-    fn build(&mut self, idx: &mut [u32], depth: usize, rng: &mut ChaCha8Rng) -> usize {
-        let split = if idx.len() <= 1 || depth >= self.max_depth {
-            None
-        } else {
-            self.pick_split(idx, rng)
-        };
-        let Some((feature, threshold)) = split else {
-            return self.tree.push_node(0, 0.0, idx.len() as u32);
-        };
-        let node = self.tree.push_node(feature as u32, threshold, 0);
-        let mut mid = 0;
-        for i in 0..idx.len() {
-            if self.value(idx[i], feature) <= threshold {
-                idx.swap(i, mid);
-                mid += 1;
-            }
-        }
-        let (left, right) = idx.split_at_mut(mid);
-        let l = self.build(left, depth + 1, rng);
-        let r = self.build(right, depth + 1, rng);
-        self.tree.left[node] = l as u32;
-        self.tree.right[node] = r as u32;
-        node
     }
 }
 
@@ -283,6 +182,7 @@ mod tests {
     use super::*;
     use linfa::traits::Predict;
     use linfa::Dataset;
+    use rand::Rng;
 
     fn blob(rows: usize) -> Array2<f64> {
         let mut rng = ChaCha8Rng::seed_from_u64(7);

@@ -8,12 +8,14 @@
 //! - [`eval`]: ROC AUC (tie-aware ranks), PR AUC, precision/recall, and the
 //!   contamination threshold.
 //! - [`report`]: `report.json` and PNG plots.
+//! - [`streams`]: a stream's detection figures against a truth file.
 //! - [`train`]: the whole `fit` command as a library call.
 
 pub mod data;
 pub mod eval;
 pub mod iforest;
 pub mod report;
+pub mod streams;
 pub mod train;
 
 /// Why training or evaluation failed.
@@ -37,9 +39,9 @@ pub enum TrainError {
     /// Scoring failed.
     #[error(transparent)]
     Score(#[from] isoflow::score::ScoreError),
-    /// Scoring pipeline failed.
+    /// The detector could not be built or could not score.
     #[error(transparent)]
-    Command(#[from] isoflow::commands::CommandError),
+    Detect(#[from] isoflow::detector::DetectError),
     /// Report could not be written.
     #[error("report: {0}")]
     Report(String),

@@ -49,27 +49,60 @@ enum Command {
         /// Columns that are not features (repeat or comma-separate).
         #[arg(long, value_delimiter = ',', default_value = "label")]
         ignore: Vec<String>,
-        /// Expected share of anomalies, in (0, 0.5]; sets the alert threshold.
-        #[arg(long, default_value_t = 0.01)]
-        contamination: f64,
-        /// Feature spec (TOML) with field and key_zscore features.
+        /// Expected share of anomalies, in (0, 0.5]; sets the alert threshold
+        /// (default 0.01, or the preset's).
         #[arg(long)]
+        contamination: Option<f64>,
+        /// Feature spec (TOML): fields, keyed z-scores, rates, gaps, repeats,
+        /// deviations, lags, windows, label risk.
+        #[arg(long, conflicts_with = "preset")]
         features: Option<PathBuf>,
+        /// Pick the features and settings for a kind of stream: metrics or
+        /// transactions (needs --key; JSON lines input).
+        #[arg(long, requires = "key")]
+        preset: Option<isoflow::preset::Preset>,
+        /// With --preset: key fields, the first being the entity.
+        #[arg(long, value_delimiter = ',')]
+        key: Vec<String>,
+        /// With --preset: event-time field (epoch seconds).
+        #[arg(long, default_value = "")]
+        time: String,
+        /// With --preset: numeric fields (default: every numeric field of the
+        /// first record).
+        #[arg(long, value_delimiter = ',')]
+        fields: Vec<String>,
+        /// Write the feature spec used (a preset's choices) as a spec file.
+        #[arg(long)]
+        spec_out: Option<PathBuf>,
         /// Directory for report.json and PNG plots.
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Score a labelled CSV with a model and print detection metrics.
+    /// Score labelled data with a model and print detection metrics: against
+    /// its label column, or with --truth against a stream's truth file.
     Eval {
         /// Model file.
         #[arg(long)]
         model: PathBuf,
-        /// Labelled data (CSV or JSON lines).
+        /// Labelled data (CSV or JSON lines), or the whole stream with --truth.
         #[arg(long)]
         input: String,
         /// Label column (nonzero = anomaly).
         #[arg(long, default_value = "label")]
         label: String,
+        /// Truth file (`line,label,kind,split`, one row per input line): the
+        /// figures of the test lines.
+        #[arg(long)]
+        truth: Option<String>,
+        /// With --truth: keep learning while scoring (as `isoflow score --learn`).
+        #[arg(long, requires = "truth")]
+        learn: bool,
+        /// With --truth: label feedback (records plus `label` and `label_ts`).
+        #[arg(long, requires = "truth")]
+        feedback: Option<String>,
+        /// With --learn: seed of the trees grown while learning.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -95,8 +128,22 @@ fn main() -> anyhow::Result<()> {
             ignore,
             contamination,
             features,
+            preset,
+            key,
+            time,
+            fields,
+            spec_out,
             report,
         } => {
+            let contamination = contamination
+                .or(preset.map(|p| p.contamination()))
+                .unwrap_or(0.01);
+            let preset = preset.map(|preset| train::PresetChoice {
+                preset,
+                keys: key,
+                time,
+                fields,
+            });
             // A topic's history is replayed from a JSON-lines copy, through
             // the same feature code as a file.
             let history = tempfile_path();
@@ -129,6 +176,8 @@ fn main() -> anyhow::Result<()> {
                 ignore,
                 contamination,
                 features,
+                preset,
+                spec_out,
                 report,
                 source,
             };
@@ -182,7 +231,34 @@ fn main() -> anyhow::Result<()> {
         Command::Eval {
             model,
             input,
+            truth: Some(truth),
+            learn,
+            feedback,
+            seed,
+            ..
+        } => {
+            let r =
+                train::evaluate_stream(&model, &input, &truth, learn, feedback.as_deref(), seed)
+                    .context("isoflow-train eval failed")?;
+            println!("test lines     {}", r.lines);
+            println!("anomalies      {}", r.anomalies);
+            println!("roc_auc        {:.6}", r.roc_auc);
+            println!("avg_precision  {:.6}", r.average_precision);
+            let [tp, fp, tn, fn_] = r.counts;
+            println!("alert flag     TP {tp}  FP {fp}  TN {tn}  FN {fn_}");
+            println!("f1             {:.6}", r.f1);
+            println!("far_percent    {:.4}", r.far);
+            println!("mar_percent    {:.4}", r.mar);
+            println!("precision@1%   {:.6}", r.precision_at_1pct);
+            for (kind, recall) in &r.recall_at_1pct {
+                println!("recall@1%      {kind} {recall:.6}");
+            }
+        }
+        Command::Eval {
+            model,
+            input,
             label,
+            ..
         } => {
             let e = train::evaluate_file(&model, &input, &label)
                 .context("isoflow-train eval failed")?;

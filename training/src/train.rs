@@ -4,10 +4,11 @@ use crate::data::{self, TrainingData};
 use crate::eval::{self, Evaluation};
 use crate::iforest::{IsolationForest, IsolationForestParams};
 use crate::{report, TrainError};
-use isoflow::commands::score_columns;
-use isoflow::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
+use isoflow::detector::{Detector, DetectorOptions};
+use isoflow::features::DEFAULT_SLOT_CAPACITY;
 use isoflow::input::{self, Wanted};
 use isoflow::model::{self, pb};
+use isoflow::preset::Preset;
 use isoflow::score::Engine;
 use std::path::PathBuf;
 
@@ -28,10 +29,27 @@ pub struct FitOptions {
     pub contamination: f64,
     /// Feature spec file; without one every numeric column is a feature.
     pub features: Option<PathBuf>,
+    /// A preset's spec and settings (instead of `features`).
+    pub preset: Option<PresetChoice>,
+    /// Write the spec used as a spec file here.
+    pub spec_out: Option<PathBuf>,
     /// Directory for report.json and plots.
     pub report: Option<PathBuf>,
     /// Provenance recorded in the model when `input` is a copy (e.g. `kafka://B/T`).
     pub source: Option<String>,
+}
+
+/// A preset and the stream it describes.
+#[derive(Clone, Debug)]
+pub struct PresetChoice {
+    /// The preset.
+    pub preset: Preset,
+    /// Key fields; the first is the entity.
+    pub keys: Vec<String>,
+    /// Event-time field.
+    pub time: String,
+    /// Numeric fields; empty: every numeric field of the first record.
+    pub fields: Vec<String>,
 }
 
 /// What `fit` produced.
@@ -53,6 +71,18 @@ pub struct FitOutcome {
 
 /// Loads the training matrix described by `opts`.
 pub fn load(opts: &FitOptions) -> Result<TrainingData, TrainError> {
+    if let Some(p) = &opts.preset {
+        let fields = if p.fields.is_empty() {
+            input::numeric_fields_of_first_record(&opts.input, &p.keys, &p.time)?
+        } else {
+            p.fields.clone()
+        };
+        let spec = p
+            .preset
+            .spec(&p.keys, &p.time, &fields)
+            .map_err(|e| TrainError::Params(e.to_string()))?;
+        return data::load_with_spec(&opts.input, spec, "label");
+    }
     match &opts.features {
         Some(spec_path) => {
             let spec = isoflow::features::spec::SpecFile::read(spec_path)?.to_proto()?;
@@ -77,11 +107,44 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         opts.params
             .fit_rows_with_progress(&data.matrix, data.dims(), on_tree)?;
     let fit_seconds = started.elapsed().as_secs_f64();
-    let scores: Vec<f64> = forest
-        .score_rows(&data.matrix)
-        .iter()
-        .map(|s| s.score as f64)
-        .collect();
+    let (learning, alerting) = match &opts.preset {
+        Some(p) => (Some(p.preset.learning()), Some(p.preset.alerting())),
+        None => (None, None),
+    };
+    let smoothed = alerting.as_ref().is_some_and(|a| a.score_half_life > 0.0);
+    let scores: Vec<f64> = if smoothed {
+        // The threshold is a quantile of the scores as the detector reports
+        // them: smoothed per key, from the same records in the same order.
+        let probe = pb::Model {
+            feature_spec: Some(data.spec.clone()),
+            forest: Some(forest.forest.clone()),
+            threshold: f64::MAX,
+            alerting: alerting.clone(),
+            ..Default::default()
+        };
+        let mut detector = Detector::new(
+            probe,
+            Engine::Cpu,
+            &DetectorOptions {
+                learn: false,
+                seed: None,
+                slot_capacity: DEFAULT_SLOT_CAPACITY,
+            },
+        )?;
+        let columns = read_lenient(&opts.input, detector.pipeline().wanted())?;
+        detector
+            .score(&columns)?
+            .scores
+            .iter()
+            .map(|s| s.score as f64)
+            .collect()
+    } else {
+        forest
+            .score_rows(&data.matrix)
+            .iter()
+            .map(|s| s.score as f64)
+            .collect()
+    };
     let threshold = eval::contamination_threshold(&scores, opts.contamination);
     let evaluation = data
         .labels
@@ -96,6 +159,8 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         feature_spec: Some(data.spec.clone()),
         forest: Some(forest.forest),
         threshold,
+        learning,
+        alerting,
         training: Some(pb::TrainingInfo {
             rows: data.rows as u64,
             seed: opts.params.seed,
@@ -110,6 +175,10 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         }),
     };
     model::save(&model, &opts.out)?;
+    if let Some(path) = &opts.spec_out {
+        std::fs::write(path, isoflow::features::spec::to_toml(&data.spec))
+            .map_err(|e| TrainError::Data(format!("cannot write {}: {e}", path.display())))?;
+    }
     let report_files = match &opts.report {
         Some(dir) => {
             let mut summary = model::metadata_json(&model);
@@ -144,9 +213,16 @@ pub fn evaluate_file(
     label: &str,
 ) -> Result<Evaluation, TrainError> {
     let model = model::load(model_path)?;
-    let spec = model.feature_spec.clone().unwrap_or_default();
-    let mut pipeline = FeaturePipeline::new(&spec, DEFAULT_SLOT_CAPACITY);
-    let columns = input::read_path(input_path, pipeline.wanted())?;
+    let mut detector = Detector::new(
+        model.clone(),
+        Engine::Cpu,
+        &DetectorOptions {
+            learn: false,
+            seed: None,
+            slot_capacity: DEFAULT_SLOT_CAPACITY,
+        },
+    )?;
+    let columns = input::read_path(input_path, detector.pipeline().wanted())?;
     let labels: Vec<bool> = input::read_path(
         input_path,
         &Wanted {
@@ -159,7 +235,7 @@ pub fn evaluate_file(
         .iter()
         .map(|&v| v != 0.0)
         .collect();
-    let scored = score_columns(&model, &mut pipeline, &columns, &Engine::Cpu)?;
+    let scored = detector.score(&columns)?;
     let scores: Vec<f64> = scored.scores.iter().map(|s| s.score as f64).collect();
     let mut evaluation = eval::evaluate(&scores, &labels, model.threshold);
     // Precision/recall follow the model's full decision (z rules included).
@@ -182,6 +258,52 @@ pub fn evaluate_file(
         tp as f64 / evaluation.positives as f64
     };
     Ok(evaluation)
+}
+
+/// Scores a whole stream with a model file, in order, as `isoflow score`
+/// does (learning with `learn`, label feedback from `feedback`), and gives
+/// the figures of its test lines against `truth`.
+pub fn evaluate_stream(
+    model_path: &std::path::Path,
+    input_path: &str,
+    truth: &str,
+    learn: bool,
+    feedback: Option<&str>,
+    seed: Option<u64>,
+) -> Result<crate::streams::StreamReport, TrainError> {
+    let truth = crate::streams::read_truth(truth)?;
+    let model = model::load(model_path)?;
+    let mut detector = Detector::new(
+        model,
+        Engine::Cpu,
+        &DetectorOptions {
+            learn,
+            seed,
+            slot_capacity: DEFAULT_SLOT_CAPACITY,
+        },
+    )?;
+    if let Some(path) = feedback {
+        let wanted = detector.pipeline().feedback_wanted();
+        let cols = input::read_path(path, &wanted)?;
+        let labels = detector.pipeline().labels_from(&cols);
+        detector.pipeline_mut().add_labels(labels);
+    }
+    let columns = input::read_path(input_path, detector.pipeline().wanted())?;
+    let scored = detector.score(&columns)?;
+    let scores: Vec<f64> = scored.scores.iter().map(|s| s.score as f64).collect();
+    crate::streams::evaluate(&scores, &scored.alerts, &truth)
+}
+
+/// Reads `path` with `wanted`, setting unreadable JSON lines aside as the
+/// training matrix does, so scores line up with its rows.
+fn read_lenient(path: &str, wanted: &Wanted) -> Result<input::Columns, TrainError> {
+    if input::Format::detect(path, None) == input::Format::JsonLines {
+        let file = std::fs::File::open(path)
+            .map_err(|e| TrainError::Data(format!("cannot open {path}: {e}")))?;
+        Ok(input::read_jsonl_lenient(std::io::BufReader::new(file), wanted)?.0)
+    } else {
+        Ok(input::read_path(path, wanted)?)
+    }
 }
 
 /// Copies up to `max` records of `topic` (from the beginning) to `path` as

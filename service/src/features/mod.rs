@@ -5,6 +5,8 @@
 //! are computed here; keyed z-scores are delegated to a [`ZEngine`] (CPU twin
 //! or GPU kernel) after the host has mapped keys to slots in arrival order.
 
+pub mod feedback;
+pub mod history;
 pub mod keyed;
 pub mod slots;
 pub mod spec;
@@ -13,6 +15,8 @@ pub mod zscore;
 use crate::input::{Columns, Wanted};
 use crate::model::pb::{self, feature::Kind};
 use crate::score::ScoreError;
+use feedback::{Label, LabelQueue, LabelRisk};
+use history::{Direction, HistoryFeature, HistoryKind, WindowStat};
 use keyed::{KeyedFeature, KeyedKind};
 use slots::{combine, key_hash, KeyHash};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
@@ -64,6 +68,22 @@ enum Op {
     Field { column: usize, log1p: bool },
     Zscore { index: usize },
     Keyed { index: usize },
+    History { index: usize },
+    Risk { index: usize },
+}
+
+struct History {
+    feature: HistoryFeature,
+    key: Option<usize>,
+    column: usize,
+    needs_time: bool,
+}
+
+struct Risk {
+    risk: LabelRisk,
+    key: Option<usize>,
+    /// The key field, read from feedback records too.
+    key_field: String,
 }
 
 struct Keyed {
@@ -119,6 +139,10 @@ pub struct FeaturePipeline {
     /// Each record's key per keyed feature, row-major: kept between
     /// batches so its buffer is reused.
     keyed_keys: Vec<KeyHash>,
+    history: Vec<History>,
+    risks: Vec<Risk>,
+    labels: LabelQueue,
+    key_field: String,
 }
 
 impl FeaturePipeline {
@@ -143,6 +167,8 @@ impl FeaturePipeline {
             })
         }
         let mut ops = Vec::new();
+        let mut history = Vec::new();
+        let mut risks = Vec::new();
         let mut pipeline_z = Vec::new();
         let (mut params, mut names) = (Vec::new(), Vec::new());
         for f in &spec.features {
@@ -177,6 +203,32 @@ impl FeaturePipeline {
                         _pad: 0,
                     });
                     names.push(f.name.clone());
+                }
+                Some(kind @ (Kind::KeyDeviation(_) | Kind::KeyLag(_) | Kind::KeyWindow(_))) => {
+                    let (kind, source, key_field, needs_time) = history_parts(kind);
+                    let key_field = key_of(key_field);
+                    ops.push(Op::History {
+                        index: history.len(),
+                    });
+                    history.push(History {
+                        feature: HistoryFeature::new(kind, slot_capacity),
+                        key: (!key_field.is_empty()).then(|| column(&mut wanted.keys, &key_field)),
+                        column: column(&mut wanted.numeric, source),
+                        needs_time,
+                    });
+                }
+                Some(Kind::KeyLabelRisk(r)) => {
+                    let key_field = key_of(&r.key_field);
+                    ops.push(Op::Risk { index: risks.len() });
+                    risks.push(Risk {
+                        risk: LabelRisk::new(
+                            r.window_s,
+                            if r.prior > 0.0 { r.prior } else { 1.0 },
+                            slot_capacity,
+                        ),
+                        key: (!key_field.is_empty()).then(|| column(&mut wanted.keys, &key_field)),
+                        key_field,
+                    });
                 }
                 _ => {}
             }
@@ -220,7 +272,86 @@ impl FeaturePipeline {
             entries: Vec::new(),
             z_raw: Vec::new(),
             keyed_keys: Vec::new(),
+            history,
+            risks,
+            labels: LabelQueue::default(),
+            key_field: spec.key_field.clone(),
         }
+    }
+
+    /// Makes sure the spec's entity key (`key_field`) is read, and returns
+    /// its column in [`Columns::keys`]; `None` when the spec has none.
+    pub fn track_entity(&mut self) -> Option<usize> {
+        let name = self.key_field.clone();
+        if name.is_empty() {
+            return None;
+        }
+        Some(match self.wanted.keys.iter().position(|k| *k == name) {
+            Some(c) => c,
+            None => {
+                self.wanted.keys.push(name);
+                self.wanted.keys.len() - 1
+            }
+        })
+    }
+
+    /// True when a feature reads label feedback ([`Self::add_labels`]).
+    pub fn uses_feedback(&self) -> bool {
+        !self.risks.is_empty()
+    }
+
+    /// The fields a feedback record must provide: the risk features' keys,
+    /// [`feedback::LABEL_FIELD`] and [`feedback::LABEL_TS_FIELD`], and the
+    /// event time when the spec has one.
+    pub fn feedback_wanted(&self) -> Wanted {
+        let mut keys: Vec<String> = Vec::new();
+        for r in &self.risks {
+            if !keys.contains(&r.key_field) {
+                keys.push(r.key_field.clone());
+            }
+        }
+        Wanted {
+            numeric: vec![
+                feedback::LABEL_FIELD.to_owned(),
+                feedback::LABEL_TS_FIELD.to_owned(),
+            ],
+            keys,
+            time: self.wanted.time.clone(),
+        }
+    }
+
+    /// Labels of feedback records read with [`Self::feedback_wanted`].
+    pub fn labels_from(&self, cols: &Columns) -> Vec<Label> {
+        let wanted = self.feedback_wanted();
+        let unkeyed = key_hash("");
+        (0..cols.rows)
+            .map(|row| Label {
+                known_at: cols.numeric[1][row],
+                event_time: cols.time.get(row).copied().unwrap_or(cols.numeric[1][row]),
+                anomaly: cols.numeric[0][row] != 0.0,
+                keys: self
+                    .risks
+                    .iter()
+                    .map(|r| {
+                        if r.key_field.is_empty() {
+                            return unkeyed;
+                        }
+                        let c = wanted
+                            .keys
+                            .iter()
+                            .position(|k| *k == r.key_field)
+                            .expect("feedback_wanted lists every risk key");
+                        cols.keys[c].hashes()[row]
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Queues confirmed labels; each is applied before the first record
+    /// whose event time is at or after its `known_at`.
+    pub fn add_labels(&mut self, labels: Vec<Label>) {
+        self.labels.extend(labels);
     }
 
     /// The fields a pipeline for `model`'s feature spec reads, without
@@ -259,6 +390,12 @@ impl FeaturePipeline {
                 .iter()
                 .map(|k| k.feature.evictions())
                 .sum::<u64>()
+            + self
+                .history
+                .iter()
+                .map(|h| h.feature.evictions())
+                .sum::<u64>()
+            + self.risks.iter().map(|r| r.risk.evictions()).sum::<u64>()
     }
 
     /// The fullest per-key table's keys as a share of its capacity: at 1
@@ -267,12 +404,16 @@ impl FeaturePipeline {
         self.keyed
             .iter()
             .map(|k| k.feature.fill())
+            .chain(self.history.iter().map(|h| h.feature.fill()))
+            .chain(self.risks.iter().map(|r| r.risk.fill()))
             .fold(self.slots.fill(), f64::max)
     }
 
     /// True when some feature needs event times ([`Columns::time`]).
     pub fn needs_time(&self) -> bool {
         !self.keyed.is_empty()
+            || !self.risks.is_empty()
+            || self.history.iter().any(|h| h.needs_time)
     }
 
     /// Computes the feature vectors of `cols` (read with [`Self::wanted`]),
@@ -285,9 +426,13 @@ impl FeaturePipeline {
         let rows = cols.rows;
         if self.needs_time() && cols.time.len() != rows {
             let names: Vec<&str> = self.keyed.iter().map(|k| k.name.as_str()).collect();
-            return Err(ScoreError::Features(format!(
-                "features {} need event times: set time_field in the feature spec (epoch seconds)",
+            let names = if names.is_empty() {
+                "windowed, seasonal and label-risk".to_owned()
+            } else {
                 names.join(", ")
+            };
+            return Err(ScoreError::Features(format!(
+                "features {names} need event times: set time_field in the feature spec (epoch seconds)"
             )));
         }
         let hash_of = |c: usize, row: usize| cols.keys[c].hashes()[row];
@@ -347,6 +492,34 @@ impl FeaturePipeline {
                     k.feature.observe_hashed(key, cols.time[row], counts) as f32;
             }
         }
+        let nh = self.history.len();
+        let mut history_values = vec![0f32; rows * nh];
+        let nr = self.risks.len();
+        let mut risk_values = vec![0f32; rows * nr];
+        if nh + nr > 0 {
+            for row in 0..rows {
+                let t = cols.time.get(row).copied().unwrap_or(0.0);
+                for (index, h) in self.history.iter_mut().enumerate() {
+                    let key = h.key.map_or(unkeyed, |c| hash_of(c, row));
+                    history_values[row * nh + index] =
+                        h.feature
+                            .observe_hashed(key, t, cols.numeric[h.column][row])
+                            as f32;
+                }
+                if nr > 0 {
+                    for label in self.labels.due(t) {
+                        for (r, &key) in self.risks.iter_mut().zip(&label.keys) {
+                            r.risk
+                                .learn(key, label.known_at, label.event_time, label.anomaly);
+                        }
+                    }
+                    for (index, r) in self.risks.iter_mut().enumerate() {
+                        let key = r.key.map_or(unkeyed, |c| hash_of(c, row));
+                        risk_values[row * nr + index] = r.risk.risk(key, t) as f32;
+                    }
+                }
+            }
+        }
         let dims = self.ops.len();
         let mut matrix = vec![0f32; rows * dims];
         for (j, op) in self.ops.iter().enumerate() {
@@ -364,6 +537,16 @@ impl FeaturePipeline {
                 Op::Keyed { index } => {
                     for row in 0..rows {
                         matrix[row * dims + j] = keyed_values[row * nk + index];
+                    }
+                }
+                Op::History { index } => {
+                    for row in 0..rows {
+                        matrix[row * dims + j] = history_values[row * nh + index];
+                    }
+                }
+                Op::Risk { index } => {
+                    for row in 0..rows {
+                        matrix[row * dims + j] = risk_values[row * nr + index];
                     }
                 }
             }
@@ -394,6 +577,54 @@ fn keyed_parts(kind: &Kind) -> Option<(KeyedKind, &str, &[String], &str)> {
             "",
         )),
         _ => None,
+    }
+}
+
+/// A history feature's kind, source field, key field and whether it needs
+/// event times.
+fn history_parts(kind: &Kind) -> (HistoryKind, &str, &str, bool) {
+    match kind {
+        Kind::KeyDeviation(d) => (
+            HistoryKind::Deviation {
+                alpha: d.alpha,
+                warmup: d.warmup,
+                robust_z: d.robust_z,
+                direction: match pb::Direction::try_from(d.direction) {
+                    Ok(pb::Direction::Up) => Direction::Up,
+                    Ok(pb::Direction::Down) => Direction::Down,
+                    _ => Direction::Both,
+                },
+                fast_alpha: d.fast_alpha,
+                bucket_s: d.bucket_s,
+                season_s: d.season_s,
+            },
+            &d.source,
+            &d.key_field,
+            d.bucket_s > 0.0,
+        ),
+        Kind::KeyLag(l) => (
+            HistoryKind::Lag {
+                lag: l.lag.clamp(1, history::MAX_LAG),
+                delta: l.delta,
+            },
+            &l.source,
+            &l.key_field,
+            false,
+        ),
+        Kind::KeyWindow(w) => (
+            HistoryKind::Window {
+                window_s: w.window_s,
+                stat: match pb::WindowStat::try_from(w.stat) {
+                    Ok(pb::WindowStat::Count) => WindowStat::Count,
+                    Ok(pb::WindowStat::Ratio) => WindowStat::Ratio,
+                    _ => WindowStat::Mean,
+                },
+            },
+            &w.source,
+            &w.key_field,
+            true,
+        ),
+        _ => unreachable!("history_parts is called for history kinds only"),
     }
 }
 

@@ -675,6 +675,57 @@ pub fn read_path(path: &str, wanted: &Wanted) -> Result<Columns, InputError> {
     }
 }
 
+/// The numeric top-level fields of the first record of a JSON-lines file
+/// (or the columns of a CSV header whose first row is numeric), in record
+/// order, leaving out `keys` and `time`: what a preset reads when no
+/// `--fields` are given.
+pub fn numeric_fields_of_first_record(
+    path: &str,
+    keys: &[String],
+    time: &str,
+) -> Result<Vec<String>, InputError> {
+    use std::io::BufRead as _;
+    let not_here = |what: &str| -> InputError {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned()).into()
+    };
+    if path == "-" {
+        return Err(not_here(
+            "standard input cannot be read twice to find its numeric fields: give --fields",
+        ));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let skip = |name: &str| keys.iter().any(|k| k == name) || name == time;
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let fields: Vec<String> =
+        if Format::detect(path, first.trim_start().bytes().next()) == Format::Csv {
+            let row = lines.next().transpose()?.unwrap_or_default();
+            first
+                .split(',')
+                .zip(row.split(','))
+                .filter(|(name, value)| !skip(name) && value.trim().parse::<f64>().is_ok())
+                .map(|(name, _)| name.trim().to_owned())
+                .collect()
+        } else {
+            let record: serde_json::Value =
+                serde_json::from_str(&first).map_err(|e| InputError::Json {
+                    row: 1,
+                    message: e.to_string(),
+                })?;
+            record
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(name, v)| v.is_number() && !skip(name))
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+    Ok(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

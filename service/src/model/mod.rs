@@ -92,6 +92,24 @@ pub fn metadata_json(model: &Model) -> serde_json::Value {
                 "name": f.name, "kind": "key_repeat", "key_field": r.key_field,
                 "fields": r.fields, "window_s": r.window_s,
             }),
+            Some(Kind::KeyDeviation(d)) => serde_json::json!({
+                "name": f.name, "kind": "key_deviation", "source": d.source,
+                "key_field": d.key_field, "alpha": d.alpha, "warmup": d.warmup,
+                "robust_z": d.robust_z, "direction": d.direction().as_str_name(),
+                "fast_alpha": d.fast_alpha, "bucket_s": d.bucket_s, "season_s": d.season_s,
+            }),
+            Some(Kind::KeyLag(l)) => serde_json::json!({
+                "name": f.name, "kind": "key_lag", "source": l.source,
+                "key_field": l.key_field, "lag": l.lag, "delta": l.delta,
+            }),
+            Some(Kind::KeyWindow(w)) => serde_json::json!({
+                "name": f.name, "kind": "key_window", "source": w.source,
+                "key_field": w.key_field, "window_s": w.window_s, "stat": w.stat().as_str_name(),
+            }),
+            Some(Kind::KeyLabelRisk(r)) => serde_json::json!({
+                "name": f.name, "kind": "key_label_risk", "key_field": r.key_field,
+                "window_s": r.window_s, "prior": r.prior,
+            }),
             None => serde_json::json!({ "name": f.name, "kind": null }),
         })
         .collect();
@@ -120,6 +138,14 @@ pub fn metadata_json(model: &Model) -> serde_json::Value {
             "nodes": nodes,
             "max_depth": max_depth,
         },
+        "learning": model.learning.as_ref().map(|l| serde_json::json!({
+            "window": l.window, "interval": l.interval,
+            "trees_per_update": l.trees_per_update, "warmup": l.warmup,
+        })),
+        "alerting": model.alerting.as_ref().map(|a| serde_json::json!({
+            "score_half_life": a.score_half_life, "alert_rate": a.alert_rate,
+            "rate_window": a.rate_window,
+        })),
         "training": {
             "rows": training.rows,
             "seed": training.seed,

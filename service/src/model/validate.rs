@@ -133,6 +133,54 @@ pub fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
             Some(Kind::KeyRate(pb::KeyRateFeature { window_s, .. })) => {
                 check_window(&f.name, *window_s)?
             }
+            Some(Kind::KeyDeviation(d)) => {
+                check_source(&f.name, &d.source)?;
+                check_unit(&f.name, "alpha", d.alpha, false)?;
+                check_unit(&f.name, "fast_alpha", d.fast_alpha, true)?;
+                if !(d.robust_z.is_finite() && d.robust_z >= 0.0) {
+                    return Err(invalid(format!(
+                        "key_deviation feature '{}': robust_z {} must be finite and >= 0",
+                        f.name, d.robust_z
+                    )));
+                }
+                if d.bucket_s != 0.0 || d.season_s != 0.0 {
+                    let ok = d.bucket_s.is_finite()
+                        && d.season_s.is_finite()
+                        && d.bucket_s > 0.0
+                        && d.season_s >= d.bucket_s
+                        && d.season_s / d.bucket_s <= MAX_SEASON_BUCKETS;
+                    if !ok {
+                        return Err(invalid(format!(
+                            "key_deviation feature '{}': bucket_s {} and season_s {} must be positive, with season_s / bucket_s between 1 and {MAX_SEASON_BUCKETS}",
+                            f.name, d.bucket_s, d.season_s
+                        )));
+                    }
+                }
+            }
+            Some(Kind::KeyLag(l)) => {
+                check_source(&f.name, &l.source)?;
+                if l.lag == 0 || l.lag > crate::features::history::MAX_LAG {
+                    return Err(invalid(format!(
+                        "key_lag feature '{}': lag {} must be 1 to {}",
+                        f.name,
+                        l.lag,
+                        crate::features::history::MAX_LAG
+                    )));
+                }
+            }
+            Some(Kind::KeyWindow(w)) => {
+                check_source(&f.name, &w.source)?;
+                check_window(&f.name, w.window_s)?;
+            }
+            Some(Kind::KeyLabelRisk(r)) => {
+                check_window(&f.name, r.window_s)?;
+                if !(r.prior.is_finite() && r.prior >= 0.0) {
+                    return Err(invalid(format!(
+                        "key_label_risk feature '{}': prior {} must be finite and >= 0",
+                        f.name, r.prior
+                    )));
+                }
+            }
             Some(Kind::KeyRepeat(r)) => {
                 check_window(&f.name, r.window_s)?;
                 if r.fields.is_empty() {
@@ -145,6 +193,29 @@ pub fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// The most seasonal buckets one deviation feature may keep per key (hours
+/// of a week are 168).
+pub const MAX_SEASON_BUCKETS: f64 = 1024.0;
+
+fn check_source(name: &str, source: &str) -> Result<(), ModelError> {
+    if source.is_empty() {
+        return Err(invalid(format!(
+            "feature '{name}' has an empty source field"
+        )));
+    }
+    Ok(())
+}
+
+/// A weight in (0, 1), or 0 where `zero_ok` (the option is off).
+fn check_unit(name: &str, what: &str, v: f64, zero_ok: bool) -> Result<(), ModelError> {
+    if (zero_ok && v == 0.0) || (v > 0.0 && v < 1.0) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "feature '{name}': {what} {v} is outside (0, 1)"
+    )))
 }
 
 fn check_window(name: &str, window_s: f64) -> Result<(), ModelError> {

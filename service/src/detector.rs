@@ -1,0 +1,316 @@
+//! The detector: records in, scores and alert decisions out, in one
+//! sequence — features, forest (fixed, or learning online), per-key score
+//! smoothing, threshold (fixed, or tracking a target alert rate), rules.
+//!
+//! `isoflow score` and the trainer's evaluation call it; it is where the
+//! online forest and the alerting settings of a model ([`pb::Learning`],
+//! [`pb::Alerting`]) take effect. A record's score depends only on the
+//! records before it: the online forest learns a row after scoring it, and
+//! the smoothed score and threshold include nothing later.
+
+use crate::decision;
+use crate::features::slots::{KeyHash, SlotTable};
+use crate::features::{FeatureBatch, FeaturePipeline, ZEngine};
+use crate::forest::PackedForest;
+use crate::input::Columns;
+use crate::learn::{LearnSettings, OnlineForest};
+use crate::model::{pb, ModelError};
+use crate::score::{Engine, RowScore, ScoreError, Scorer};
+
+/// Scores, decisions and z-scores of a batch of records.
+#[derive(Clone, Debug, Default)]
+pub struct Scored {
+    /// Reported score (smoothed when the model says so) and mean path per row.
+    pub scores: Vec<RowScore>,
+    /// Alert decision per row.
+    pub alerts: Vec<bool>,
+    /// Row-major |z| per z-feature.
+    pub z: Vec<f32>,
+    /// The threshold each row was judged against.
+    pub thresholds: Vec<f64>,
+}
+
+/// Why a detector could not be built or could not score.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// Model refused.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Scoring failed.
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+/// How a detector is run.
+#[derive(Clone, Debug, Default)]
+pub struct DetectorOptions {
+    /// Keep learning from the stream (online forest).
+    pub learn: bool,
+    /// Seed of regrown trees; default: the model's training seed.
+    pub seed: Option<u64>,
+    /// Keys of state per keyed feature.
+    pub slot_capacity: usize,
+}
+
+enum Forest {
+    Fixed(Box<dyn Scorer>),
+    Online {
+        forest: Box<OnlineForest>,
+        scorer: Option<Box<dyn Scorer>>,
+        /// `forest.updates()` when `scorer` was built.
+        built_at: u64,
+    },
+}
+
+/// Per-key EWMA of the forest score.
+struct Smoother {
+    alpha: f64,
+    slots: SlotTable,
+    state: Vec<f64>,
+    key: Option<usize>,
+}
+
+/// A threshold that tracks a target share of recent scores.
+struct RateThreshold {
+    rate: f64,
+    recent: Vec<f32>,
+    next: usize,
+    window: usize,
+    since: usize,
+    current: Option<f64>,
+}
+
+/// How often (records) the tracked threshold is recomputed.
+const RATE_REFRESH: usize = 64;
+
+impl RateThreshold {
+    fn new(rate: f64, window: usize) -> Self {
+        Self {
+            rate,
+            recent: Vec::with_capacity(window),
+            next: 0,
+            window,
+            since: 0,
+            current: None,
+        }
+    }
+
+    /// The threshold for the next score, then `score` counted.
+    fn judge(&mut self, score: f32, fallback: f64) -> f64 {
+        let threshold = self.current.unwrap_or(fallback);
+        if self.recent.len() < self.window {
+            self.recent.push(score);
+        } else {
+            self.recent[self.next] = score;
+        }
+        self.next = (self.next + 1) % self.window;
+        self.since += 1;
+        if self.since >= RATE_REFRESH && self.recent.len() >= self.window / 4 {
+            self.since = 0;
+            let mut sorted = self.recent.clone();
+            let k = ((1.0 - self.rate) * (sorted.len() - 1) as f64).round() as usize;
+            let (_, v, _) = sorted.select_nth_unstable_by(k, f32::total_cmp);
+            // A threshold just above the quantile's score, so ties at the
+            // quantile (many equal scores) do not all alert.
+            self.current = Some(f64::from(*v).next_up());
+        }
+        threshold
+    }
+}
+
+/// The one scoring sequence of a model.
+pub struct Detector {
+    model: pb::Model,
+    pipeline: FeaturePipeline,
+    engine: Engine,
+    z_engine: Box<dyn ZEngine>,
+    forest: Forest,
+    smoother: Option<Smoother>,
+    rate: Option<RateThreshold>,
+}
+
+impl Detector {
+    /// A detector for `model` on `engine`. A model with no trees (a preset
+    /// cold start) needs `options.learn`.
+    pub fn new(
+        model: pb::Model,
+        engine: Engine,
+        options: &DetectorOptions,
+    ) -> Result<Self, DetectError> {
+        let spec = model.feature_spec.clone().unwrap_or_default();
+        let capacity = options.slot_capacity.max(1);
+        let mut pipeline = FeaturePipeline::new(&spec, capacity);
+        let has_trees = model.forest.as_ref().is_some_and(|f| !f.trees.is_empty());
+        let forest = if options.learn {
+            crate::model::validate_spec(&spec)?;
+            if has_trees {
+                crate::model::validate(&model)?;
+            }
+            let trained = model.forest.as_ref().filter(|_| has_trees);
+            let training = model.training.clone().unwrap_or_default();
+            let settings = LearnSettings::new(
+                model.learning.as_ref(),
+                trained.map_or(DEFAULT_TREES, |f| f.trees.len()),
+                trained.map_or(DEFAULT_SAMPLE_SIZE, |f| f.sample_size as usize),
+                options.seed.unwrap_or(training.seed),
+            );
+            let online = OnlineForest::new(settings, pipeline.dims(), trained);
+            Forest::Online {
+                forest: Box::new(online),
+                scorer: None,
+                built_at: u64::MAX,
+            }
+        } else {
+            if !has_trees {
+                return Err(ModelError::Invalid(
+                    "the model has no trees: score it with --learn, which grows them from the stream".into(),
+                )
+                .into());
+            }
+            let packed = PackedForest::from_model(&model)?;
+            Forest::Fixed(engine.scorer(&packed)?)
+        };
+        let alerting = model.alerting.clone().unwrap_or_default();
+        let smoother = (alerting.score_half_life > 0.0).then(|| Smoother {
+            alpha: crate::features::spec::half_life_weight(alerting.score_half_life),
+            slots: SlotTable::new(capacity),
+            state: Vec::new(),
+            key: pipeline.track_entity(),
+        });
+        let rate = (alerting.alert_rate > 0.0).then(|| {
+            let window = if alerting.rate_window == 0 {
+                DEFAULT_RATE_WINDOW
+            } else {
+                alerting.rate_window as usize
+            };
+            RateThreshold::new(alerting.alert_rate, window.max(4))
+        });
+        Ok(Self {
+            z_engine: engine.z_engine()?,
+            model,
+            pipeline,
+            engine,
+            forest,
+            smoother,
+            rate,
+        })
+    }
+
+    /// The feature pipeline (what to read, z names, label feedback).
+    pub fn pipeline(&self) -> &FeaturePipeline {
+        &self.pipeline
+    }
+
+    /// The feature pipeline, to queue label feedback.
+    pub fn pipeline_mut(&mut self) -> &mut FeaturePipeline {
+        &mut self.pipeline
+    }
+
+    /// Backend name.
+    pub fn backend(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// The model as it scores now: with an online forest, its current trees.
+    pub fn current_model(&self) -> pb::Model {
+        let mut m = self.model.clone();
+        if let Forest::Online { forest, .. } = &self.forest {
+            if let Some(f) = forest.to_forest() {
+                m.forest = Some(f);
+            }
+        }
+        m
+    }
+
+    /// Scores a batch of records read with `pipeline().wanted()`.
+    pub fn score(&mut self, columns: &Columns) -> Result<Scored, DetectError> {
+        let features = self.pipeline.compute(columns, self.z_engine.as_mut())?;
+        let mut scores = vec![RowScore::default(); features.rows];
+        self.forest_scores(&features, &mut scores)?;
+        if let Some(smoother) = &mut self.smoother {
+            smoother.apply(columns, &mut scores);
+        }
+        let rules = self.pipeline.rules();
+        let dims = self.pipeline.dims().max(1);
+        let mut thresholds = Vec::with_capacity(scores.len());
+        let mut alerts = Vec::with_capacity(scores.len());
+        for (s, row) in scores.iter().zip(features.matrix.chunks_exact(dims)) {
+            let threshold = match &mut self.rate {
+                Some(rate) => rate.judge(s.score, self.model.threshold),
+                None => self.model.threshold,
+            };
+            thresholds.push(threshold);
+            alerts.push(decision::is_alert(s.score, threshold, row, rules));
+        }
+        Ok(Scored {
+            scores,
+            alerts,
+            z: features.z,
+            thresholds,
+        })
+    }
+
+    fn forest_scores(
+        &mut self,
+        features: &FeatureBatch,
+        out: &mut [RowScore],
+    ) -> Result<(), DetectError> {
+        let dims = self.pipeline.dims();
+        match &mut self.forest {
+            Forest::Fixed(scorer) => scorer.score(&features.matrix, out)?,
+            Forest::Online {
+                forest,
+                scorer,
+                built_at,
+            } => {
+                // Rows up to the next update are scored by the forest as it
+                // is, then learnt; the update they trigger scores the rest.
+                let mut row = 0;
+                while row < features.rows {
+                    let n = forest.rows_until_update().min(features.rows - row);
+                    let part = &features.matrix[row * dims..(row + n) * dims];
+                    if let Some(packed) = forest.forest() {
+                        if *built_at != forest.updates() || scorer.is_none() {
+                            *scorer = Some(self.engine.scorer(packed)?);
+                            *built_at = forest.updates();
+                        }
+                        let s = scorer.as_mut().expect("built above");
+                        s.score(part, &mut out[row..row + n])?;
+                    }
+                    forest.learn(part);
+                    row += n;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Trees of a cold-started forest.
+pub const DEFAULT_TREES: usize = 100;
+/// ψ of a cold-started forest.
+pub const DEFAULT_SAMPLE_SIZE: usize = 256;
+/// Scores a tracked threshold covers by default.
+pub const DEFAULT_RATE_WINDOW: usize = 4096;
+
+impl Smoother {
+    fn apply(&mut self, columns: &Columns, scores: &mut [RowScore]) {
+        let unkeyed: KeyHash = crate::features::slots::key_hash("");
+        for (row, s) in scores.iter_mut().enumerate() {
+            let key = self.key.map_or(unkeyed, |c| columns.keys[c].hashes()[row]);
+            let (slot, fresh) = self.slots.slot_hashed(0, key);
+            let i = slot as usize;
+            if i >= self.state.len() {
+                self.state.resize(i + 1, 0.0);
+            }
+            let x = f64::from(s.score);
+            let v = if fresh {
+                x
+            } else {
+                self.state[i] + self.alpha * (x - self.state[i])
+            };
+            self.state[i] = v;
+            s.score = v as f32;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Presets: the recommended features, forest, learning and alerting settings
+//! for a kind of stream, so a user names the stream's key, time and fields
+//! and need not tune (`isoflow-train fit --preset`, `isoflow score --preset`).
+//!
+//! - `metrics`: sensor, server and service metrics, one entity (device,
+//!   machine, series) per key. Each field raw, its signed deviation from the
+//!   key's robust baseline, a level shift (fast against slow baseline) and
+//!   its change since the previous record; the score is smoothed per key, as
+//!   incidents in metrics last many points.
+//! - `transactions`: payments per card (the first key) at terminals or
+//!   merchants (a second key). The amount raw (no `log1p`: under a
+//!   symmetric forest it isolates small payments), its rise over the card's
+//!   own baseline and over its 30-day average, the card's and terminal's
+//!   activity over a day, and with label feedback each key's share of
+//!   confirmed fraud over 28 days.
+
+use crate::model::pb::{self, feature::Kind};
+
+/// Which kind of stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// Metric streams.
+    Metrics,
+    /// Payment streams.
+    Transactions,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "metrics" => Ok(Preset::Metrics),
+            "transactions" => Ok(Preset::Transactions),
+            other => Err(format!(
+                "unknown preset '{other}': expected metrics or transactions"
+            )),
+        }
+    }
+}
+
+/// Why a preset cannot describe a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum PresetError {
+    /// Keys, time or fields missing or clashing.
+    #[error("preset {preset}: {message}")]
+    Invalid {
+        /// The preset's name.
+        preset: &'static str,
+        /// What is wrong and what to give.
+        message: String,
+    },
+}
+
+/// Seconds in a day.
+const DAY: f64 = 86_400.0;
+
+impl Preset {
+    /// The preset's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Metrics => "metrics",
+            Preset::Transactions => "transactions",
+        }
+    }
+
+    /// Share of the training rows above the alert threshold.
+    pub fn contamination(self) -> f64 {
+        match self {
+            Preset::Metrics => 0.01,
+            Preset::Transactions => 0.01,
+        }
+    }
+
+    /// The feature spec for a stream keyed by `keys` (the first is the
+    /// entity), timed by `time`, with numeric `fields`.
+    pub fn spec(
+        self,
+        keys: &[String],
+        time: &str,
+        fields: &[String],
+    ) -> Result<pb::FeatureSpec, PresetError> {
+        let invalid = |message: String| PresetError::Invalid {
+            preset: self.name(),
+            message,
+        };
+        let entity = keys
+            .first()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| invalid("give the entity key: --key FIELD[,FIELD2]".into()))?;
+        if fields.is_empty() {
+            return Err(invalid(
+                "no numeric fields: give --fields a,b,... (the first record had none)".into(),
+            ));
+        }
+        if let Some(f) = fields.iter().find(|f| keys.contains(f) || *f == time) {
+            return Err(invalid(format!(
+                "field '{f}' is also a key or the time field; leave it out of --fields"
+            )));
+        }
+        let mut features = Vec::new();
+        let mut add = |name: String, kind: Kind| {
+            features.push(pb::Feature {
+                name,
+                kind: Some(kind),
+            })
+        };
+        match self {
+            Preset::Metrics => {
+                for f in fields {
+                    add(
+                        f.clone(),
+                        Kind::Field(pb::FieldFeature {
+                            source: f.clone(),
+                            log1p: false,
+                        }),
+                    );
+                    add(
+                        format!("{f}_dev"),
+                        deviation(f, "", 120.0, 0.0, pb::Direction::Both),
+                    );
+                    add(
+                        format!("{f}_shift"),
+                        deviation(f, "", 120.0, 5.0, pb::Direction::Both),
+                    );
+                    add(
+                        format!("{f}_d1"),
+                        Kind::KeyLag(pb::KeyLagFeature {
+                            source: f.clone(),
+                            key_field: String::new(),
+                            lag: 1,
+                            delta: true,
+                        }),
+                    );
+                }
+            }
+            Preset::Transactions => {
+                let second = keys.get(1).filter(|k| !k.is_empty());
+                for f in fields {
+                    add(
+                        f.clone(),
+                        Kind::Field(pb::FieldFeature {
+                            source: f.clone(),
+                            log1p: false,
+                        }),
+                    );
+                    add(
+                        format!("{f}_up"),
+                        deviation(f, "", 20.0, 0.0, pb::Direction::Up),
+                    );
+                    add(
+                        format!("{f}_ratio_30d"),
+                        Kind::KeyWindow(pb::KeyWindowFeature {
+                            source: f.clone(),
+                            key_field: String::new(),
+                            window_s: 30.0 * DAY,
+                            stat: pb::WindowStat::Ratio as i32,
+                        }),
+                    );
+                }
+                add(
+                    format!("{entity}_count_1d"),
+                    Kind::KeyRate(pb::KeyRateFeature {
+                        key_field: String::new(),
+                        window_s: DAY,
+                        alert_above: 0.0,
+                        when: String::new(),
+                    }),
+                );
+                add(
+                    format!("{entity}_risk_28d"),
+                    Kind::KeyLabelRisk(pb::KeyLabelRiskFeature {
+                        key_field: String::new(),
+                        window_s: 28.0 * DAY,
+                        prior: 1.0,
+                    }),
+                );
+                if let Some(k) = second {
+                    add(
+                        format!("{k}_count_1d"),
+                        Kind::KeyRate(pb::KeyRateFeature {
+                            key_field: k.clone(),
+                            window_s: DAY,
+                            alert_above: 0.0,
+                            when: String::new(),
+                        }),
+                    );
+                    add(
+                        format!("{k}_risk_28d"),
+                        Kind::KeyLabelRisk(pb::KeyLabelRiskFeature {
+                            key_field: k.clone(),
+                            window_s: 28.0 * DAY,
+                            prior: 1.0,
+                        }),
+                    );
+                }
+            }
+        }
+        if self == Preset::Transactions && time.is_empty() {
+            return Err(invalid(
+                "windowed features need event times: give --time FIELD (epoch seconds)".into(),
+            ));
+        }
+        Ok(pb::FeatureSpec {
+            features,
+            key_field: entity.clone(),
+            time_field: time.to_owned(),
+        })
+    }
+
+    /// How the preset's forest keeps learning.
+    pub fn learning(self) -> pb::Learning {
+        pb::Learning {
+            window: 4096,
+            interval: 256,
+            trees_per_update: 10,
+            warmup: 256,
+        }
+    }
+
+    /// How the preset's scores become alerts.
+    pub fn alerting(self) -> pb::Alerting {
+        match self {
+            Preset::Metrics => pb::Alerting {
+                score_half_life: 5.0,
+                alert_rate: 0.0,
+                rate_window: 0,
+            },
+            Preset::Transactions => pb::Alerting {
+                score_half_life: 0.0,
+                alert_rate: 0.0,
+                rate_window: 0,
+            },
+        }
+    }
+
+    /// A model with the preset's spec and settings and no trees yet: `isoflow
+    /// score --preset ... --learn` grows them from the stream (cold start),
+    /// and alerts on the top `alert_rate` of recent scores.
+    pub fn cold_model(
+        self,
+        keys: &[String],
+        time: &str,
+        fields: &[String],
+        seed: u64,
+    ) -> Result<pb::Model, PresetError> {
+        let mut alerting = self.alerting();
+        alerting.alert_rate = self.contamination();
+        Ok(pb::Model {
+            name: self.name().to_owned(),
+            version: 1,
+            feature_spec: Some(self.spec(keys, time, fields)?),
+            forest: None,
+            // No alert until the tracked threshold has scores to go on.
+            threshold: f64::MAX,
+            training: Some(pb::TrainingInfo {
+                seed,
+                source: format!("preset:{}", self.name()),
+                trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..Default::default()
+            }),
+            learning: Some(self.learning()),
+            alerting: Some(alerting),
+            ..Default::default()
+        })
+    }
+}
+
+/// A signed deviation of `field` against its key's robust baseline with a
+/// half-life of `half_life` records; with `fast_half_life` > 0, a level shift.
+fn deviation(
+    field: &str,
+    key_field: &str,
+    half_life: f64,
+    fast_half_life: f64,
+    direction: pb::Direction,
+) -> Kind {
+    let weight = crate::features::spec::half_life_weight;
+    Kind::KeyDeviation(pb::KeyDeviationFeature {
+        source: field.to_owned(),
+        key_field: key_field.to_owned(),
+        alpha: weight(half_life),
+        warmup: 30,
+        robust_z: 3.0,
+        direction: direction as i32,
+        fast_alpha: if fast_half_life > 0.0 {
+            weight(fast_half_life)
+        } else {
+            0.0
+        },
+        bucket_s: 0.0,
+        season_s: 0.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn specs_validate_and_name_their_columns() {
+        let m = Preset::Metrics
+            .spec(&s(&["machine"]), "ts", &s(&["cpu", "mem"]))
+            .unwrap();
+        crate::model::validate_spec(&m).unwrap();
+        let names: Vec<&str> = m.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names[..4], ["cpu", "cpu_dev", "cpu_shift", "cpu_d1"]);
+        assert_eq!(m.key_field, "machine");
+        let t = Preset::Transactions
+            .spec(&s(&["customer_id", "terminal_id"]), "ts", &s(&["amount"]))
+            .unwrap();
+        crate::model::validate_spec(&t).unwrap();
+        assert!(t.features.iter().any(|f| f.name == "terminal_id_risk_28d"));
+    }
+
+    #[test]
+    fn missing_keys_or_fields_are_named() {
+        let e = Preset::Metrics.spec(&[], "ts", &s(&["a"])).unwrap_err();
+        assert!(e.to_string().contains("--key"), "{e}");
+        let e = Preset::Metrics.spec(&s(&["k"]), "ts", &[]).unwrap_err();
+        assert!(e.to_string().contains("--fields"), "{e}");
+        let e = Preset::Metrics
+            .spec(&s(&["k"]), "ts", &s(&["k", "a"]))
+            .unwrap_err();
+        assert!(e.to_string().contains("'k'"), "{e}");
+        assert!("nope".parse::<Preset>().is_err());
+    }
+}
