@@ -127,6 +127,8 @@ pub struct Detector {
     forest: Forest,
     smoother: Option<Smoother>,
     rate: Option<RateThreshold>,
+    /// Label-risk columns that raise the score instead of entering the forest.
+    risk_columns: Vec<usize>,
 }
 
 impl Detector {
@@ -185,7 +187,13 @@ impl Detector {
             };
             RateThreshold::new(alerting.alert_rate, window.max(4))
         });
+        let risk_columns = if alerting.risk_outside_forest {
+            pipeline.risk_columns()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
+            risk_columns,
             z_engine: engine.z_engine()?,
             model,
             pipeline,
@@ -224,14 +232,34 @@ impl Detector {
 
     /// Scores a batch of records read with `pipeline().wanted()`.
     pub fn score(&mut self, columns: &Columns) -> Result<Scored, DetectError> {
-        let features = self.pipeline.compute(columns, self.z_engine.as_mut())?;
+        let mut features = self.pipeline.compute(columns, self.z_engine.as_mut())?;
+        let dims = self.pipeline.dims().max(1);
+        // The forest sees risk columns as a constant (trees never split on
+        // one); each row's largest risk is kept aside to raise its score.
+        let risks: Vec<f32> = if self.risk_columns.is_empty() {
+            Vec::new()
+        } else {
+            features
+                .matrix
+                .chunks_exact_mut(dims)
+                .map(|row| {
+                    self.risk_columns.iter().fold(0f32, |r, &c| {
+                        let v = row[c];
+                        row[c] = 0.0;
+                        r.max(v)
+                    })
+                })
+                .collect()
+        };
         let mut scores = vec![RowScore::default(); features.rows];
         self.forest_scores(&features, &mut scores)?;
+        for (s, &r) in scores.iter_mut().zip(&risks) {
+            s.score = s.score.max(0.5 + 0.5 * r) + 0.3 * s.score;
+        }
         if let Some(smoother) = &mut self.smoother {
             smoother.apply(columns, &mut scores);
         }
         let rules = self.pipeline.rules();
-        let dims = self.pipeline.dims().max(1);
         let mut thresholds = Vec::with_capacity(scores.len());
         let mut alerts = Vec::with_capacity(scores.len());
         for (s, row) in scores.iter().zip(features.matrix.chunks_exact(dims)) {
@@ -312,5 +340,93 @@ impl Smoother {
             self.state[i] = v;
             s.score = v as f32;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset::Preset;
+
+    fn stream(n: usize) -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| {
+                let level = if (1200..1220).contains(&i) {
+                    40.0
+                } else {
+                    10.0
+                };
+                serde_json::json!({
+                    "device": if i % 2 == 0 { "a" } else { "b" },
+                    "ts": i as f64,
+                    "value": level + (i * 7 % 11) as f64 * 0.1,
+                })
+            })
+            .collect()
+    }
+
+    fn detector(learn: bool) -> Detector {
+        let keys = ["device".to_owned()];
+        let model = Preset::Metrics
+            .cold_model(&keys, "ts", &["value".to_owned()], 5)
+            .unwrap();
+        Detector::new(
+            model,
+            Engine::Cpu,
+            &DetectorOptions {
+                learn,
+                seed: None,
+                slot_capacity: 1024,
+            },
+        )
+        .unwrap()
+    }
+
+    fn score(d: &mut Detector, records: &[serde_json::Value]) -> Scored {
+        let wanted = d.pipeline().wanted().clone();
+        let mut cols = Columns::new(&wanted);
+        for (i, r) in records.iter().enumerate() {
+            cols.push_json(&wanted, r, i + 1, None).unwrap();
+        }
+        d.score(&cols).unwrap()
+    }
+
+    /// A replay cut into other batches, or `isoflow score --learn` over the
+    /// whole file, scores every record as the service did.
+    #[test]
+    fn learning_scores_do_not_depend_on_batching() {
+        let records = stream(1500);
+        let whole = score(&mut detector(true), &records);
+        let mut d = detector(true);
+        let mut parts = Scored::default();
+        for chunk in records.chunks(97) {
+            let s = score(&mut d, chunk);
+            parts.scores.extend(s.scores);
+            parts.alerts.extend(s.alerts);
+        }
+        assert_eq!(whole.scores, parts.scores);
+        assert_eq!(whole.alerts, parts.alerts);
+        // Cold start: nothing scores before the warm-up, the burst does after.
+        assert!(whole.scores[..256].iter().all(|s| s.score == 0.0));
+        let burst = whole.scores[1218].score;
+        let usual = whole.scores[1100].score;
+        assert!(burst > usual + 0.05, "burst {burst} usual {usual}");
+        assert!(whole.alerts[1200..1225].iter().any(|&a| a));
+        assert!(
+            !whole.alerts[..1024].iter().any(|&a| a),
+            "no alert before the tracked threshold has scores"
+        );
+    }
+
+    #[test]
+    fn a_cold_model_needs_learning() {
+        let keys = ["device".to_owned()];
+        let model = Preset::Metrics
+            .cold_model(&keys, "ts", &["value".to_owned()], 5)
+            .unwrap();
+        let err = Detector::new(model, Engine::Cpu, &DetectorOptions::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--learn"), "{err}");
     }
 }

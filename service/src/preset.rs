@@ -9,10 +9,13 @@
 //!   incidents in metrics last many points.
 //! - `transactions`: payments per card (the first key) at terminals or
 //!   merchants (a second key). The amount raw (no `log1p`: under a
-//!   symmetric forest it isolates small payments), its rise over the card's
-//!   own baseline and over its 30-day average, the card's and terminal's
-//!   activity over a day, and with label feedback each key's share of
-//!   confirmed fraud over 28 days.
+//!   symmetric forest it isolates small payments) and its rise over the
+//!   card's own 30-day average (one-sided, so only rises isolate; a payment
+//!   enters the average as at most 3× it). With label feedback, each key's
+//!   share of confirmed fraud over the last days raises the score outside
+//!   the forest ([`pb::Alerting::risk_outside_forest`]). Card activity
+//!   counts and terminal rates were measured and left out: they added
+//!   heavy tails without signal.
 
 use crate::model::pb::{self, feature::Kind};
 
@@ -144,51 +147,23 @@ impl Preset {
                         }),
                     );
                     add(
-                        format!("{f}_up"),
-                        deviation(f, "", 20.0, 0.0, pb::Direction::Up),
-                    );
-                    add(
-                        format!("{f}_ratio_30d"),
+                        format!("{f}_up_30d"),
                         Kind::KeyWindow(pb::KeyWindowFeature {
                             source: f.clone(),
                             key_field: String::new(),
                             window_s: 30.0 * DAY,
                             stat: pb::WindowStat::Ratio as i32,
+                            direction: pb::Direction::Up as i32,
+                            cap: 3.0,
                         }),
                     );
                 }
-                add(
-                    format!("{entity}_count_1d"),
-                    Kind::KeyRate(pb::KeyRateFeature {
-                        key_field: String::new(),
-                        window_s: DAY,
-                        alert_above: 0.0,
-                        when: String::new(),
-                    }),
-                );
-                add(
-                    format!("{entity}_risk_28d"),
-                    Kind::KeyLabelRisk(pb::KeyLabelRiskFeature {
-                        key_field: String::new(),
-                        window_s: 28.0 * DAY,
-                        prior: 1.0,
-                    }),
-                );
-                if let Some(k) = second {
+                for k in std::iter::once(entity).chain(second) {
                     add(
-                        format!("{k}_count_1d"),
-                        Kind::KeyRate(pb::KeyRateFeature {
-                            key_field: k.clone(),
-                            window_s: DAY,
-                            alert_above: 0.0,
-                            when: String::new(),
-                        }),
-                    );
-                    add(
-                        format!("{k}_risk_28d"),
+                        format!("{k}_risk_2d"),
                         Kind::KeyLabelRisk(pb::KeyLabelRiskFeature {
                             key_field: k.clone(),
-                            window_s: 28.0 * DAY,
+                            window_s: 2.0 * DAY,
                             prior: 1.0,
                         }),
                     );
@@ -224,11 +199,13 @@ impl Preset {
                 score_half_life: 5.0,
                 alert_rate: 0.0,
                 rate_window: 0,
+                risk_outside_forest: false,
             },
             Preset::Transactions => pb::Alerting {
                 score_half_life: 0.0,
                 alert_rate: 0.0,
                 rate_window: 0,
+                risk_outside_forest: true,
             },
         }
     }
@@ -313,7 +290,7 @@ mod tests {
             .spec(&s(&["customer_id", "terminal_id"]), "ts", &s(&["amount"]))
             .unwrap();
         crate::model::validate_spec(&t).unwrap();
-        assert!(t.features.iter().any(|f| f.name == "terminal_id_risk_28d"));
+        assert!(t.features.iter().any(|f| f.name == "terminal_id_risk_2d"));
     }
 
     #[test]

@@ -111,10 +111,10 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         Some(p) => (Some(p.preset.learning()), Some(p.preset.alerting())),
         None => (None, None),
     };
-    let smoothed = alerting.as_ref().is_some_and(|a| a.score_half_life > 0.0);
-    let scores: Vec<f64> = if smoothed {
+    let scores: Vec<f64> = if alerting.is_some() {
         // The threshold is a quantile of the scores as the detector reports
-        // them: smoothed per key, from the same records in the same order.
+        // them (smoothed per key, raised by risk), from the same records in
+        // the same order.
         let probe = pb::Model {
             feature_spec: Some(data.spec.clone()),
             forest: Some(forest.forest.clone()),

@@ -19,8 +19,6 @@ pub const LABEL_TS_FIELD: &str = "label_ts";
 pub struct Label {
     /// When the label became known (epoch seconds).
     pub known_at: f64,
-    /// The labelled record's event time.
-    pub event_time: f64,
     /// A confirmed anomaly.
     pub anomaly: bool,
     /// The record's key hash per risk feature, in feature order.
@@ -111,10 +109,9 @@ impl LabelRisk {
         &mut self.state[i]
     }
 
-    /// Counts a label of `key`, as of its known time. The weight of the
-    /// label decays from the labelled record's event time, so a late
-    /// verdict on an old record counts for what it is.
-    pub fn learn(&mut self, key: KeyHash, known_at: f64, event_time: f64, anomaly: bool) {
+    /// Counts a label of `key` as of the time it became known: what a
+    /// key's risk reflects is what was learnt about it lately.
+    pub fn learn(&mut self, key: KeyHash, known_at: f64, anomaly: bool) {
         let window = self.window_s;
         let c = self.cell(key);
         let now = known_at.max(c[0]);
@@ -124,10 +121,9 @@ impl LabelRisk {
             c[2] *= decay;
         }
         c[0] = now;
-        let w = (-(now - event_time).max(0.0) / window).exp();
-        c[1] += w;
+        c[1] += 1.0;
         if anomaly {
-            c[2] += w;
+            c[2] += 1.0;
         }
     }
 
@@ -153,7 +149,6 @@ mod tests {
     fn labels_are_due_only_once_known() {
         let l = |known_at| Label {
             known_at,
-            event_time: 0.0,
             anomaly: true,
             keys: vec![],
         };
@@ -172,10 +167,10 @@ mod tests {
         let t = key_hash("terminal 7");
         assert_eq!(r.risk(t, 0.0), 0.0);
         for i in 0..3 {
-            r.learn(t, 7.0 * day, i as f64, true);
+            r.learn(t, 7.0 * day + i as f64, true);
         }
-        r.learn(t, 7.0 * day, 0.0, false);
-        let v = r.risk(t, 7.0 * day);
+        r.learn(t, 7.0 * day + 3.0, false);
+        let v = r.risk(t, 7.0 * day + 3.0);
         assert!((v - 3.0 / 5.0).abs() < 1e-4, "{v}");
         // Another terminal is untouched; the risk fades over the window.
         assert_eq!(r.risk(key_hash("terminal 8"), 7.0 * day), 0.0);

@@ -71,6 +71,10 @@ pub enum HistoryKind {
         window_s: f64,
         /// What is reported.
         stat: WindowStat,
+        /// With a ratio, [`Direction::Up`] clips it at 0.
+        direction: Direction,
+        /// Above 0: values enter as at most `cap` × the mean.
+        cap: f64,
     },
 }
 
@@ -173,7 +177,12 @@ impl HistoryFeature {
                 s[0] = (count + 1) as f64;
                 out
             }
-            HistoryKind::Window { window_s, stat } => {
+            HistoryKind::Window {
+                window_s,
+                stat,
+                direction,
+                cap,
+            } => {
                 let (last_t, weight, sum) = (s[0], s[1], s[2]);
                 let dt = t - last_t;
                 // A late record reads the state as of the key's latest time
@@ -188,8 +197,20 @@ impl HistoryFeature {
                 let out = match stat {
                     WindowStat::Mean => mean,
                     WindowStat::Count => weight,
-                    WindowStat::Ratio if weight > 0.0 && mean != 0.0 => x / mean - 1.0,
+                    WindowStat::Ratio if weight > 1e-12 && mean != 0.0 => {
+                        let r = x / mean - 1.0;
+                        match direction {
+                            Direction::Up => r.max(0.0),
+                            Direction::Down => (-r).max(0.0),
+                            Direction::Both => r,
+                        }
+                    }
                     WindowStat::Ratio => 0.0,
+                };
+                let x = if cap > 0.0 && weight > 1e-12 {
+                    x.min(cap * mean)
+                } else {
+                    x
                 };
                 s[0] = if fresh { t } else { last_t.max(t) };
                 s[1] = weight + w;
@@ -399,6 +420,8 @@ mod tests {
                 HistoryKind::Window {
                     window_s: 86400.0,
                     stat,
+                    direction: Direction::Both,
+                    cap: 0.0,
                 },
                 16,
             )

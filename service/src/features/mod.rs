@@ -279,6 +279,16 @@ impl FeaturePipeline {
         }
     }
 
+    /// Columns of the feature vector that hold label risk.
+    pub fn risk_columns(&self) -> Vec<usize> {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::Risk { .. }))
+            .map(|(j, _)| j)
+            .collect()
+    }
+
     /// Makes sure the spec's entity key (`key_field`) is read, and returns
     /// its column in [`Columns::keys`]; `None` when the spec has none.
     pub fn track_entity(&mut self) -> Option<usize> {
@@ -327,7 +337,6 @@ impl FeaturePipeline {
         (0..cols.rows)
             .map(|row| Label {
                 known_at: cols.numeric[1][row],
-                event_time: cols.time.get(row).copied().unwrap_or(cols.numeric[1][row]),
                 anomaly: cols.numeric[0][row] != 0.0,
                 keys: self
                     .risks
@@ -509,8 +518,7 @@ impl FeaturePipeline {
                 if nr > 0 {
                     for label in self.labels.due(t) {
                         for (r, &key) in self.risks.iter_mut().zip(&label.keys) {
-                            r.risk
-                                .learn(key, label.known_at, label.event_time, label.anomaly);
+                            r.risk.learn(key, label.known_at, label.anomaly);
                         }
                     }
                     for (index, r) in self.risks.iter_mut().enumerate() {
@@ -580,6 +588,14 @@ fn keyed_parts(kind: &Kind) -> Option<(KeyedKind, &str, &[String], &str)> {
     }
 }
 
+fn direction_of(d: i32) -> Direction {
+    match pb::Direction::try_from(d) {
+        Ok(pb::Direction::Up) => Direction::Up,
+        Ok(pb::Direction::Down) => Direction::Down,
+        _ => Direction::Both,
+    }
+}
+
 /// A history feature's kind, source field, key field and whether it needs
 /// event times.
 fn history_parts(kind: &Kind) -> (HistoryKind, &str, &str, bool) {
@@ -589,11 +605,7 @@ fn history_parts(kind: &Kind) -> (HistoryKind, &str, &str, bool) {
                 alpha: d.alpha,
                 warmup: d.warmup,
                 robust_z: d.robust_z,
-                direction: match pb::Direction::try_from(d.direction) {
-                    Ok(pb::Direction::Up) => Direction::Up,
-                    Ok(pb::Direction::Down) => Direction::Down,
-                    _ => Direction::Both,
-                },
+                direction: direction_of(d.direction),
                 fast_alpha: d.fast_alpha,
                 bucket_s: d.bucket_s,
                 season_s: d.season_s,
@@ -619,6 +631,8 @@ fn history_parts(kind: &Kind) -> (HistoryKind, &str, &str, bool) {
                     Ok(pb::WindowStat::Ratio) => WindowStat::Ratio,
                     _ => WindowStat::Mean,
                 },
+                direction: direction_of(w.direction),
+                cap: w.cap,
             },
             &w.source,
             &w.key_field,

@@ -255,6 +255,12 @@ pub enum FeatureEntry {
         /// mean | count | ratio.
         #[serde(default)]
         stat: StatName,
+        /// With a ratio: both | up | down.
+        #[serde(default)]
+        direction: DirectionName,
+        /// Values enter as at most this many times the mean (0 = no cap).
+        #[serde(default)]
+        cap: f64,
     },
     /// Share of confirmed anomalies of this key, from label feedback.
     KeyLabelRisk {
@@ -303,6 +309,22 @@ fn default_warmup() -> u32 {
 
 fn default_prior() -> f64 {
     1.0
+}
+
+fn direction_proto(d: DirectionName) -> pb::Direction {
+    match d {
+        DirectionName::Both => pb::Direction::Both,
+        DirectionName::Up => pb::Direction::Up,
+        DirectionName::Down => pb::Direction::Down,
+    }
+}
+
+fn direction_text(d: pb::Direction) -> &'static str {
+    match d {
+        pb::Direction::Both => "both",
+        pb::Direction::Up => "up",
+        pb::Direction::Down => "down",
+    }
 }
 
 /// alpha from exactly one of `alpha` and `half_life` (records).
@@ -446,11 +468,7 @@ impl SpecFile {
                         alpha: weight(name, *alpha, *half_life)?,
                         warmup: *warmup,
                         robust_z: *robust_z,
-                        direction: match direction {
-                            DirectionName::Both => pb::Direction::Both,
-                            DirectionName::Up => pb::Direction::Up,
-                            DirectionName::Down => pb::Direction::Down,
-                        } as i32,
+                        direction: direction_proto(*direction) as i32,
                         fast_alpha: match fast_half_life {
                             Some(h) => weight(name, None, Some(*h))?,
                             None => 0.0,
@@ -480,6 +498,8 @@ impl SpecFile {
                     key_field,
                     window_s,
                     stat,
+                    direction,
+                    cap,
                 } => pb::Feature {
                     name: name.clone(),
                     kind: Some(Kind::KeyWindow(pb::KeyWindowFeature {
@@ -491,6 +511,8 @@ impl SpecFile {
                             StatName::Count => pb::WindowStat::Count,
                             StatName::Ratio => pb::WindowStat::Ratio,
                         } as i32,
+                        direction: direction_proto(*direction) as i32,
+                        cap: *cap,
                     })),
                 },
                 FeatureEntry::KeyLabelRisk {
@@ -600,12 +622,7 @@ pub fn to_toml(spec: &pb::FeatureSpec) -> String {
                 line("alpha", format!("{:?}", d.alpha));
                 line("warmup", d.warmup.to_string());
                 line("robust_z", format!("{:?}", d.robust_z));
-                let direction = match d.direction() {
-                    pb::Direction::Both => "both",
-                    pb::Direction::Up => "up",
-                    pb::Direction::Down => "down",
-                };
-                line("direction", q(direction));
+                line("direction", q(direction_text(d.direction())));
                 if d.fast_alpha > 0.0 {
                     // Written as the half-life whose weight it is.
                     let h = -1.0 / (1.0 - d.fast_alpha).log2();
@@ -634,6 +651,10 @@ pub fn to_toml(spec: &pb::FeatureSpec) -> String {
                     pb::WindowStat::Ratio => "ratio",
                 };
                 line("stat", q(stat));
+                line("direction", q(direction_text(w.direction())));
+                if w.cap > 0.0 {
+                    line("cap", format!("{:?}", w.cap));
+                }
             }
             Some(Kind::KeyLabelRisk(r)) => {
                 line("kind", q("key_label_risk"));
