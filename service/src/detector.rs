@@ -10,7 +10,7 @@
 
 use crate::decision;
 use crate::features::slots::{KeyHash, SlotTable};
-use crate::features::{FeatureBatch, FeaturePipeline, ZEngine};
+use crate::features::{FeaturePipeline, ZEngine};
 use crate::forest::PackedForest;
 use crate::input::Columns;
 use crate::learn::{LearnSettings, OnlineForest};
@@ -129,6 +129,7 @@ pub struct Detector {
     rate: Option<RateThreshold>,
     /// Label-risk columns that raise the score instead of entering the forest.
     risk_columns: Vec<usize>,
+    gate: Gate,
 }
 
 impl Detector {
@@ -179,6 +180,19 @@ impl Detector {
             state: Vec::new(),
             key: pipeline.track_entity(),
         });
+        let mut alerting = alerting;
+        if options.learn && has_trees && alerting.alert_rate == 0.0 {
+            // A forest that keeps learning rescales its scores as it goes:
+            // the trained threshold serves until there are recent scores,
+            // then the threshold tracks the model's contamination share of
+            // them.
+            alerting.alert_rate = model
+                .training
+                .as_ref()
+                .map(|t| t.contamination)
+                .filter(|c| *c > 0.0 && *c < 1.0)
+                .unwrap_or(crate::preset::COLD_ALERT_RATE);
+        }
         let rate = (alerting.alert_rate > 0.0).then(|| {
             let window = if alerting.rate_window == 0 {
                 DEFAULT_RATE_WINDOW
@@ -192,7 +206,18 @@ impl Detector {
         } else {
             Vec::new()
         };
+        let learning = model.learning.clone().unwrap_or_default();
+        let gate = Gate {
+            skip_alerting: learning.skip_alerting,
+            run: 0,
+            follow_after: if learning.interval == 0 {
+                crate::learn::DEFAULT_INTERVAL
+            } else {
+                learning.interval as usize
+            },
+        };
         Ok(Self {
+            gate,
             risk_columns,
             z_engine: engine.z_engine()?,
             model,
@@ -251,24 +276,48 @@ impl Detector {
                 })
                 .collect()
         };
-        let mut scores = vec![RowScore::default(); features.rows];
-        self.forest_scores(&features, &mut scores)?;
-        for (s, &r) in scores.iter_mut().zip(&risks) {
-            s.score = s.score.max(0.5 + 0.5 * r) + 0.3 * s.score;
-        }
-        if let Some(smoother) = &mut self.smoother {
-            smoother.apply(columns, &mut scores);
-        }
-        let rules = self.pipeline.rules();
-        let mut thresholds = Vec::with_capacity(scores.len());
-        let mut alerts = Vec::with_capacity(scores.len());
-        for (s, row) in scores.iter().zip(features.matrix.chunks_exact(dims)) {
-            let threshold = match &mut self.rate {
-                Some(rate) => rate.judge(s.score, self.model.threshold),
-                None => self.model.threshold,
+        let rows = features.rows;
+        let mut scores = vec![RowScore::default(); rows];
+        let mut thresholds = Vec::with_capacity(rows);
+        let mut alerts = Vec::with_capacity(rows);
+        // Segments end where the online forest may update, so each row is
+        // judged, then (unless it alerted and the model skips those) learnt,
+        // before the next segment is scored.
+        let mut row = 0;
+        while row < rows {
+            let n = match &self.forest {
+                Forest::Fixed(_) => rows - row,
+                Forest::Online { forest, .. } => forest.rows_until_update().min(rows - row),
             };
-            thresholds.push(threshold);
-            alerts.push(decision::is_alert(s.score, threshold, row, rules));
+            let part = &features.matrix[row * dims..(row + n) * dims];
+            let out = &mut scores[row..row + n];
+            self.forest_part(part, out)?;
+            if !risks.is_empty() {
+                for (s, &r) in out.iter_mut().zip(&risks[row..row + n]) {
+                    s.score = s.score.max(0.5 + 0.5 * r) + 0.3 * s.score;
+                }
+            }
+            if let Some(smoother) = &mut self.smoother {
+                smoother.apply(columns, row, out);
+            }
+            let rules = self.pipeline.rules();
+            for (s, x) in out.iter().zip(part.chunks_exact(dims)) {
+                let threshold = match &mut self.rate {
+                    Some(rate) => rate.judge(s.score, self.model.threshold),
+                    None => self.model.threshold,
+                };
+                thresholds.push(threshold);
+                alerts.push(decision::is_alert(s.score, threshold, x, rules));
+            }
+            if let Forest::Online { forest, .. } = &mut self.forest {
+                let judged = &alerts[row..row + n];
+                for (x, &alert) in part.chunks_exact(dims).zip(judged) {
+                    if self.gate.admits(alert) {
+                        forest.learn(x);
+                    }
+                }
+            }
+            row += n;
         }
         Ok(Scored {
             scores,
@@ -278,39 +327,50 @@ impl Detector {
         })
     }
 
-    fn forest_scores(
-        &mut self,
-        features: &FeatureBatch,
-        out: &mut [RowScore],
-    ) -> Result<(), DetectError> {
-        let dims = self.pipeline.dims();
+    /// Forest scores of `part`, which the forest scores as it is now.
+    fn forest_part(&mut self, part: &[f32], out: &mut [RowScore]) -> Result<(), DetectError> {
         match &mut self.forest {
-            Forest::Fixed(scorer) => scorer.score(&features.matrix, out)?,
+            Forest::Fixed(scorer) => scorer.score(part, out)?,
             Forest::Online {
                 forest,
                 scorer,
                 built_at,
             } => {
-                // Rows up to the next update are scored by the forest as it
-                // is, then learnt; the update they trigger scores the rest.
-                let mut row = 0;
-                while row < features.rows {
-                    let n = forest.rows_until_update().min(features.rows - row);
-                    let part = &features.matrix[row * dims..(row + n) * dims];
-                    if let Some(packed) = forest.forest() {
-                        if *built_at != forest.updates() || scorer.is_none() {
-                            *scorer = Some(self.engine.scorer(packed)?);
-                            *built_at = forest.updates();
-                        }
-                        let s = scorer.as_mut().expect("built above");
-                        s.score(part, &mut out[row..row + n])?;
+                // Until a cold start's first forest, rows score 0.
+                if let Some(packed) = forest.forest() {
+                    if *built_at != forest.updates() || scorer.is_none() {
+                        *scorer = Some(self.engine.scorer(packed)?);
+                        *built_at = forest.updates();
                     }
-                    forest.learn(part);
-                    row += n;
+                    scorer.as_mut().expect("built above").score(part, out)?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Which scored rows the online forest learns.
+struct Gate {
+    /// Keep alerting rows out.
+    skip_alerting: bool,
+    /// Alerting rows in a row kept out; at `follow_after` the level has
+    /// moved and rows are learnt until one does not alert.
+    run: usize,
+    follow_after: usize,
+}
+
+impl Gate {
+    fn admits(&mut self, alert: bool) -> bool {
+        if !self.skip_alerting || !alert {
+            self.run = 0;
+            return true;
+        }
+        if self.run >= self.follow_after {
+            return true;
+        }
+        self.run += 1;
+        false
     }
 }
 
@@ -322,9 +382,11 @@ pub const DEFAULT_SAMPLE_SIZE: usize = 256;
 pub const DEFAULT_RATE_WINDOW: usize = 4096;
 
 impl Smoother {
-    fn apply(&mut self, columns: &Columns, scores: &mut [RowScore]) {
+    /// Smooths `scores`, the scores of rows `first..` of `columns`.
+    fn apply(&mut self, columns: &Columns, first: usize, scores: &mut [RowScore]) {
         let unkeyed: KeyHash = crate::features::slots::key_hash("");
-        for (row, s) in scores.iter_mut().enumerate() {
+        for (i, s) in scores.iter_mut().enumerate() {
+            let row = first + i;
             let key = self.key.map_or(unkeyed, |c| columns.keys[c].hashes()[row]);
             let (slot, fresh) = self.slots.slot_hashed(0, key);
             let i = slot as usize;

@@ -102,10 +102,42 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         )));
     }
     let data = load(opts)?;
+    // A preset's first records of each key are its features' warm-up (a
+    // volatility of one record is 0): they neither grow trees nor set the
+    // threshold.
+    let settled = match &opts.preset {
+        Some(p) if p.preset.fit_warmup() > 0 => Some(settled_rows(
+            &opts.input,
+            &data.spec,
+            p.preset.fit_warmup(),
+            data.rows,
+        )?),
+        _ => None,
+    };
+    let fit_matrix: std::borrow::Cow<[f32]> = match &settled {
+        Some(keep) => {
+            let dims = data.dims();
+            let rows: Vec<f32> = data
+                .matrix
+                .chunks_exact(dims)
+                .zip(keep)
+                .filter(|(_, &k)| k)
+                .flat_map(|(r, _)| r.iter().copied())
+                .collect();
+            if rows.len() / dims < 2 {
+                return Err(TrainError::Data(format!(
+                    "fewer than 2 rows after each key's first {} (the preset's warm-up): give more training records",
+                    opts.preset.as_ref().map_or(0, |p| p.preset.fit_warmup())
+                )));
+            }
+            rows.into()
+        }
+        None => (&data.matrix[..]).into(),
+    };
     let started = std::time::Instant::now();
     let forest: IsolationForest =
         opts.params
-            .fit_rows_with_progress(&data.matrix, data.dims(), on_tree)?;
+            .fit_rows_with_progress(&fit_matrix, data.dims(), on_tree)?;
     let fit_seconds = started.elapsed().as_secs_f64();
     let (learning, alerting) = match &opts.preset {
         Some(p) => (Some(p.preset.learning()), Some(p.preset.alerting())),
@@ -145,7 +177,16 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
             .map(|s| s.score as f64)
             .collect()
     };
-    let threshold = eval::contamination_threshold(&scores, opts.contamination);
+    let kept: Vec<f64> = match &settled {
+        Some(keep) => scores
+            .iter()
+            .zip(keep)
+            .filter(|(_, &k)| k)
+            .map(|(&s, _)| s)
+            .collect(),
+        None => scores.clone(),
+    };
+    let threshold = eval::contamination_threshold(&kept, opts.contamination);
     let evaluation = data
         .labels
         .as_ref()
@@ -292,6 +333,38 @@ pub fn evaluate_stream(
     let scored = detector.score(&columns)?;
     let scores: Vec<f64> = scored.scores.iter().map(|s| s.score as f64).collect();
     crate::streams::evaluate(&scores, &scored.alerts, &truth)
+}
+
+/// For each training row, whether its key had at least `warmup` records
+/// before it. Rows are read as the training matrix reads them (unreadable
+/// JSON lines set aside), so the flags line up with its rows.
+fn settled_rows(
+    input: &str,
+    spec: &pb::FeatureSpec,
+    warmup: usize,
+    rows: usize,
+) -> Result<Vec<bool>, TrainError> {
+    let mut pipeline = isoflow::features::FeaturePipeline::new(spec, 1);
+    let Some(entity) = pipeline.track_entity() else {
+        return Ok(vec![true; rows]);
+    };
+    let columns = read_lenient(input, pipeline.wanted())?;
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let keep: Vec<bool> = columns.keys[entity]
+        .iter()
+        .map(|k| {
+            let n = seen.entry(k).or_default();
+            *n += 1;
+            *n > warmup
+        })
+        .collect();
+    if keep.len() != rows {
+        return Err(TrainError::Data(format!(
+            "read {} rows for the warm-up but {rows} for training",
+            keep.len()
+        )));
+    }
+    Ok(keep)
 }
 
 /// Reads `path` with `wanted`, setting unreadable JSON lines aside as the

@@ -65,6 +65,11 @@ pub enum HistoryKind {
         /// Report x − x[lag].
         delta: bool,
     },
+    /// EWMA standard deviation, the record included.
+    Spread {
+        /// EWMA weight.
+        alpha: f64,
+    },
     /// Decayed statistic over earlier records.
     Window {
         /// Decay time constant in seconds.
@@ -88,6 +93,8 @@ impl HistoryKind {
             HistoryKind::Lag { lag, .. } => 1 + lag as usize,
             // last time, decayed weight, decayed weighted sum
             HistoryKind::Window { .. } => 3,
+            // mean, var, count
+            HistoryKind::Spread { .. } => 3,
         }
     }
 }
@@ -158,6 +165,22 @@ impl HistoryFeature {
                 fast_alpha,
                 ..
             } => deviation(s, x, alpha, warmup, robust_z, direction, fast_alpha),
+            HistoryKind::Spread { alpha } => {
+                let count = s[2];
+                if count == 0.0 {
+                    s[0] = x;
+                    s[1] = 0.0;
+                    s[2] = 1.0;
+                    return 0.0;
+                }
+                let a = alpha.max(1.0 / (count + 1.0));
+                let d = x - s[0];
+                let incr = a * d;
+                s[0] += incr;
+                s[1] = (1.0 - a) * (s[1] + d * incr);
+                s[2] = count + 1.0;
+                s[1].sqrt()
+            }
             HistoryKind::Lag { lag, delta } => {
                 let lag = lag as usize;
                 let count = s[0] as usize;
@@ -381,6 +404,20 @@ mod tests {
         assert!(last.0.abs() < 3.0 && last.1.abs() < 3.0, "{last:?}");
         // A day's level at night is far out.
         assert!(f.observe_hashed(k, 10.0 * 86400.0 + 7200.0, 100.0) > 50.0);
+    }
+
+    #[test]
+    fn spread_is_the_running_then_ewma_standard_deviation() {
+        let k = key_hash("m");
+        let mut f = HistoryFeature::new(HistoryKind::Spread { alpha: 0.01 }, 16);
+        let xs = [1.0, 3.0, 1.0, 3.0];
+        let got: Vec<f64> = xs.iter().map(|&x| f.observe_hashed(k, 0.0, x)).collect();
+        // Weights 1/n: the population standard deviation of the records so far.
+        assert_eq!(got[0], 0.0);
+        assert!((got[1] - 1.0).abs() < 1e-12, "{got:?}");
+        let sd3 = (8.0f64 / 9.0).sqrt();
+        assert!((got[2] - sd3).abs() < 1e-12, "{got:?}");
+        assert!((got[3] - 1.0).abs() < 1e-12, "{got:?}");
     }
 
     #[test]

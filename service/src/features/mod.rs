@@ -204,7 +204,12 @@ impl FeaturePipeline {
                     });
                     names.push(f.name.clone());
                 }
-                Some(kind @ (Kind::KeyDeviation(_) | Kind::KeyLag(_) | Kind::KeyWindow(_))) => {
+                Some(
+                    kind @ (Kind::KeyDeviation(_)
+                    | Kind::KeyLag(_)
+                    | Kind::KeyWindow(_)
+                    | Kind::KeySpread(_)),
+                ) => {
                     let (kind, source, key_field, needs_time) = history_parts(kind);
                     let key_field = key_of(key_field);
                     ops.push(Op::History {
@@ -613,6 +618,12 @@ fn history_parts(kind: &Kind) -> (HistoryKind, &str, &str, bool) {
             &d.source,
             &d.key_field,
             d.bucket_s > 0.0,
+        ),
+        Kind::KeySpread(x) => (
+            HistoryKind::Spread { alpha: x.alpha },
+            &x.source,
+            &x.key_field,
+            false,
         ),
         Kind::KeyLag(l) => (
             HistoryKind::Lag {

@@ -49,6 +49,12 @@
 //! season_s = 86400.0            # ...of the day
 //!
 //! [[feature]]
+//! name = "value_spread"
+//! kind = "key_spread"           # EWMA standard deviation (volatility)
+//! source = "value"
+//! half_life = 10.0
+//!
+//! [[feature]]
 //! name = "value_d1"
 //! kind = "key_lag"              # value `lag` records back, or the change
 //! source = "value"
@@ -225,6 +231,20 @@ pub enum FeatureEntry {
         /// Seasonal period in seconds.
         #[serde(default)]
         season_s: f64,
+    },
+    /// EWMA standard deviation of a field per key.
+    KeySpread {
+        /// Feature name.
+        name: String,
+        /// Field to read; defaults to `name`.
+        source: Option<String>,
+        /// Key field; defaults to the file's `key_field`.
+        #[serde(default)]
+        key_field: String,
+        /// EWMA weight of the newest record, in (0, 1).
+        alpha: Option<f64>,
+        /// Half-life in records.
+        half_life: Option<f64>,
     },
     /// The value `lag` records back, or the change since.
     KeyLag {
@@ -477,6 +497,20 @@ impl SpecFile {
                         season_s: *season_s,
                     })),
                 },
+                FeatureEntry::KeySpread {
+                    name,
+                    source,
+                    key_field,
+                    alpha,
+                    half_life,
+                } => pb::Feature {
+                    name: name.clone(),
+                    kind: Some(Kind::KeySpread(pb::KeySpreadFeature {
+                        source: source.clone().unwrap_or_else(|| name.clone()),
+                        key_field: key_field.clone(),
+                        alpha: weight(name, *alpha, *half_life)?,
+                    })),
+                },
                 FeatureEntry::KeyLag {
                     name,
                     source,
@@ -632,6 +666,12 @@ pub fn to_toml(spec: &pb::FeatureSpec) -> String {
                     line("bucket_s", format!("{:?}", d.bucket_s));
                     line("season_s", format!("{:?}", d.season_s));
                 }
+            }
+            Some(Kind::KeySpread(x)) => {
+                line("kind", q("key_spread"));
+                line("source", q(&x.source));
+                key(&mut line, &x.key_field);
+                line("alpha", format!("{:?}", x.alpha));
             }
             Some(Kind::KeyLag(l)) => {
                 line("kind", q("key_lag"));

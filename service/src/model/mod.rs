@@ -98,6 +98,10 @@ pub fn metadata_json(model: &Model) -> serde_json::Value {
                 "robust_z": d.robust_z, "direction": d.direction().as_str_name(),
                 "fast_alpha": d.fast_alpha, "bucket_s": d.bucket_s, "season_s": d.season_s,
             }),
+            Some(Kind::KeySpread(x)) => serde_json::json!({
+                "name": f.name, "kind": "key_spread", "source": x.source,
+                "key_field": x.key_field, "alpha": x.alpha,
+            }),
             Some(Kind::KeyLag(l)) => serde_json::json!({
                 "name": f.name, "kind": "key_lag", "source": l.source,
                 "key_field": l.key_field, "lag": l.lag, "delta": l.delta,
@@ -141,10 +145,11 @@ pub fn metadata_json(model: &Model) -> serde_json::Value {
         "learning": model.learning.as_ref().map(|l| serde_json::json!({
             "window": l.window, "interval": l.interval,
             "trees_per_update": l.trees_per_update, "warmup": l.warmup,
+            "skip_alerting": l.skip_alerting,
         })),
         "alerting": model.alerting.as_ref().map(|a| serde_json::json!({
             "score_half_life": a.score_half_life, "alert_rate": a.alert_rate,
-            "rate_window": a.rate_window,
+            "rate_window": a.rate_window, "risk_outside_forest": a.risk_outside_forest,
         })),
         "training": {
             "rows": training.rows,

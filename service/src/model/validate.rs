@@ -157,6 +157,10 @@ pub fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
                     }
                 }
             }
+            Some(Kind::KeySpread(x)) => {
+                check_source(&f.name, &x.source)?;
+                check_unit(&f.name, "alpha", x.alpha, false)?;
+            }
             Some(Kind::KeyLag(l)) => {
                 check_source(&f.name, &l.source)?;
                 if l.lag == 0 || l.lag > crate::features::history::MAX_LAG {
