@@ -416,3 +416,259 @@ fn standard_output_is_dash_and_a_reader_may_stop_early() {
     assert!(done.status.success(), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+/// A NAB series of the repository as `{"series","ts","value"}` records (ts:
+/// five minutes a point), written whole and as its first 15%.
+fn nab_records(dir: &std::path::Path) -> (String, String, usize) {
+    let text =
+        std::fs::read_to_string(data("nab/realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv"))
+            .unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, l)| {
+            let value = l.split(',').nth(1).unwrap();
+            format!(
+                "{{\"series\":\"ec2\",\"ts\":{},\"value\":{value}}}",
+                1_400_000_000 + 300 * i
+            )
+        })
+        .collect();
+    let all = dir.join("all.jsonl");
+    let train = dir.join("train.jsonl");
+    std::fs::write(&all, lines.join("\n") + "\n").unwrap();
+    std::fs::write(&train, lines[..lines.len() * 15 / 100].join("\n") + "\n").unwrap();
+    (
+        all.display().to_string(),
+        train.display().to_string(),
+        lines.len(),
+    )
+}
+
+fn score_column(path: &str) -> Vec<f64> {
+    let (header, rows) = parse_scores(&std::fs::read_to_string(path).unwrap());
+    assert_eq!(header[..2], ["score", "alert"]);
+    rows.iter().map(|r| r[0]).collect()
+}
+
+/// `isoflow-train fit --preset ... --spec-out`, `isoflow score` with and
+/// without `--learn`, and the cold start `isoflow score --preset ... --learn`:
+/// one output row per record, the same scores on a rerun, and a spec file
+/// that fits the same features.
+#[test]
+fn preset_fit_learn_and_cold_start_follow_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let (all, train, n) = nab_records(dir.path());
+    let model = dir.path().join("m.isoflow").display().to_string();
+    let spec = dir.path().join("spec.toml").display().to_string();
+    #[rustfmt::skip]
+    let fitted = ok("isoflow-train", &["fit", "--preset", "metrics", "--key", "series", "--time", "ts",
+        "--fields", "value", "--input", &train, "--out", &model, "--seed", "2", "--spec-out", &spec]);
+    assert!(
+        fitted.contains("features: value,value_spread,value_d1"),
+        "{fitted}"
+    );
+    let spec_text = std::fs::read_to_string(&spec).unwrap();
+    assert!(spec_text.contains("kind = \"key_spread\""), "{spec_text}");
+    let refit = dir.path().join("refit.isoflow").display().to_string();
+    ok(
+        "isoflow-train",
+        &[
+            "fit",
+            "--input",
+            &train,
+            "--features",
+            &spec,
+            "--out",
+            &refit,
+        ],
+    );
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let score = |extra: &[&str], output: &str| {
+        let mut args = vec![
+            "score",
+            "--input",
+            &all,
+            "--output",
+            output,
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        ok("isoflow", &args);
+        score_column(output)
+    };
+    let fixed = score(&["--model", &model], &out("fixed.csv"));
+    let learnt = score(&["--model", &model, "--learn"], &out("learn1.csv"));
+    let again = score(&["--model", &model, "--learn"], &out("learn2.csv"));
+    assert_eq!(fixed.len(), n);
+    assert_eq!(
+        learnt, again,
+        "learning is deterministic for a seed and stream"
+    );
+    assert_ne!(fixed, learnt, "learning changes the forest");
+    let other_seed = score(
+        &["--model", &model, "--learn", "--seed", "9"],
+        &out("learn3.csv"),
+    );
+    assert_ne!(learnt, other_seed);
+    // Before the first update both score with the trained forest.
+    assert_eq!(fixed[..256], learnt[..256]);
+    #[rustfmt::skip]
+    let cold_args = ["--preset", "metrics", "--key", "series", "--time", "ts", "--fields", "value", "--learn", "--seed", "3"];
+    let cold = score(&cold_args, &out("cold.csv"));
+    assert_eq!(cold.len(), n);
+    assert!(
+        cold[..128].iter().all(|&s| s == 0.0),
+        "warm-up rows score 0"
+    );
+    assert!(cold[128..].iter().any(|&s| s > 0.0));
+    assert_eq!(cold, score(&cold_args, &out("cold2.csv")));
+    // Without --fields a preset takes every numeric field but the key and time.
+    #[rustfmt::skip]
+    let found = score(&["--preset", "metrics", "--key", "series", "--time", "ts", "--learn", "--seed", "3"], &out("cold3.csv"));
+    assert_eq!(cold, found);
+}
+
+#[test]
+fn a_preset_without_a_model_must_learn_and_bad_presets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (all, train, _) = nab_records(dir.path());
+    let err = fails(
+        "isoflow",
+        &[
+            "score", "--preset", "metrics", "--key", "series", "--input", &all,
+        ],
+    );
+    assert!(err.contains("--learn"), "{err}");
+    let model = dir.path().join("m.isoflow").display().to_string();
+    #[rustfmt::skip]
+    let err = fails("isoflow-train", &["fit", "--preset", "logs", "--key", "series", "--input", &train, "--out", &model]);
+    assert!(err.contains("expected metrics or transactions"), "{err}");
+    #[rustfmt::skip]
+    let err = fails("isoflow-train", &["fit", "--preset", "metrics", "--key", "series", "--fields", "series,value", "--input", &train, "--out", &model]);
+    assert!(err.contains("'series' is also a key"), "{err}");
+}
+
+/// Label feedback raises a compromised terminal's later payments, and only
+/// once its labels are known: every score before the first label's
+/// `label_ts` is the same with and without feedback.
+#[test]
+fn feedback_is_used_only_once_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = 86_400u64;
+    let mut records = Vec::new();
+    let mut feedback = Vec::new();
+    for i in 0..6000u64 {
+        let ts = i * 400; // about 28 days
+        let card = i % 97;
+        let terminal = i % 13;
+        let amount = 20 + (i * 37 % 61);
+        let fraud = terminal == 5 && ts >= 10 * day;
+        let r =
+            format!("{{\"card\":{card},\"terminal\":{terminal},\"ts\":{ts},\"amount\":{amount}}}");
+        feedback.push(format!(
+            "{{\"card\":{card},\"terminal\":{terminal},\"ts\":{ts},\"amount\":{amount},\"label\":{},\"label_ts\":{}}}",
+            u8::from(fraud),
+            ts + 7 * day
+        ));
+        records.push((r, ts, terminal));
+    }
+    let all = dir.path().join("all.jsonl");
+    let train = dir.path().join("train.jsonl");
+    let fb = dir.path().join("feedback.jsonl");
+    let text: Vec<&str> = records.iter().map(|(r, _, _)| r.as_str()).collect();
+    std::fs::write(&all, text.join("\n") + "\n").unwrap();
+    std::fs::write(&train, text[..2000].join("\n") + "\n").unwrap();
+    std::fs::write(&fb, feedback.join("\n") + "\n").unwrap();
+    let (all, train, fb) = (
+        all.display().to_string(),
+        train.display().to_string(),
+        fb.display().to_string(),
+    );
+    let model = dir.path().join("m.isoflow").display().to_string();
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--preset", "transactions", "--key", "card,terminal", "--time", "ts",
+        "--fields", "amount", "--input", &train, "--out", &model]);
+    let out = |n: &str| dir.path().join(n).display().to_string();
+    #[rustfmt::skip]
+    ok("isoflow", &["score", "--model", &model, "--input", &all, "--output", &out("plain.csv"), "--backend", "cpu"]);
+    #[rustfmt::skip]
+    ok("isoflow", &["score", "--model", &model, "--input", &all, "--output", &out("fb.csv"), "--backend", "cpu",
+        "--feedback", &fb]);
+    let (plain, with) = (
+        score_column(&out("plain.csv")),
+        score_column(&out("fb.csv")),
+    );
+    let first_known = 10 * day + 7 * day;
+    let mut raised = 0;
+    let mut later = 0;
+    for (i, (_, ts, terminal)) in records.iter().enumerate() {
+        if *ts < first_known {
+            assert_eq!(
+                plain[i], with[i],
+                "record {i} at {ts} saw a label from its future"
+            );
+        } else if *terminal == 5 {
+            later += 1;
+            raised += usize::from(with[i] > plain[i] + 0.1);
+        }
+    }
+    assert!(
+        later > 50 && raised * 10 >= later * 9,
+        "{raised} of {later} raised"
+    );
+}
+
+/// `isoflow-train eval --truth` prints the stream figures of the test lines.
+#[test]
+fn eval_with_truth_prints_stream_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (all, train, n) = nab_records(dir.path());
+    let model = dir.path().join("m.isoflow").display().to_string();
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--preset", "metrics", "--key", "series", "--time", "ts",
+        "--fields", "value", "--input", &train, "--out", &model]);
+    // Anomalous: the last 300 points; the first 15% are train.
+    let mut truth = String::from("line,label,kind,split\n");
+    for i in 0..n {
+        let label = u8::from(i >= n - 300);
+        let kind = if label == 1 { "late" } else { "normal" };
+        let split = if i < n * 15 / 100 { "train" } else { "test" };
+        truth.push_str(&format!("{i},{label},{kind},{split}\n"));
+    }
+    let truth_path = dir.path().join("truth.csv").display().to_string();
+    std::fs::write(&truth_path, truth).unwrap();
+    let text = ok(
+        "isoflow-train",
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--input",
+            &all,
+            "--truth",
+            &truth_path,
+        ],
+    );
+    for field in [
+        "test lines",
+        "roc_auc",
+        "avg_precision",
+        "f1",
+        "far_percent",
+        "mar_percent",
+        "recall@1%      late",
+    ] {
+        assert!(text.contains(field), "{field} missing in\n{text}");
+    }
+    let lines: usize = text
+        .lines()
+        .find(|l| l.starts_with("test lines"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(lines, n - n * 15 / 100);
+}
