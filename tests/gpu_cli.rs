@@ -78,3 +78,61 @@ fn gpu_backend_without_adapter_is_a_clear_error() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 224);
     assert!(String::from_utf8_lossy(&out.stderr).contains("scoring on the CPU"));
 }
+
+/// A forest that keeps learning scores alike on both backends: the same
+/// regrown trees reach the GPU at the same rows (cold start and a trained
+/// preset model, on a NAB series as records).
+#[test]
+fn learning_scores_equal_on_gpu_and_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(data("nab/realAdExchange/exchange-2_cpc_results.csv")).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .skip(1)
+        .enumerate()
+        .map(|(i, l)| {
+            let value = l.split(',').nth(1).unwrap();
+            format!("{{\"series\":\"x\",\"ts\":{},\"value\":{value}}}", 3600 * i)
+        })
+        .collect();
+    let all = dir.path().join("all.jsonl").display().to_string();
+    let train = dir.path().join("train.jsonl").display().to_string();
+    std::fs::write(&all, lines.join("\n") + "\n").unwrap();
+    std::fs::write(&train, lines[..400].join("\n") + "\n").unwrap();
+    let model = dir.path().join("m.isoflow").display().to_string();
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--preset", "metrics", "--key", "series", "--time", "ts",
+        "--fields", "value", "--input", &train, "--out", &model]);
+    #[rustfmt::skip]
+    let cold = ["score", "--preset", "metrics", "--key", "series", "--time", "ts", "--fields", "value",
+        "--learn", "--input", &all, "--backend"];
+    let trained = [
+        "score",
+        "--model",
+        &model,
+        "--learn",
+        "--input",
+        &all,
+        "--backend",
+    ];
+    for args in [&cold[..], &trained[..]] {
+        let run = |backend: &str| {
+            let mut a = args.to_vec();
+            a.push(backend);
+            parse_scores(&ok("isoflow", &a)).1
+        };
+        let (cpu, gpu) = (run("cpu"), run("gpu"));
+        assert_eq!(cpu.len(), lines.len());
+        assert_eq!(cpu.len(), gpu.len());
+        for (row, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            assert!(
+                (c[0] - g[0]).abs() <= 1e-5,
+                "row {row}: cpu {} gpu {}",
+                c[0],
+                g[0]
+            );
+            assert_eq!(c[1], g[1], "row {row}: alert differs");
+        }
+    }
+}

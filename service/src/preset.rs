@@ -205,9 +205,9 @@ impl Preset {
             window: 4096,
             interval: 256,
             // Regrowing the whole forest from the window every interval
-            // measured best on drifting series (NAB, three seeds: AWS 0.674
-            // against 0.603 for a quarter of the trees, 0.587 for a tenth);
-            // it costs the most CPU of the choices (README, "Figures").
+            // measured best on drifting series (NAB dev, three seeds, AWS:
+            // 0.680 against 0.620 for a quarter of the trees, 0.569 for a
+            // tenth); it costs the most CPU of the choices (README).
             trees_per_update: 100,
             warmup: 128,
             skip_alerting: true,

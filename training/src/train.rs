@@ -151,7 +151,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
             feature_spec: Some(data.spec.clone()),
             forest: Some(forest.forest.clone()),
             threshold: f64::MAX,
-            alerting: alerting.clone(),
+            alerting,
             ..Default::default()
         };
         let mut detector = Detector::new(
