@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(r.counts, [1, 1, 1, 1]);
         assert!((r.f1 - 0.5).abs() < 1e-12);
         assert!((r.far - 50.0).abs() < 1e-12 && (r.mar - 50.0).abs() < 1e-12);
-        assert!((r.roc_auc - 0.5).abs() < 1e-12, "{}", r.roc_auc);
+        assert!((r.roc_auc - 0.75).abs() < 1e-12, "{}", r.roc_auc);
         // 1% of 4 lines is the single top score, the spike.
         assert_eq!(r.recall_at_1pct["spike"], 1.0);
         assert_eq!(r.recall_at_1pct["dip"], 0.0);
