@@ -5,7 +5,7 @@
 //!
 //! [[feature]]
 //! name = "value"
-//! kind = "field"                # a numeric field, optionally log1p
+//! kind = "field"                # a numeric field, optionally log1p (it also isolates small values)
 //! source = "value"
 //!
 //! [[feature]]
