@@ -154,10 +154,7 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
                 "--feedback {path}: the model has no key_label_risk feature to use it"
             )));
         }
-        let wanted = detector.pipeline().feedback_wanted();
-        let labels = input::read_path(path, &wanted)?;
-        let labels = detector.pipeline().labels_from(&labels);
-        detector.pipeline_mut().add_labels(labels);
+        detector.load_feedback(path)?;
     }
     let started = std::time::Instant::now();
     let columns = input::read_path(&opts.input, detector.pipeline().wanted())?;

@@ -26,8 +26,6 @@ pub struct Scored {
     pub alerts: Vec<bool>,
     /// Row-major |z| per z-feature.
     pub z: Vec<f32>,
-    /// The threshold each row was judged against.
-    pub thresholds: Vec<f64>,
 }
 
 /// Why a detector could not be built or could not score.
@@ -39,6 +37,9 @@ pub enum DetectError {
     /// Scoring failed.
     #[error(transparent)]
     Score(#[from] ScoreError),
+    /// Label feedback could not be read.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
 }
 
 /// How a detector is run.
@@ -59,6 +60,7 @@ enum Forest {
         scorer: Option<Box<dyn Scorer>>,
         /// `forest.updates()` when `scorer` was built.
         built_at: u64,
+        gate: Gate,
     },
 }
 
@@ -78,6 +80,8 @@ struct RateThreshold {
     window: usize,
     since: usize,
     current: Option<f64>,
+    /// Reused for the quantile, so a refresh does not allocate.
+    scratch: Vec<f32>,
 }
 
 /// How often (records) the tracked threshold is recomputed.
@@ -92,6 +96,7 @@ impl RateThreshold {
             window,
             since: 0,
             current: None,
+            scratch: Vec::with_capacity(window),
         }
     }
 
@@ -107,9 +112,10 @@ impl RateThreshold {
         self.since += 1;
         if self.since >= RATE_REFRESH && self.recent.len() >= self.window / 4 {
             self.since = 0;
-            let mut sorted = self.recent.clone();
-            let k = ((1.0 - self.rate) * (sorted.len() - 1) as f64).round() as usize;
-            let (_, v, _) = sorted.select_nth_unstable_by(k, f32::total_cmp);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&self.recent);
+            let k = ((1.0 - self.rate) * (self.scratch.len() - 1) as f64).round() as usize;
+            let (_, v, _) = self.scratch.select_nth_unstable_by(k, f32::total_cmp);
             // A threshold just above the quantile's score, so ties at the
             // quantile (many equal scores) do not all alert.
             self.current = Some(f64::from(*v).next_up());
@@ -129,7 +135,6 @@ pub struct Detector {
     rate: Option<RateThreshold>,
     /// Label-risk columns that raise the score instead of entering the forest.
     risk_columns: Vec<usize>,
-    gate: Gate,
 }
 
 impl Detector {
@@ -157,11 +162,17 @@ impl Detector {
                 trained.map_or(DEFAULT_SAMPLE_SIZE, |f| f.sample_size as usize),
                 options.seed.unwrap_or(training.seed),
             );
+            let gate = Gate {
+                skip_alerting: model.learning.is_some_and(|l| l.skip_alerting),
+                run: 0,
+                follow_after: settings.interval,
+            };
             let online = OnlineForest::new(settings, pipeline.dims(), trained);
             Forest::Online {
                 forest: Box::new(online),
                 scorer: None,
                 built_at: u64::MAX,
+                gate,
             }
         } else {
             if !has_trees {
@@ -206,18 +217,7 @@ impl Detector {
         } else {
             Vec::new()
         };
-        let learning = model.learning.unwrap_or_default();
-        let gate = Gate {
-            skip_alerting: learning.skip_alerting,
-            run: 0,
-            follow_after: if learning.interval == 0 {
-                crate::learn::DEFAULT_INTERVAL
-            } else {
-                learning.interval as usize
-            },
-        };
         Ok(Self {
-            gate,
             risk_columns,
             z_engine: engine.z_engine()?,
             model,
@@ -234,25 +234,19 @@ impl Detector {
         &self.pipeline
     }
 
-    /// The feature pipeline, to queue label feedback.
-    pub fn pipeline_mut(&mut self) -> &mut FeaturePipeline {
-        &mut self.pipeline
-    }
-
     /// Backend name.
     pub fn backend(&self) -> &'static str {
         self.engine.name()
     }
 
-    /// The model as it scores now: with an online forest, its current trees.
-    pub fn current_model(&self) -> pb::Model {
-        let mut m = self.model.clone();
-        if let Forest::Online { forest, .. } = &self.forest {
-            if let Some(f) = forest.to_forest() {
-                m.forest = Some(f);
-            }
-        }
-        m
+    /// Reads label feedback (JSON lines or CSV: records with their label
+    /// and `label_ts`) and queues it for the label-risk features.
+    pub fn load_feedback(&mut self, path: &str) -> Result<(), DetectError> {
+        let wanted = self.pipeline.feedback_wanted();
+        let columns = crate::input::read_path(path, &wanted)?;
+        let labels = self.pipeline.labels_from(&columns);
+        self.pipeline.add_labels(labels);
+        Ok(())
     }
 
     /// Scores a batch of records read with `pipeline().wanted()`.
@@ -278,7 +272,6 @@ impl Detector {
         };
         let rows = features.rows;
         let mut scores = vec![RowScore::default(); rows];
-        let mut thresholds = Vec::with_capacity(rows);
         let mut alerts = Vec::with_capacity(rows);
         // Segments end where the online forest may update, so each row is
         // judged, then (unless it alerted and the model skips those) learnt,
@@ -306,13 +299,12 @@ impl Detector {
                     Some(rate) => rate.judge(s.score, self.model.threshold),
                     None => self.model.threshold,
                 };
-                thresholds.push(threshold);
                 alerts.push(decision::is_alert(s.score, threshold, x, rules));
             }
-            if let Forest::Online { forest, .. } = &mut self.forest {
+            if let Forest::Online { forest, gate, .. } = &mut self.forest {
                 let judged = &alerts[row..row + n];
                 for (x, &alert) in part.chunks_exact(dims).zip(judged) {
-                    if self.gate.admits(alert) {
+                    if gate.admits(alert) {
                         forest.learn(x);
                     }
                 }
@@ -323,7 +315,6 @@ impl Detector {
             scores,
             alerts,
             z: features.z,
-            thresholds,
         })
     }
 
@@ -335,6 +326,7 @@ impl Detector {
                 forest,
                 scorer,
                 built_at,
+                ..
             } => {
                 // Until a cold start's first forest, rows score 0.
                 if let Some(packed) = forest.forest() {

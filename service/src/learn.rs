@@ -121,11 +121,6 @@ impl OnlineForest {
         self.packed.as_ref()
     }
 
-    /// Rows learnt so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// Updates done so far.
     pub fn updates(&self) -> u64 {
         self.updates

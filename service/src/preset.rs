@@ -127,13 +127,7 @@ impl Preset {
         match self {
             Preset::Metrics => {
                 for f in fields {
-                    add(
-                        f.clone(),
-                        Kind::Field(pb::FieldFeature {
-                            source: f.clone(),
-                            log1p: false,
-                        }),
-                    );
+                    add(f.clone(), raw(f));
                     add(
                         format!("{f}_spread"),
                         Kind::KeySpread(pb::KeySpreadFeature {
@@ -156,13 +150,7 @@ impl Preset {
             Preset::Transactions => {
                 let second = keys.get(1).filter(|k| !k.is_empty());
                 for f in fields {
-                    add(
-                        f.clone(),
-                        Kind::Field(pb::FieldFeature {
-                            source: f.clone(),
-                            log1p: false,
-                        }),
-                    );
+                    add(f.clone(), raw(f));
                     add(
                         format!("{f}_up_30d"),
                         Kind::KeyWindow(pb::KeyWindowFeature {
@@ -273,6 +261,14 @@ impl Preset {
             ..Default::default()
         })
     }
+}
+
+/// A numeric field as it is (no `log1p`).
+fn raw(field: &str) -> Kind {
+    Kind::Field(pb::FieldFeature {
+        source: field.to_owned(),
+        log1p: false,
+    })
 }
 
 #[cfg(test)]

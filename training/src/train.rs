@@ -5,7 +5,7 @@ use crate::eval::{self, Evaluation};
 use crate::iforest::{IsolationForest, IsolationForestParams};
 use crate::{report, TrainError};
 use isoflow::detector::{Detector, DetectorOptions};
-use isoflow::features::DEFAULT_SLOT_CAPACITY;
+use isoflow::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
 use isoflow::input::{self, Wanted};
 use isoflow::model::{self, pb};
 use isoflow::preset::Preset;
@@ -102,16 +102,22 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         )));
     }
     let data = load(opts)?;
-    // A preset's first records of each key are its features' warm-up (a
-    // volatility of one record is 0): they neither grow trees nor set the
-    // threshold.
-    let settled = match &opts.preset {
-        Some(p) if p.preset.fit_warmup() > 0 => Some(settled_rows(
-            &opts.input,
-            &data.spec,
-            p.preset.fit_warmup(),
-            data.rows,
-        )?),
+    // A preset's records, read once more with its entity key: the detector
+    // scores them for the threshold, and each key's first records are the
+    // features' warm-up (a volatility of one record is 0), which neither
+    // grow trees nor set the threshold.
+    let preset_columns = match &opts.preset {
+        Some(_) => {
+            let mut pipeline = FeaturePipeline::new(&data.spec, 1);
+            let entity = pipeline.track_entity();
+            Some((read_lenient(&opts.input, pipeline.wanted())?, entity))
+        }
+        None => None,
+    };
+    let settled = match (&opts.preset, &preset_columns) {
+        (Some(p), Some((columns, Some(entity)))) if p.preset.fit_warmup() > 0 => Some(
+            settled_rows(columns, *entity, p.preset.fit_warmup(), data.rows)?,
+        ),
         _ => None,
     };
     let fit_matrix: std::borrow::Cow<[f32]> = match &settled {
@@ -143,7 +149,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
         Some(p) => (Some(p.preset.learning()), Some(p.preset.alerting())),
         None => (None, None),
     };
-    let scores: Vec<f64> = if alerting.is_some() {
+    let scores: Vec<f64> = if let Some((columns, _)) = &preset_columns {
         // The threshold is a quantile of the scores as the detector reports
         // them (smoothed per key, raised by risk), from the same records in
         // the same order.
@@ -163,9 +169,8 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
                 slot_capacity: DEFAULT_SLOT_CAPACITY,
             },
         )?;
-        let columns = read_lenient(&opts.input, detector.pipeline().wanted())?;
         detector
-            .score(&columns)?
+            .score(columns)?
             .scores
             .iter()
             .map(|s| s.score as f64)
@@ -177,16 +182,18 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
             .map(|s| s.score as f64)
             .collect()
     };
-    let kept: Vec<f64> = match &settled {
-        Some(keep) => scores
-            .iter()
-            .zip(keep)
-            .filter(|(_, &k)| k)
-            .map(|(&s, _)| s)
-            .collect(),
-        None => scores.clone(),
+    let threshold = match &settled {
+        Some(keep) => {
+            let kept: Vec<f64> = scores
+                .iter()
+                .zip(keep)
+                .filter(|(_, &k)| k)
+                .map(|(&s, _)| s)
+                .collect();
+            eval::contamination_threshold(&kept, opts.contamination)
+        }
+        None => eval::contamination_threshold(&scores, opts.contamination),
     };
-    let threshold = eval::contamination_threshold(&kept, opts.contamination);
     let evaluation = data
         .labels
         .as_ref()
@@ -324,10 +331,7 @@ pub fn evaluate_stream(
         },
     )?;
     if let Some(path) = feedback {
-        let wanted = detector.pipeline().feedback_wanted();
-        let cols = input::read_path(path, &wanted)?;
-        let labels = detector.pipeline().labels_from(&cols);
-        detector.pipeline_mut().add_labels(labels);
+        detector.load_feedback(path)?;
     }
     let columns = input::read_path(input_path, detector.pipeline().wanted())?;
     let scored = detector.score(&columns)?;
@@ -335,20 +339,16 @@ pub fn evaluate_stream(
     crate::streams::evaluate(&scores, &scored.alerts, &truth)
 }
 
-/// For each training row, whether its key had at least `warmup` records
-/// before it. Rows are read as the training matrix reads them (unreadable
-/// JSON lines set aside), so the flags line up with its rows.
+/// For each training row, whether its key (column `entity` of `columns`)
+/// had at least `warmup` records before it. The columns are read as the
+/// training matrix reads its rows (unreadable JSON lines set aside), so the
+/// flags line up with them.
 fn settled_rows(
-    input: &str,
-    spec: &pb::FeatureSpec,
+    columns: &input::Columns,
+    entity: usize,
     warmup: usize,
     rows: usize,
 ) -> Result<Vec<bool>, TrainError> {
-    let mut pipeline = isoflow::features::FeaturePipeline::new(spec, 1);
-    let Some(entity) = pipeline.track_entity() else {
-        return Ok(vec![true; rows]);
-    };
-    let columns = read_lenient(input, pipeline.wanted())?;
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let keep: Vec<bool> = columns.keys[entity]
         .iter()

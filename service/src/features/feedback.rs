@@ -34,9 +34,10 @@ pub struct LabelQueue {
 
 impl LabelQueue {
     /// A queue of `labels` in any order; sorted stably by `known_at`.
-    pub fn new(mut labels: Vec<Label>) -> Self {
-        labels.sort_by(|a, b| a.known_at.total_cmp(&b.known_at));
-        Self { labels, next: 0 }
+    pub fn new(labels: Vec<Label>) -> Self {
+        let mut queue = Self::default();
+        queue.extend(labels);
+        queue
     }
 
     /// Labels queued and not yet applied.

@@ -339,24 +339,27 @@ impl FeaturePipeline {
     pub fn labels_from(&self, cols: &Columns) -> Vec<Label> {
         let wanted = self.feedback_wanted();
         let unkeyed = key_hash("");
+        // Each risk feature's key column among the feedback columns.
+        let key_columns: Vec<Option<usize>> = self
+            .risks
+            .iter()
+            .map(|r| {
+                (!r.key_field.is_empty()).then(|| {
+                    wanted
+                        .keys
+                        .iter()
+                        .position(|k| *k == r.key_field)
+                        .expect("feedback_wanted lists every risk key")
+                })
+            })
+            .collect();
         (0..cols.rows)
             .map(|row| Label {
                 known_at: cols.numeric[1][row],
                 anomaly: cols.numeric[0][row] != 0.0,
-                keys: self
-                    .risks
+                keys: key_columns
                     .iter()
-                    .map(|r| {
-                        if r.key_field.is_empty() {
-                            return unkeyed;
-                        }
-                        let c = wanted
-                            .keys
-                            .iter()
-                            .position(|k| *k == r.key_field)
-                            .expect("feedback_wanted lists every risk key");
-                        cols.keys[c].hashes()[row]
-                    })
+                    .map(|c| c.map_or(unkeyed, |c| cols.keys[c].hashes()[row]))
                     .collect(),
             })
             .collect()
