@@ -239,6 +239,38 @@ fn bad_models_are_refused_with_a_reason() {
     );
 }
 
+/// A model of a few megabytes that would expand to gigabytes for scoring is
+/// refused by its size, before anything is laid out: by `isoflow score` and
+/// by `isoflow model put` (which checks before uploading; PutModel refuses it
+/// too, see grpc.rs), with memory staying flat.
+#[test]
+fn model_bombs_are_refused_by_size_with_flat_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("one.jsonl");
+    std::fs::write(&input, "{\"amount\": 12.5, \"card_id\": \"c1\"}\n").unwrap();
+    let input = input.to_str().unwrap();
+    for (trees, limit) in [
+        (20_000, "the limit is 10000"),
+        (1_100, "the limit is 4194304"),
+    ] {
+        let bomb = dir.path().join(format!("bomb-{trees}.isoflow"));
+        std::fs::write(&bomb, util::chain_forest_model(trees, 12)).unwrap();
+        let bomb = bomb.to_str().unwrap();
+        let (out, peak) =
+            util::run_measured("isoflow", &["score", "--model", bomb, "--input", input]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{trees} trees scored: {err}");
+        assert!(err.contains(bomb) && err.contains(limit), "{err}");
+        assert!(
+            peak < 150 << 20,
+            "{trees} trees: peak RSS {} MB",
+            peak >> 20
+        );
+        let err = fails("isoflow", &["model", "put", bomb, "--grpc", "127.0.0.1:9"]);
+        assert!(err.contains(limit), "{err}");
+    }
+}
+
 #[test]
 fn bad_arguments_say_what_was_expected() {
     let err = fails("isoflow", &["score", "--input", "x.csv"]);

@@ -227,6 +227,19 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    // A model bomb (chain trees that expand to gigabytes) is refused by its
+    // size before the registry topic sees it.
+    let bomb = models_a
+        .put_model(authed(pb::PutModelRequest {
+            source: Some(pb::put_model_request::Source::ModelBytes(
+                util::chain_forest_model(1_100, 12),
+            )),
+            name: "bomb".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bomb.code(), Code::InvalidArgument, "{bomb:?}");
+    assert!(bomb.message().contains("the limit is"), "{bomb:?}");
     let base = status(&mut scoring_a).await.live_model;
     let base_version: u32 = base.rsplit_once('@').unwrap().1.parse().unwrap();
     let bytes =

@@ -77,8 +77,11 @@ pub struct Alert<'a> {
     /// Source coordinates.
     pub source: Source<'a>,
     /// The original record, verbatim when it is JSON (it always is for an
-    /// accepted record), else `null`.
+    /// accepted record) and at most [`ALERT_RECORD_LIMIT`] bytes, else `null`.
     pub record: Option<&'a RawValue>,
+    /// Size of the record when it was too large to embed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_omitted_bytes: Option<usize>,
 }
 
 /// |z| per z-feature, written as a JSON object in the pipeline's order.
@@ -124,6 +127,11 @@ impl Serialize for Finite {
     }
 }
 
+/// Largest record an alert embeds: a larger one is left out
+/// (`record_omitted_bytes` gives its size; `source` finds it), so an alert
+/// always fits a producer's message limit.
+pub const ALERT_RECORD_LIMIT: usize = 64 << 10;
+
 /// Builds the alert for a record that alerted.
 pub fn build<'a>(model: &'a pb::Model, pipeline: &'a FeaturePipeline, s: &Scored<'a>) -> Alert<'a> {
     let spec = model.feature_spec.as_ref();
@@ -151,7 +159,10 @@ pub fn build<'a>(model: &'a pb::Model, pipeline: &'a FeaturePipeline, s: &Scored
         reasons: reasons(model, pipeline, s.score, s.features),
         top_features,
         source: s.source.clone(),
-        record: serde_json::from_slice(s.record).ok(),
+        record: (s.record.len() <= ALERT_RECORD_LIMIT)
+            .then(|| serde_json::from_slice(s.record).ok())
+            .flatten(),
+        record_omitted_bytes: (s.record.len() > ALERT_RECORD_LIMIT).then_some(s.record.len()),
     }
 }
 

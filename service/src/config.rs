@@ -199,6 +199,15 @@ pub struct PipelineConfig {
     pub batch_max_ms: u64,
 }
 
+/// Most records a batch may hold (`batch_max_records`).
+pub const MAX_BATCH_RECORDS: usize = 1 << 20;
+/// Longest a partial batch may wait, in milliseconds (`batch_max_ms`).
+pub const MAX_BATCH_MS: u64 = 60_000;
+/// Largest record accepted (`service.max_message_bytes`): 64 MiB.
+pub const MAX_MESSAGE_BYTES: u64 = 64 << 20;
+/// Longest drain after SIGTERM (`service.drain_timeout_s`).
+pub const MAX_DRAIN_TIMEOUT_S: u64 = 3600;
+
 fn default_group() -> String {
     "isoflow".into()
 }
@@ -489,20 +498,84 @@ impl Config {
             if !names.insert(&p.name) {
                 return bad(format!("pipeline name '{}' appears twice", p.name));
             }
-            if p.batch_max_records == 0 || p.batch_max_ms == 0 {
-                return bad(format!(
-                    "pipeline '{}': batch_max_records and batch_max_ms must be > 0",
-                    p.name
-                ));
+            for (field, value, most) in [
+                (
+                    "batch_max_records",
+                    p.batch_max_records as u64,
+                    MAX_BATCH_RECORDS as u64,
+                ),
+                ("batch_max_ms", p.batch_max_ms, MAX_BATCH_MS),
+            ] {
+                if !(1..=most).contains(&value) {
+                    return bad(format!(
+                        "pipeline '{}': {field} {value}: expected 1 to {most}",
+                        p.name
+                    ));
+                }
             }
-            for (field, topic) in [
-                ("input_topic", &p.input_topic),
+            let outputs = [
                 ("alerts_topic", &p.alerts_topic),
                 ("dlq_topic", &p.dlq_topic),
-            ] {
+                ("scores_topic", &p.scores_topic),
+                ("shadow_scores_topic", &p.shadow_scores_topic),
+            ];
+            for (field, topic) in [("input_topic", &p.input_topic)]
+                .iter()
+                .chain(&outputs[..2])
+            {
                 if topic.is_empty() {
                     return bad(format!("pipeline '{}': {field} is empty", p.name));
                 }
+            }
+            // Output read back as input would loop; a shared output topic
+            // mixes message kinds its readers cannot tell apart.
+            for (i, (field, topic)) in outputs.iter().enumerate() {
+                if topic.is_empty() {
+                    continue;
+                }
+                if *topic == &p.input_topic {
+                    return bad(format!(
+                        "pipeline '{}': {field} '{topic}' is also its input_topic",
+                        p.name
+                    ));
+                }
+                if let Some((other, _)) = outputs[..i].iter().find(|(_, t)| t == topic) {
+                    return bad(format!(
+                        "pipeline '{}': {field} and {other} are both '{topic}'",
+                        p.name
+                    ));
+                }
+            }
+            if self.grpc.registry_topic == p.input_topic && !self.grpc.listen.is_empty() {
+                return bad(format!(
+                    "pipeline '{}': input_topic '{}' is the model registry topic",
+                    p.name, p.input_topic
+                ));
+            }
+        }
+        let s = &self.service;
+        for (field, value, least, most) in [
+            (
+                "service.max_message_bytes",
+                s.max_message_bytes as u64,
+                1,
+                MAX_MESSAGE_BYTES,
+            ),
+            (
+                "service.drain_timeout_s",
+                s.drain_timeout_s,
+                1,
+                MAX_DRAIN_TIMEOUT_S,
+            ),
+            (
+                "kafka.session_timeout_ms",
+                self.kafka.session_timeout_ms as u64,
+                1000,
+                3_600_000,
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                return bad(format!("{field} {value}: expected {least} to {most}"));
             }
         }
         Ok(())
@@ -655,5 +728,41 @@ dlq_topic = "dlq"
         );
         let err = Config::parse(&GOOD.replace("\"alerts\"", "\"\""), "t.toml").unwrap_err();
         assert!(err.to_string().contains("alerts_topic is empty"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_topic_loops_are_refused() {
+        for (from, to, says) in [
+            (
+                "dlq_topic = \"dlq\"",
+                "dlq_topic = \"transactions\"",
+                "dlq_topic 'transactions' is also its input_topic",
+            ),
+            (
+                "dlq_topic = \"dlq\"",
+                "dlq_topic = \"alerts\"",
+                "dlq_topic and alerts_topic are both 'alerts'",
+            ),
+            (
+                "dlq_topic = \"dlq\"",
+                "dlq_topic = \"dlq\"\nbatch_max_ms = 18446744073709551615",
+                "batch_max_ms 18446744073709551615: expected 1 to 60000",
+            ),
+            (
+                "dlq_topic = \"dlq\"",
+                "dlq_topic = \"dlq\"\nbatch_max_records = 0",
+                "batch_max_records 0: expected 1 to",
+            ),
+        ] {
+            let err = Config::parse(&GOOD.replace(from, to), "t.toml").unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let err = Config::parse(&format!("{GOOD}[service]\ndrain_timeout_s = 0\n"), "t.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("drain_timeout_s 0: expected 1 to 3600"),
+            "{err}"
+        );
     }
 }

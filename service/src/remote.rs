@@ -17,6 +17,14 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Put { file, name, remote } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Refused here, with the same message the server would give, so a
+            // bad file never costs an upload.
+            isoflow::model::decode(&bytes).map_err(|source| {
+                isoflow::model::ModelError::InFile {
+                    path: file.display().to_string(),
+                    source: Box::new(source),
+                }
+            })?;
             let (mut models, _) = connect(&remote).await?;
             let r = models
                 .put_model(pb::PutModelRequest {

@@ -324,3 +324,76 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// The encoding of the shipped fraud model with its forest replaced by
+/// `trees` chain trees of depth `depth` (one split a level, a leaf on the
+/// left): a few bytes a node on disk, 2^depth leaves a tree once expanded to
+/// complete trees for scoring.
+pub fn chain_forest_model(trees: usize, depth: usize) -> Vec<u8> {
+    use prost::Message;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+    let mut model = isoflow::model::load(&path).expect("shipped model loads");
+    let mut chain = isoflow::pb::Tree::default();
+    for level in 0..depth {
+        let split = chain.feature.len() as u32;
+        let last = level + 1 == depth;
+        for (feature, threshold, left, right, leaf) in [
+            (0, level as f32, split + 1, split + 2, 0),
+            (0, 0.0, 0, 0, 1),
+        ] {
+            chain.feature.push(feature);
+            chain.threshold.push(threshold);
+            chain.left.push(left);
+            chain.right.push(right);
+            chain.leaf_size.push(leaf);
+        }
+        if last {
+            chain.feature.push(0);
+            chain.threshold.push(0.0);
+            chain.left.push(0);
+            chain.right.push(0);
+            chain.leaf_size.push(1);
+        }
+    }
+    let forest = model.forest.as_mut().expect("forest");
+    forest.trees = vec![chain; trees];
+    model.encode_to_vec()
+}
+
+/// Runs a binary to its end and returns its output with its peak resident
+/// memory in bytes (the kernel's own count, read when it is reaped).
+pub fn run_measured(name: &str, args: &[&str]) -> (Output, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).map(|_| buf)
+    });
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_end(&mut err)
+        .expect("read stderr");
+    out.extend(reader.join().expect("reader").expect("read stdout"));
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child; rusage is written by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    use std::os::unix::process::ExitStatusExt;
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out,
+        stderr: err,
+    };
+    (output, usage.ru_maxrss as u64 * 1024)
+}

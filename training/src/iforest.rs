@@ -79,6 +79,26 @@ impl IsolationForestParams {
                 self.sample_size
             )));
         }
+        use isoflow::model::{MAX_EXPANDED_LEAVES, MAX_TREES};
+        if self.trees > MAX_TREES {
+            return Err(TrainError::Params(format!(
+                "--trees {}: a model holds at most {MAX_TREES} trees",
+                self.trees
+            )));
+        }
+        // Trees grow to depth ⌈log₂ ψ⌉; those no deeper than the complete
+        // layout's limit are expanded for scoring, which bounds their number.
+        let depth = self.sample_size.next_power_of_two().trailing_zeros();
+        if depth <= isoflow::forest::IMPLICIT_MAX_DEPTH && self.trees << depth > MAX_EXPANDED_LEAVES
+        {
+            return Err(TrainError::Params(format!(
+                "--trees {} with --sample-size {}: trees of depth up to {depth} expand to \
+                 {} leaves for scoring; the limit is {MAX_EXPANDED_LEAVES}",
+                self.trees,
+                self.sample_size,
+                self.trees << depth
+            )));
+        }
         if rows < 2 {
             return Err(TrainError::Data(format!(
                 "need at least 2 rows to train, got {rows}"
@@ -212,6 +232,23 @@ mod tests {
         // Leaves hold every sampled row exactly once.
         for t in &a.forest.trees {
             assert_eq!(t.leaf_size.iter().sum::<u32>(), 64);
+        }
+    }
+
+    #[test]
+    fn forests_too_large_to_score_are_refused_before_growing() {
+        let data = blob(100);
+        for (trees, sample_size, says) in [
+            (10_001, 256, "at most 10000 trees"),
+            (1_100, 4096, "the limit is 4194304"),
+        ] {
+            let p = IsolationForestParams {
+                trees,
+                sample_size,
+                seed: 0,
+            };
+            let e = p.fit_array(data.view()).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
         }
     }
 

@@ -18,6 +18,13 @@ pub const FLAG_RESET: u32 = 1;
 /// kernels cannot produce infinities portably, so the host maps it back.
 pub const Z_INFINITE: f32 = -1.0;
 
+/// Largest deviation from a slot's origin that reaches the f32 state: beyond
+/// it, the squared deviation in the variance update would overflow f32 and
+/// leave the key's variance infinite, its z silent for good. Clamped there,
+/// one absurd value widens the baseline, which then decays back like any
+/// other outlier's.
+pub const Z_VALUE_LIMIT: f64 = 1e18;
+
 /// One record for one z-feature, as uploaded to the GPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
@@ -186,7 +193,7 @@ impl KeySlotTable {
         ZEntry {
             slot,
             flags: 0,
-            value: (value - self.origin[i]) as f32,
+            value: (value - self.origin[i]).clamp(-Z_VALUE_LIMIT, Z_VALUE_LIMIT) as f32,
             param: feature,
         }
     }
@@ -236,6 +243,38 @@ pub fn run_cpu(states: &mut Vec<ZState>, params: &[ZParams], entries: &[ZEntry],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One huge finite value must not silence a key's z for good.
+    #[test]
+    fn a_huge_value_does_not_silence_the_key() {
+        let params = [ZParams {
+            alpha: 0.1,
+            warmup: 10,
+            robust_z: 0.0,
+            _pad: 0,
+        }];
+        let mut table = KeySlotTable::new(4);
+        let mut states = Vec::new();
+        let mut z_of = |value: f64| {
+            let entry = table.entry(0, "k", value);
+            let mut z = [0f32];
+            run_cpu(&mut states, &params, &[entry], &mut z);
+            z[0]
+        };
+        let normal = |i: usize| if i % 2 == 0 { 9.0 } else { 11.0 };
+        for i in 0..50 {
+            z_of(normal(i));
+        }
+        z_of(1e20);
+        for i in 0..2000 {
+            assert!(z_of(normal(i)).is_finite());
+        }
+        let z = z_of(30.0);
+        assert!(
+            z > 5.0 && z.is_finite(),
+            "z of a 20σ spike after recovery: {z}"
+        );
+    }
 
     #[test]
     fn matches_f64_definition_on_a_simple_series() {

@@ -7,7 +7,9 @@
 
 mod validate;
 
-pub use validate::{validate, validate_spec, ModelError, MAX_TREE_DEPTH};
+pub use validate::{
+    validate, validate_spec, ModelError, MAX_EXPANDED_LEAVES, MAX_NODES, MAX_TREES, MAX_TREE_DEPTH,
+};
 
 use prost::Message;
 use std::path::Path;

@@ -7,6 +7,22 @@ use std::collections::HashSet;
 /// validated model can never loop in a kernel. ψ = 2³² would need depth 32.
 pub const MAX_TREE_DEPTH: usize = 32;
 
+/// Most trees a model may hold.
+pub const MAX_TREES: usize = 10_000;
+
+/// Most nodes a model may hold over all its trees (the linked layout takes
+/// 16 bytes a node).
+pub const MAX_NODES: usize = 1 << 22;
+
+/// Most leaves the complete-tree layout of a forest may take, summed over its
+/// trees: a forest no deeper than [`crate::forest::IMPLICIT_MAX_DEPTH`] is
+/// expanded to complete trees for scoring (2^depth leaves and 2^depth − 1
+/// splits a tree, about 13 bytes a leaf, once for the scorer and once for
+/// attribution). 2²² leaves bound each copy to about 55 MB, whatever the
+/// file's size: a few kilobytes of chain trees would otherwise expand to
+/// gigabytes.
+pub const MAX_EXPANDED_LEAVES: usize = 1 << 22;
+
 /// Why a model was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -59,7 +75,8 @@ fn invalid(msg: impl Into<String>) -> ModelError {
 /// trees (every child index in range, every node reached exactly once from the
 /// root, so no cycles and no sharing), no deeper than [`MAX_TREE_DEPTH`], with
 /// finite thresholds, feature indices inside the spec and non-empty leaves; a
-/// finite alert threshold.
+/// finite alert threshold; and a size within [`MAX_TREES`], [`MAX_NODES`] and
+/// [`MAX_EXPANDED_LEAVES`], checked before anything is laid out.
 pub fn validate(model: &pb::Model) -> Result<(), ModelError> {
     let spec = model
         .feature_spec
@@ -81,9 +98,30 @@ pub fn validate(model: &pb::Model) -> Result<(), ModelError> {
             model.threshold
         )));
     }
+    if forest.trees.len() > MAX_TREES {
+        return Err(invalid(format!(
+            "forest has {} trees; the limit is {MAX_TREES}",
+            forest.trees.len()
+        )));
+    }
+    let nodes: usize = forest.trees.iter().map(|t| t.feature.len()).sum();
+    if nodes > MAX_NODES {
+        return Err(invalid(format!(
+            "forest has {nodes} nodes; the limit is {MAX_NODES}"
+        )));
+    }
+    let (mut deepest, mut expanded) = (0, 0usize);
     for (i, tree) in forest.trees.iter().enumerate() {
-        validate_tree(tree, spec.features.len())
+        let depth = validate_tree(tree, spec.features.len())
             .map_err(|problem| ModelError::Tree { tree: i, problem })?;
+        deepest = deepest.max(depth);
+        expanded = expanded.saturating_add(1usize << depth.min(usize::BITS as usize - 2));
+    }
+    if deepest <= crate::forest::IMPLICIT_MAX_DEPTH as usize && expanded > MAX_EXPANDED_LEAVES {
+        return Err(invalid(format!(
+            "forest would expand to {expanded} leaves as complete trees for scoring; \
+             the limit is {MAX_EXPANDED_LEAVES} (fewer or shallower trees)"
+        )));
     }
     Ok(())
 }
@@ -232,7 +270,8 @@ fn check_window(name: &str, window_s: f64) -> Result<(), ModelError> {
     }
 }
 
-fn validate_tree(tree: &pb::Tree, num_features: usize) -> Result<(), String> {
+/// Checks one tree; returns its depth.
+fn validate_tree(tree: &pb::Tree, num_features: usize) -> Result<usize, String> {
     let n = tree.feature.len();
     if n == 0 {
         return Err("has no nodes".into());
@@ -254,9 +293,11 @@ fn validate_tree(tree: &pb::Tree, num_features: usize) -> Result<(), String> {
     let mut stack = vec![(0usize, 0usize)];
     seen[0] = true;
     let mut reached = 1;
+    let mut deepest = 0;
     while let Some((node, depth)) = stack.pop() {
         let (left, right) = (tree.left[node] as usize, tree.right[node] as usize);
         if left == 0 && right == 0 {
+            deepest = deepest.max(depth);
             if tree.leaf_size[node] == 0 {
                 return Err(format!("leaf node {node} has leaf_size 0"));
             }
@@ -299,7 +340,7 @@ fn validate_tree(tree: &pb::Tree, num_features: usize) -> Result<(), String> {
         let orphan = seen.iter().position(|s| !s).unwrap_or(0);
         return Err(format!("node {orphan} is not reachable from the root"));
     }
-    Ok(())
+    Ok(deepest)
 }
 
 /// Depth of a tree (edges from the root to the deepest leaf). Assumes the tree

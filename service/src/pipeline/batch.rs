@@ -1,7 +1,7 @@
 //! One parsed batch: features, scores, decisions, and every output message
 //! queued; the committer waits for the acknowledgements and commits.
 
-use super::commit::{Output, Sent};
+use super::commit::{Delivery, Output, Sent};
 use super::parse::ParsedBatch;
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
@@ -9,6 +9,7 @@ use crate::dlq;
 use crate::input::Columns;
 use crate::kafka::{RecordBatch, RecordRef};
 use crate::score::RowScore;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -108,7 +109,7 @@ pub(super) async fn process(
     // within a fraction of a millisecond, a batch's messages leave in one
     // produce request. Built between sends, they spread over two or more,
     // each one work for the broker.
-    let mut outgoing: Vec<(Output, String, Vec<u8>)> = Vec::new();
+    let mut outgoing: Vec<(Output, usize, String, Vec<u8>)> = Vec::new();
     for (row, &i) in accepted.iter().enumerate() {
         if !(every_row || scored.alerts[row]) {
             continue;
@@ -143,42 +144,92 @@ pub(super) async fn process(
             );
             let payload = serde_json::to_vec(&alert).expect("alert serializes");
             alert_texts.push(String::from_utf8(payload.clone()).expect("JSON is UTF-8"));
-            outgoing.push((Output::Alerts, key.clone(), payload));
+            outgoing.push((Output::Alerts, i, key.clone(), payload));
         }
         if let (false, Some((model, scores, alerts))) = (shadow_topic.is_empty(), &scored.shadow) {
             // `alert` is what the shadow would have decided, never published
             // as an alert.
             let payload = score_message(&source, &key, model, scores[row].score, alerts[row], true);
-            outgoing.push((Output::ShadowScores, key.clone(), payload));
+            outgoing.push((Output::ShadowScores, i, key.clone(), payload));
         }
         if !scores_topic.is_empty() {
             let (score, alert) = (scored.scores[row].score, scored.alerts[row]);
             let payload = score_message(&source, &key, &live_id, score, alert, false);
-            outgoing.push((Output::Scores, key, payload));
+            outgoing.push((Output::Scores, i, key, payload));
         }
     }
-    for (output, key, payload) in &outgoing {
-        deliveries.push(send(ctx, *output, key.as_bytes(), payload, None).await);
-    }
-    for (i, rejection) in &rejected {
+    // A message the client refuses for good (too large, unknown topic, not
+    // authorised) is never retried: its record goes to the DLQ instead.
+    let mut dead: Vec<(usize, dlq::Rejection)> = rejected;
+    for (output, i, key, payload) in &outgoing {
         let record = batch.get(*i);
-        let headers = dlq::headers(
+        let at = (record.partition, record.offset);
+        match send(ctx, *output, key.as_bytes(), payload, None).await {
+            Ok(future) => deliveries.push(Delivery {
+                output: *output,
+                record: at,
+                future,
+            }),
+            Err(e) => {
+                let topic = output.topic(&ctx.config);
+                tracing::warn!(pipeline = %name, topic, partition = at.0, offset = at.1, error = %e, "output refused; record goes to the DLQ");
+                if !dead.iter().any(|(d, _)| d == i) {
+                    dead.push((
+                        *i,
+                        dlq::Rejection {
+                            class: dlq::UNDELIVERABLE,
+                            reason: format!("{} for topic '{topic}' refused: {e}", output.kind()),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    for (i, rejection) in &dead {
+        let record = batch.get(*i);
+        let header_bytes = record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 8)
+            .sum();
+        let copy = dlq::bounded(
+            record.key.unwrap_or_default(),
+            record.value.unwrap_or_default(),
+            header_bytes,
+            ctx.produce_limit,
+        );
+        let headers = dlq::headers_of_copy(
             record.headers.iter(),
             rejection,
-            topic,
-            record.partition,
-            record.offset,
+            (topic, record.partition, record.offset),
+            copy.truncated_from,
+            copy.keep_headers,
         );
-        let key = record.key.unwrap_or_default();
-        let value = record.value.unwrap_or_default();
-        deliveries.push(send(ctx, Output::Dlq, key, value, Some(headers)).await);
+        let at = (record.partition, record.offset);
+        match send(ctx, Output::Dlq, copy.key, copy.value, Some(headers)).await {
+            Ok(future) => deliveries.push(Delivery {
+                output: Output::Dlq,
+                record: at,
+                future,
+            }),
+            Err(e) => {
+                // Nowhere left to put the record: stop before its offset
+                // is committed, naming it.
+                *state_slot = Some(state);
+                return Err(PipelineError::Delivery {
+                    pipeline: name.clone(),
+                    topic: ctx.config.dlq_topic.clone(),
+                    message: format!("record {topic}/{}@{}: {e}", at.0, at.1),
+                });
+            }
+        }
     }
     let published_at = Instant::now();
     let sent = Sent {
         deliveries,
         next_offsets,
         alert_texts,
-        dlq: rejected.iter().map(|(_, r)| r.class).collect(),
+        dlq: dead.iter().map(|(_, r)| r.class).collect(),
         records: batch.len(),
         scored: accepted.len(),
         alerts: alert_count,
@@ -244,31 +295,30 @@ fn score(
 }
 
 /// Queues one message for `output`; the delivery resolves once the broker
-/// acknowledges it.
+/// acknowledges it. A full local queue is the producer pushing back: wait
+/// and retry. Any other refusal is final for this message.
 async fn send(
     ctx: &PipelineContext,
     output: Output,
     key: &[u8],
     payload: &[u8],
     headers: Option<rdkafka::message::OwnedHeaders>,
-) -> (Output, rdkafka::producer::DeliveryFuture) {
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     let mut record = FutureRecord::to(output.topic(&ctx.config))
         .key(key)
         .payload(payload);
     if let Some(h) = headers {
         record = record.headers(h);
     }
-    // send_result only fails when the local queue is full: wait and retry,
-    // which is the producer pushing back on us.
-    let mut record = record;
     loop {
         match ctx.producer.send_result(record) {
-            Ok(delivery) => return (output, delivery),
-            Err((e, back)) => {
-                tracing::debug!(error = %e, "producer queue full; waiting");
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                tracing::debug!("producer queue full; waiting");
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 record = back;
             }
+            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -46,19 +46,32 @@ impl Collector {
         parser: Parser,
         live: LiveModel,
     ) -> std::io::Result<Self> {
+        let pipeline = name.to_owned();
+        Self::start(name, move |tx, recycled, stop| {
+            let limits = (max_records.max(1), max_wait);
+            let parsing = (parser, live);
+            collect(&pipeline, &consumer, parsing, (tx, recycled), limits, stop)
+        })
+    }
+
+    /// Runs `body` on the collecting thread of pipeline `name`.
+    fn start(
+        name: &str,
+        body: impl FnOnce(
+                &mpsc::Sender<ParsedBatch>,
+                &std::sync::mpsc::Receiver<(RecordBatch, Columns)>,
+                &AtomicBool,
+            ) + Send
+            + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, batches) = mpsc::channel(1);
         let (recycle, recycled) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
-            let name = name.to_owned();
             std::thread::Builder::new()
                 .name(format!("collect-{name}"))
-                .spawn(move || {
-                    let limits = (max_records.max(1), max_wait);
-                    let parsing = (parser, live);
-                    collect(&name, &consumer, parsing, (&tx, &recycled), limits, &stop)
-                })?
+                .spawn(move || body(&tx, &recycled, &stop))?
         };
         Ok(Self {
             batches,
@@ -66,6 +79,26 @@ impl Collector {
             thread: Some(thread),
             recycle,
         })
+    }
+
+    /// Why the thread ended while nobody asked it to stop: its panic, or
+    /// that it ended. Waits for the thread.
+    pub(super) fn failure(&mut self, pipeline: &str) -> super::PipelineError {
+        let message = match self.thread.take().map(JoinHandle::join) {
+            Some(Err(panic)) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                format!("panicked: {text}")
+            }
+            _ => "ended unexpectedly".into(),
+        };
+        super::PipelineError::Collector {
+            pipeline: pipeline.to_owned(),
+            message,
+        }
     }
 
     /// The next batch; `None` once the thread has stopped and every batch it
@@ -230,5 +263,26 @@ fn collect(
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collecting thread that dies must not look like a clean end of
+    /// input: the pipeline reports it as a failure with the panic's text.
+    #[test]
+    fn a_panicking_thread_is_a_failure_not_an_end() {
+        let mut collector = Collector::start("p", |_, _, _| panic!("parser bug")).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(collector.next()).is_none());
+        let e = collector.failure("p").to_string();
+        assert!(
+            e.contains("'p'") && e.contains("panicked: parser bug"),
+            "{e}"
+        );
     }
 }

@@ -55,10 +55,31 @@ impl Output {
     }
 }
 
+impl Output {
+    /// What the output's messages are, for messages about them.
+    pub(super) fn kind(self) -> &'static str {
+        match self {
+            Output::Alerts => "alert",
+            Output::Dlq => "dead letter",
+            Output::Scores => "score message",
+            Output::ShadowScores => "shadow score message",
+        }
+    }
+}
+
+/// One message on its way: where it goes, the input record it is for, and
+/// its acknowledgement.
+pub(super) struct Delivery {
+    pub(super) output: Output,
+    /// (partition, offset) of the input record.
+    pub(super) record: (i32, i64),
+    pub(super) future: DeliveryFuture,
+}
+
 /// A batch whose output is on its way to the broker.
 pub(super) struct Sent {
-    /// Every delivery of the batch, with the topic it went to.
-    pub(super) deliveries: Vec<(Output, DeliveryFuture)>,
+    /// Every delivery of the batch.
+    pub(super) deliveries: Vec<Delivery>,
     /// Next offset per partition once the batch is done.
     pub(super) next_offsets: BTreeMap<i32, i64>,
     /// Alerts as published, for the gRPC alert stream.
@@ -202,16 +223,21 @@ async fn finish(
     offsets: &mut Offsets,
 ) -> Result<(), PipelineError> {
     let name = &handle.name;
-    for (output, delivery) in sent.deliveries {
-        let message = match delivery.await {
+    for delivery in sent.deliveries {
+        let problem = match delivery.future.await {
             Ok(Ok(_)) => continue,
             Ok(Err((e, _))) => e.to_string(),
             Err(_) => "producer dropped the message".into(),
         };
+        let (partition, offset) = delivery.record;
         return Err(PipelineError::Delivery {
             pipeline: name.clone(),
-            topic: output.topic(config).to_owned(),
-            message,
+            topic: delivery.output.topic(config).to_owned(),
+            message: format!(
+                "{} for record {}/{partition}@{offset}: {problem}",
+                delivery.output.kind(),
+                config.input_topic
+            ),
         });
     }
     let acked_at = Instant::now();

@@ -174,16 +174,29 @@ impl Handles {
 /// the order the GPU needs: the runtime and its threads first, then the
 /// handles and the engine they hold.
 pub struct ServiceRuntime {
-    // Fields drop in the order they are declared.
-    runtime: tokio::runtime::Runtime,
+    // Fields drop in the order they are declared; the runtime is taken
+    // out and shut down first (see Drop).
+    runtime: Option<tokio::runtime::Runtime>,
     handles: Arc<Handles>,
+}
+
+/// Longest wait, at exit, for blocking work still running (a scoring call
+/// stuck past the drain deadline): the process exits anyway after it.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Drop for ServiceRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(BLOCKING_GRACE);
+        }
+    }
 }
 
 impl ServiceRuntime {
     /// A multi-threaded runtime and empty handles.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
-            runtime: tokio::runtime::Runtime::new()?,
+            runtime: Some(tokio::runtime::Runtime::new()?),
             handles: Arc::default(),
         })
     }
@@ -195,6 +208,9 @@ impl ServiceRuntime {
 
     /// Runs `future` to completion on the runtime.
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .block_on(future)
     }
 }

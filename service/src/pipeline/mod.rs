@@ -34,6 +34,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Why the service stopped with an error.
@@ -78,6 +79,15 @@ pub enum PipelineError {
         pipeline: String,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The pipeline's collecting thread died (a panic), which must not pass
+    /// for a clean end of input.
+    #[error("pipeline '{pipeline}': the consumer thread {message}")]
+    Collector {
+        /// Pipeline name.
+        pipeline: String,
+        /// What happened to it.
+        message: String,
     },
     /// Draining did not finish within the configured deadline.
     #[error("pipeline '{0}': in-flight batch did not finish before the drain deadline")]
@@ -137,6 +147,9 @@ pub(crate) struct PipelineContext {
     pub(crate) producer: FutureProducer,
     pub(crate) metrics: Arc<PipelineMetrics>,
     pub(crate) max_message_bytes: usize,
+    /// The producer's largest message (`message.max.bytes`): DLQ copies are
+    /// bounded by it.
+    pub(crate) produce_limit: usize,
 }
 
 /// Runs every configured pipeline until `shutdown` is cancelled (then drains:
@@ -193,6 +206,12 @@ pub async fn run(
     .await
     .expect("metadata probe does not panic")?;
     let producer = kafka::producer(&config.kafka.brokers, &config.kafka.properties)?;
+    let produce_limit = config
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(crate::dlq::PRODUCER_MESSAGE_MAX_BYTES);
     let drain = Duration::from_secs(config.service.drain_timeout_s);
     let failed = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
@@ -245,6 +264,7 @@ pub async fn run(
             producer: producer.clone(),
             metrics,
             max_message_bytes: config.service.max_message_bytes,
+            produce_limit,
         };
         tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model.name, version = state.model.version, backend = engine.name(), "pipeline starting");
         let stop = failed.clone();
@@ -316,23 +336,31 @@ async fn run_pipeline(
         source,
     })?;
     let mut committer = commit::Committer::spawn(ctx.handle.clone(), &ctx.config, consumer.clone());
-    let mut stopping = false;
+    // Set when shutdown is asked for: everything after it, whatever the
+    // pipeline is doing (scoring, waiting on a full producer queue or on
+    // acknowledgements), must end by then.
+    let mut deadline: Option<Instant> = None;
+    let name = ctx.config.name.as_str();
     loop {
-        let batch = if stopping {
+        let batch = if deadline.is_some() {
             collector.next().await
         } else {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    begin_drain(&mut deadline, drain, name);
                     // Drain: the collector hands over what it holds, then ends.
                     collector.stop();
-                    stopping = true;
                     continue;
                 }
                 batch = collector.next() => batch,
             }
         };
         let Some(batch) = batch else {
+            if deadline.is_none() {
+                // The collecting thread ended with nobody asking it to.
+                return Err(collector.failure(name));
+            }
             break;
         };
         // Model changes take effect here, between batches. A model that
@@ -389,19 +417,19 @@ async fn run_pipeline(
         let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b, c| {
             collector.recycle(b, c)
         });
-        let sent = if stopping {
-            tokio::time::timeout(drain, work)
-                .await
-                .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??
-        } else {
-            work.await?
-        };
-        if committer.push(sent).await.is_err() {
+        let sent = within_drain(work, &shutdown, &mut deadline, drain, name).await??;
+        let pushed =
+            within_drain(committer.push(sent), &shutdown, &mut deadline, drain, name).await?;
+        if deadline.is_some() {
+            collector.stop();
+        }
+        if pushed.is_err() {
             // The committer stopped on a failed delivery; close says which.
             break;
         }
     }
-    tokio::time::timeout(drain, committer.close())
+    let until = deadline.unwrap_or_else(|| Instant::now() + drain);
+    tokio::time::timeout_at(until, committer.close())
         .await
         .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??;
     let m = &ctx.metrics;
@@ -414,6 +442,37 @@ async fn run_pipeline(
         "pipeline drained and stopped"
     );
     Ok(())
+}
+
+/// Starts the drain clock, once.
+fn begin_drain(deadline: &mut Option<Instant>, drain: Duration, name: &str) {
+    if deadline.is_none() {
+        tracing::info!(pipeline = %name, drain_timeout_s = drain.as_secs(), "draining");
+        *deadline = Some(Instant::now() + drain);
+    }
+}
+
+/// Awaits `work`; once shutdown is asked for (before or during it), only
+/// until the drain deadline.
+async fn within_drain<T>(
+    work: impl std::future::Future<Output = T>,
+    shutdown: &CancellationToken,
+    deadline: &mut Option<Instant>,
+    drain: Duration,
+    name: &str,
+) -> Result<T, PipelineError> {
+    tokio::pin!(work);
+    if deadline.is_none() {
+        tokio::select! {
+            biased;
+            out = &mut work => return Ok(out),
+            _ = shutdown.cancelled() => begin_drain(deadline, drain, name),
+        }
+    }
+    let until = deadline.expect("set above or before");
+    tokio::time::timeout_at(until, work)
+        .await
+        .map_err(|_| PipelineError::DrainTimeout(name.to_owned()))
 }
 
 /// Updates the consumer-lag gauge every 5 s until `stop`. Watermark
