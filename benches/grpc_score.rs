@@ -28,9 +28,14 @@ async fn run(quick: bool) {
     let model_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
     let model = isoflow::model::load(&model_path).unwrap();
     let handles = Arc::new(isoflow::pipeline::Handles::default());
-    let registry = isoflow::registry::ModelRegistry::open(dir.path().into(), "", "", handles)
-        .await
-        .unwrap();
+    let registry = isoflow::registry::ModelRegistry::open(
+        dir.path().into(),
+        &isoflow::kafka::Cluster::default(),
+        "",
+        handles,
+    )
+    .await
+    .unwrap();
     registry.seed(&model);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -572,3 +572,77 @@ fn python_client(dir: &Path, address: &str, brokers: &str) {
     );
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// A restarted replica scores with the model its registry replay
+/// activates, from the very first record: scored with the config's model
+/// first, replayed records would get other alert ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_scores_with_the_replayed_model_from_the_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = util::Broker::memory();
+    let brokers = broker.addr();
+    isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq", "shadow-scores"], 1)
+        .await
+        .unwrap();
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow")).unwrap();
+    let new_id = {
+        let a = Replica::start(dir.path(), "a", &brokers);
+        let channel = channel(&a.address).await;
+        let mut models = ModelServiceClient::new(channel.clone());
+        let put = models
+            .put_model(authed(pb::PutModelRequest {
+                source: Some(pb::put_model_request::Source::ModelBytes(bytes)),
+                name: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        models
+            .activate_model(authed(pb::ActivateModelRequest {
+                name: "fraud".into(),
+                version: put.version,
+                pipeline: "fraud".into(),
+                mode: pb::Mode::Live as i32,
+                clear: false,
+            }))
+            .await
+            .unwrap();
+        format!("fraud@{}", put.version)
+    };
+    // Stopped; records wait for the restart.
+    util::ok(
+        "isoflow",
+        &[
+            "gen",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "tx",
+            "--scenario",
+            "fraud",
+            "--count",
+            "3000",
+            "--seed",
+            "31",
+        ],
+    );
+    let a = Replica::start(dir.path(), "a", &brokers);
+    let scoring = ScoringServiceClient::new(channel(&a.address).await);
+    wait_for("every record scored", Duration::from_secs(60), || {
+        let mut c = scoring.clone();
+        async move { status(&mut c).await.scored >= 3000 }
+    })
+    .await;
+    let alerts =
+        isoflow::kafka::read_topic(&brokers, "alerts", usize::MAX, Duration::from_secs(3)).unwrap();
+    assert!(alerts.len() > 10, "{} alerts", alerts.len());
+    let models: std::collections::BTreeSet<String> = alerts
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            v["model"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(models, [new_id].into(), "models of the restart's alerts");
+}

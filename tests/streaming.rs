@@ -403,6 +403,149 @@ fn hundred_thousand_records_with_ten_percent_corrupt() {
     );
 }
 
+/// Sends SIGTERM and waits for the exit, at most `limit`.
+fn terminate(service: &mut Service, limit: Duration) -> std::process::ExitStatus {
+    let pid = service.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = service.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no exit {limit:?} after SIGTERM: {}",
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One invalid-JSON record just over 1 MB (over `max_message_bytes`, and
+/// over the producer's message limit as it is), then 100 good ones: the good
+/// ones are scored, the big one reaches the DLQ as a bounded copy that says
+/// it was cut, the offsets are committed, and SIGTERM exits 0.
+#[test]
+fn a_poison_pill_is_dead_lettered_and_the_stream_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    let config = setup(&addr, &|t, n| broker.create_topic(t, n), dir.path(), 1, 500);
+    let big = vec![b'{'; 1_100_000];
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(INPUT)
+                    .key("pill")
+                    .payload(&big[..]),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("broker takes the big record");
+    });
+    gen(&addr, INPUT, 100, 21, &[]);
+    let mut service = Service::start(&config);
+    wait_for(
+        "100 scored and 1 dead-lettered",
+        Duration::from_secs(60),
+        || service.accounted() >= 101,
+    );
+    let dead = read_at_least(&addr, "dlq", 1);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "isoflow.error.reason"), Some("too_large"));
+    assert_eq!(header(&dead[0], "isoflow.source.offset"), Some("0"));
+    assert_eq!(
+        header(&dead[0], "isoflow.value.truncated_from"),
+        Some("1100000")
+    );
+    let copy = dead[0].value.as_deref().unwrap();
+    assert!(copy.len() < 1_000_000 && copy.iter().all(|&b| b == b'{'));
+    assert_eq!(read_at_least(&addr, "scores", 100).len(), 100);
+    let status = terminate(&mut service, Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {}", service.log_text());
+    // Committed past the pill: a restart has nothing to replay.
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("group.id", "e2e.fraud")
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(INPUT, 0);
+    let committed = probe
+        .committed_offsets(partitions, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        committed.find_partition(INPUT, 0).unwrap().offset(),
+        rdkafka::Offset::Offset(101)
+    );
+}
+
+/// `[kafka.properties]` reach every client: the topic probe, the pipeline's
+/// consumer and producer, and the registry's admin, producer and consumer.
+/// Here the brokers are only reachable through the properties (they name
+/// the real bootstrap servers over a dead `brokers` address), as a SASL or
+/// TLS cluster is only reachable with its settings.
+#[test]
+fn kafka_properties_reach_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    setup(&addr, &|t, n| broker.create_topic(t, n), dir.path(), 1, 100);
+    gen(&addr, INPUT, 200, 22, &[]);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+    let config = dir.path().join("props.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:1"
+group_id = "props"
+[kafka.properties]
+"bootstrap.servers" = "{addr}"
+
+[grpc]
+listen = "127.0.0.1:{}"
+models_dir = "{}"
+
+[[pipeline]]
+name = "fraud"
+input_topic = "{INPUT}"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+scores_topic = "scores"
+"#,
+            util::free_port(),
+            dir.path().join("models").display(),
+            model.display()
+        ),
+    )
+    .unwrap();
+    let service = Service::start(&config);
+    wait_for("200 scored", Duration::from_secs(60), || {
+        service.accounted() >= 200
+    });
+    wait_for("registry replayed", Duration::from_secs(30), || {
+        service.log_text().contains("serving gRPC")
+    });
+    assert!(
+        isoflow::kafka::check_topics(&addr, &["isoflow.models"], Duration::from_secs(5)).is_ok(),
+        "the registry topic was created through the properties"
+    );
+}
+
 #[test]
 fn sigterm_drains_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,23 +559,7 @@ fn sigterm_drains_commits_and_exits_zero() {
     wait_for("first records", Duration::from_secs(30), || {
         first.accounted() > 0
     });
-    let pid = first.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = first.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = terminate(&mut first, Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}: {}", first.log_text());
     let first_done = scored_in_log(&first.log_text());
     assert!(first_done < total, "the signal arrived after all the work");

@@ -86,6 +86,17 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// The cluster every client of the service connects to, with the same
+    /// properties for all of them.
+    pub fn cluster(&self) -> crate::kafka::Cluster {
+        crate::kafka::Cluster {
+            brokers: self.brokers.clone(),
+            properties: self.properties.clone(),
+        }
+    }
+}
+
 /// Process-wide settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -84,6 +84,32 @@ impl EmbeddedCluster {
     }
 }
 
+/// How to reach a cluster: the bootstrap brokers and the extra librdkafka
+/// properties (`[kafka.properties]`: SASL, TLS, client ids) that every
+/// client of the service takes, probes, admin and registry clients included.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Extra client properties, passed through as is.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Cluster {
+    /// A cluster reached with no extra properties.
+    pub fn plain(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// [`client_config`] for this cluster.
+    pub fn client_config(&self) -> ClientConfig {
+        client_config(&self.brokers, &self.properties)
+    }
+}
+
 /// Shared client settings.
 pub fn client_config(brokers: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -175,7 +201,17 @@ pub fn producer(
 
 /// Checks that the brokers answer and that `topics` exist.
 pub fn check_topics(brokers: &str, topics: &[&str], timeout: Duration) -> Result<(), KafkaError> {
-    let probe: BaseConsumer = client_config(brokers, &BTreeMap::new()).create()?;
+    check_topics_on(&Cluster::plain(brokers), topics, timeout)
+}
+
+/// [`check_topics`] on a cluster with its client properties.
+pub fn check_topics_on(
+    cluster: &Cluster,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let brokers = cluster.brokers.as_str();
+    let probe: BaseConsumer = cluster.client_config().create()?;
     let metadata = probe
         .fetch_metadata(None, timeout)
         .map_err(|e| KafkaError::Unreachable {
@@ -211,15 +247,23 @@ pub async fn create_topics(
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), KafkaError> {
-    let missing: Vec<String> = match check_topics(brokers, topics, Duration::from_secs(10)) {
+    create_topics_on(&Cluster::plain(brokers), topics, partitions).await
+}
+
+/// [`create_topics`] on a cluster with its client properties.
+pub async fn create_topics_on(
+    cluster: &Cluster,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let missing: Vec<String> = match check_topics_on(cluster, topics, Duration::from_secs(10)) {
         Ok(()) => return Ok(()),
         Err(KafkaError::MissingTopics {
             topics: missing, ..
         }) => missing.split(", ").map(str::to_owned).collect(),
         Err(e) => return Err(e),
     };
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers, &BTreeMap::new()).create()?;
+    let admin: AdminClient<DefaultClientContext> = cluster.client_config().create()?;
     let new: Vec<NewTopic> = missing
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))

@@ -277,7 +277,7 @@ pub fn model_id(model: &pb::Model) -> String {
 /// Where models are published and how fast replicas follow.
 struct Topic {
     name: String,
-    brokers: String,
+    cluster: kafka::Cluster,
     producer: FutureProducer,
 }
 
@@ -304,7 +304,7 @@ impl ModelRegistry {
     /// replayed until [`Self::follow`].
     pub async fn open(
         dir: PathBuf,
-        brokers: &str,
+        cluster: &kafka::Cluster,
         topic: &str,
         handles: Arc<Handles>,
     ) -> Result<Arc<Self>, RegistryError> {
@@ -330,11 +330,11 @@ impl ModelRegistry {
         let topic = if topic.is_empty() {
             None
         } else {
-            create_compacted(brokers, topic).await?;
+            create_compacted(cluster, topic).await?;
             Some(Topic {
                 name: topic.to_owned(),
-                brokers: brokers.to_owned(),
-                producer: kafka::producer(brokers, &BTreeMap::new())?,
+                cluster: cluster.clone(),
+                producer: kafka::producer(&cluster.brokers, &cluster.properties)?,
             })
         };
         tracing::info!(dir = %dir.display(), cached = models.len(), topic = topic.as_ref().map_or("", |t| t.name.as_str()), "model registry open");
@@ -625,12 +625,12 @@ impl ModelRegistry {
         let Some(topic) = &self.topic else {
             return Ok(());
         };
-        let (brokers, name) = (topic.brokers.clone(), topic.name.clone());
+        let (cluster, name) = (topic.cluster.clone(), topic.name.clone());
         let registry = self.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("isoflow-registry".into())
-            .spawn(move || registry.follow_blocking(&brokers, &name, shutdown, ready_tx))
+            .spawn(move || registry.follow_blocking(&cluster, &name, shutdown, ready_tx))
             .map_err(|source| RegistryError::Io {
                 path: "registry follower thread".into(),
                 source,
@@ -644,12 +644,12 @@ impl ModelRegistry {
 
     fn follow_blocking(
         &self,
-        brokers: &str,
+        cluster: &kafka::Cluster,
         topic: &str,
         shutdown: CancellationToken,
         ready: tokio::sync::oneshot::Sender<Result<(), RegistryError>>,
     ) {
-        let consumer = match self.assign_from_start(brokers, topic) {
+        let consumer = match self.assign_from_start(cluster, topic) {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -716,8 +716,12 @@ impl ModelRegistry {
         }
     }
 
-    fn assign_from_start(&self, brokers: &str, topic: &str) -> Result<BaseConsumer, RegistryError> {
-        let mut c = kafka::client_config(brokers, &BTreeMap::new());
+    fn assign_from_start(
+        &self,
+        cluster: &kafka::Cluster,
+        topic: &str,
+    ) -> Result<BaseConsumer, RegistryError> {
+        let mut c = cluster.client_config();
         c.set(
             "group.id",
             format!("isoflow-registry-{}-{}", std::process::id(), now_ms()),
@@ -744,12 +748,11 @@ impl ModelRegistry {
 /// Creates the registry topic with one partition (one total order of
 /// changes) and `cleanup.policy=compact`; falls back to a plain topic when
 /// the broker refuses the setting.
-async fn create_compacted(brokers: &str, topic: &str) -> Result<(), RegistryError> {
+async fn create_compacted(cluster: &kafka::Cluster, topic: &str) -> Result<(), RegistryError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = kafka::client_config(brokers, &BTreeMap::new())
-        .create()
-        .map_err(KafkaError::from)?;
+    let admin: AdminClient<DefaultClientContext> =
+        cluster.client_config().create().map_err(KafkaError::from)?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for compact in [true, false] {
         let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
@@ -790,7 +793,7 @@ mod tests {
         let registry = runtime
             .block_on(ModelRegistry::open(
                 dir.path().into(),
-                "",
+                &crate::kafka::Cluster::default(),
                 "",
                 Arc::new(Handles::default()),
             ))

@@ -71,7 +71,7 @@ pub async fn run(
         ));
     }
     let grpc = config.grpc.clone();
-    let brokers = config.kafka.brokers.clone();
+    let cluster = config.kafka.cluster();
     let pipelines = config.pipelines.len();
     let stop = shutdown.child_token();
     let running = pipeline::run(config, registry, handles.clone(), stop.clone());
@@ -89,7 +89,7 @@ pub async fn run(
             _ = stop.cancelled() => return Ok(()),
             _ = handles.wait_started(pipelines) => {}
         }
-        let result = serve_api(&grpc, &brokers, handles.clone(), stop.clone()).await;
+        let result = serve_api(&grpc, &cluster, handles.clone(), stop.clone()).await;
         if result.is_err() {
             stop.cancel();
         }
@@ -104,13 +104,13 @@ pub async fn run(
 /// Opens the registry, replays it, and serves gRPC until `stop`.
 async fn serve_api(
     grpc: &crate::config::GrpcConfig,
-    brokers: &str,
+    cluster: &crate::kafka::Cluster,
     handles: Arc<pipeline::Handles>,
     stop: CancellationToken,
 ) -> Result<(), ServiceError> {
     let models = crate::registry::ModelRegistry::open(
         grpc.models_dir.clone(),
-        brokers,
+        cluster,
         &grpc.registry_topic,
         handles.clone(),
     )

@@ -198,10 +198,10 @@ pub async fn run(
             }
         }
     }
-    let brokers = config.kafka.brokers.clone();
+    let cluster = config.kafka.cluster();
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        kafka::check_topics(&brokers, &refs, Duration::from_secs(10))
+        kafka::check_topics_on(&cluster, &refs, Duration::from_secs(10))
     })
     .await
     .expect("metadata probe does not panic")?;
