@@ -74,6 +74,9 @@ pub async fn run(
     let cluster = config.kafka.cluster();
     let pipelines = config.pipelines.len();
     let stop = shutdown.child_token();
+    if !grpc.listen.is_empty() && !grpc.registry_topic.is_empty() {
+        handles.expect_replay();
+    }
     let running = pipeline::run(config, registry, handles.clone(), stop.clone());
     let pipelines_done = async {
         let result = running.await;
@@ -119,6 +122,7 @@ async fn serve_api(
         models.seed(&h.live_model());
     }
     models.follow(stop.clone()).await?;
+    handles.mark_replayed();
     let engine = handles.engine().unwrap_or(crate::score::Engine::Cpu);
     crate::api::serve(grpc, models, engine, stop).await?;
     Ok(())

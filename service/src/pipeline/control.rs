@@ -112,6 +112,9 @@ pub struct Handles {
     list: Mutex<Vec<PipelineHandle>>,
     engine: std::sync::OnceLock<Engine>,
     started: tokio::sync::Notify,
+    /// Whether pipelines wait for a registry replay before their first
+    /// record, and whether it has finished.
+    replay: std::sync::OnceLock<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Handles {
@@ -124,6 +127,33 @@ impl std::fmt::Debug for Handles {
 }
 
 impl Handles {
+    /// From now on, pipelines that start take no record until
+    /// [`Self::mark_replayed`]: a model registry replays its topic first, and
+    /// what it activates is what scores the first record (else replayed
+    /// records would get other alert ids after every restart).
+    pub fn expect_replay(&self) {
+        let _ = self.replay.set(watch::channel(false).0);
+    }
+
+    /// The registry's replay has finished: pipelines may take records.
+    pub fn mark_replayed(&self) {
+        if let Some(replay) = self.replay.get() {
+            replay.send_replace(true);
+        }
+    }
+
+    /// Waits until the registry replay has finished, when pipelines are to
+    /// wait for one; `false` when `limit` passed first.
+    pub(crate) async fn wait_replayed(&self, limit: std::time::Duration) -> bool {
+        let Some(replay) = self.replay.get() else {
+            return true;
+        };
+        let mut done = replay.subscribe();
+        tokio::time::timeout(limit, done.wait_for(|&d| d))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     pub(crate) fn set_engine(&self, engine: Engine) {
         let _ = self.engine.set(engine);
     }

@@ -80,6 +80,14 @@ pub enum PipelineError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The model registry did not finish replaying its topic in time.
+    #[error("pipeline '{pipeline}': the model registry did not finish its replay within {limit_s} s; no record was scored")]
+    ReplayTimeout {
+        /// Pipeline name.
+        pipeline: String,
+        /// The limit, seconds.
+        limit_s: u64,
+    },
     /// The pipeline's collecting thread died (a panic), which must not pass
     /// for a clean end of input.
     #[error("pipeline '{pipeline}': the consumer thread {message}")]
@@ -96,6 +104,10 @@ pub enum PipelineError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
+
+/// Longest a pipeline waits for the model registry's replay before its
+/// first record.
+const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Model, features and scorers of one pipeline; moved onto a blocking thread
 /// for each batch and back.
@@ -141,6 +153,8 @@ pub(crate) struct Shadow {
 /// Everything a pipeline task needs.
 pub(crate) struct PipelineContext {
     pub(crate) handle: PipelineHandle,
+    /// Every pipeline's handles: the registry replay gate.
+    pub(crate) handles: Arc<Handles>,
     pub(crate) engine: Engine,
     pub(crate) slot_capacity: usize,
     pub(crate) config: PipelineConfig,
@@ -258,6 +272,7 @@ pub async fn run(
         handles.add(handle.clone());
         let ctx = PipelineContext {
             handle,
+            handles: handles.clone(),
             engine: engine.clone(),
             slot_capacity: config.service.slot_capacity,
             config: p.clone(),
@@ -323,6 +338,21 @@ async fn run_pipeline(
         )),
         max_bytes: ctx.max_message_bytes,
     };
+    // Records wait for the registry's replay: the model it activates is the
+    // one that scores them.
+    let waited = Instant::now();
+    tokio::select! {
+        replayed = ctx.handles.wait_replayed(REPLAY_LIMIT) => if !replayed {
+            return Err(PipelineError::ReplayTimeout {
+                pipeline: ctx.config.name.clone(),
+                limit_s: REPLAY_LIMIT.as_secs(),
+            });
+        },
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    if waited.elapsed() > Duration::from_millis(1) {
+        tracing::info!(pipeline = %ctx.config.name, waited_ms = waited.elapsed().as_millis() as u64, "registry replayed; taking records");
+    }
     let mut collector = collect::Collector::spawn(
         &ctx.config.name,
         consumer.clone(),
