@@ -1021,6 +1021,7 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
         shadow_scores_topic: String::new(),
         batch_max_records: 64,
         batch_max_ms: 20,
+        batch_max_bytes: isoflow::config::DEFAULT_BATCH_MAX_BYTES,
     });
     let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
     let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());

@@ -208,10 +208,19 @@ pub struct PipelineConfig {
     /// ...or this many milliseconds after its first record, whichever first.
     #[serde(default = "default_batch_max_ms")]
     pub batch_max_ms: u64,
+    /// ...or once its records' bytes reach this many (a batch holds at
+    /// least one record, and overshoots by at most one read of at most
+    /// `batch_max_bytes / service.max_message_bytes` records).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
 }
 
 /// Most records a batch may hold (`batch_max_records`).
 pub const MAX_BATCH_RECORDS: usize = 1 << 20;
+/// Default `batch_max_bytes`: 64 MiB.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 64 << 20;
+/// Largest `batch_max_bytes`: 1 GiB.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
 /// Longest a partial batch may wait, in milliseconds (`batch_max_ms`).
 pub const MAX_BATCH_MS: u64 = 60_000;
 /// Largest record accepted (`service.max_message_bytes`): 64 MiB.
@@ -251,6 +260,9 @@ fn default_max_score_records() -> usize {
 }
 fn default_batch_max_records() -> usize {
     4096
+}
+fn default_batch_max_bytes() -> usize {
+    DEFAULT_BATCH_MAX_BYTES
 }
 fn default_batch_max_ms() -> u64 {
     100
@@ -441,6 +453,7 @@ impl Config {
                     shadow_scores_topic: String::new(),
                     batch_max_records: default_batch_max_records(),
                     batch_max_ms: default_batch_max_ms(),
+                    batch_max_bytes: default_batch_max_bytes(),
                 };
                 flags.set(&mut p);
                 self.pipelines.push(p);
@@ -516,6 +529,11 @@ impl Config {
                     MAX_BATCH_RECORDS as u64,
                 ),
                 ("batch_max_ms", p.batch_max_ms, MAX_BATCH_MS),
+                (
+                    "batch_max_bytes",
+                    p.batch_max_bytes as u64,
+                    MAX_BATCH_BYTES as u64,
+                ),
             ] {
                 if !(1..=most).contains(&value) {
                     return bad(format!(

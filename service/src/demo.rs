@@ -167,6 +167,7 @@ pub async fn run(
             shadow_scores_topic: String::new(),
             batch_max_records: 2048,
             batch_max_ms: 50,
+            batch_max_bytes: crate::config::DEFAULT_BATCH_MAX_BYTES,
         });
     }
     let config = Config {

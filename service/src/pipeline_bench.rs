@@ -232,6 +232,7 @@ pub async fn run(
         shadow_scores_topic: String::new(),
         batch_max_records: options.batch_size,
         batch_max_ms: options.linger_ms,
+        batch_max_bytes: crate::config::DEFAULT_BATCH_MAX_BYTES,
     });
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(crate::pipeline::run(

@@ -545,6 +545,13 @@ impl ModelRegistry {
     /// Applies one event to the cache and to this process's pipelines.
     /// Idempotent: an event already reflected changes nothing.
     pub fn apply(&self, event: Event) -> Result<(), RegistryError> {
+        // Names from the topic become file names: one written by anything
+        // but this API (`../x`) must not reach outside the cache folder.
+        match &event {
+            Event::Put(model) => check_name(&model.name)?,
+            Event::Delete { name, .. } => check_name(name)?,
+            Event::Activate { .. } => {}
+        }
         match event {
             Event::Put(model) => {
                 let path = self.path_of(&model.name, model.version);
@@ -824,6 +831,35 @@ mod tests {
         runtime
             .block_on(registry.delete(&m.name, m.version))
             .unwrap();
+    }
+
+    #[test]
+    fn names_from_the_topic_never_leave_the_cache_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let registry = runtime
+            .block_on(ModelRegistry::open(
+                dir.clone(),
+                &crate::kafka::Cluster::default(),
+                "",
+                Arc::new(Handles::default()),
+            ))
+            .unwrap();
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
+        let mut m = model::load(&file).unwrap();
+        m.name = "../escaped".into();
+        let e = registry.apply(Event::Put(Arc::new(m))).unwrap_err();
+        assert!(e.to_string().contains("model name '../escaped'"), "{e}");
+        let outside = std::fs::read_dir(root.path()).unwrap().count();
+        assert_eq!(outside, 1, "only the cache folder");
+        let e = registry
+            .apply(Event::Delete {
+                name: "../cache/x".into(),
+                version: 1,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("model name"), "{e}");
     }
 
     #[test]

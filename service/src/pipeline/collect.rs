@@ -41,14 +41,13 @@ impl Collector {
     pub(super) fn spawn(
         name: &str,
         consumer: Arc<PipelineConsumer>,
-        max_records: usize,
-        max_wait: Duration,
+        (max_records, max_wait, max_bytes): (usize, Duration, usize),
         parser: Parser,
         live: LiveModel,
     ) -> std::io::Result<Self> {
         let pipeline = name.to_owned();
         Self::start(name, move |tx, recycled, stop| {
-            let limits = (max_records.max(1), max_wait);
+            let limits = (max_records.max(1), max_wait, max_bytes.max(1));
             let parsing = (parser, live);
             collect(&pipeline, &consumer, parsing, (tx, recycled), limits, stop)
         })
@@ -149,6 +148,27 @@ struct Forming<'a> {
     flush_at: Option<Instant>,
     max_records: usize,
     max_wait: Duration,
+    /// Bytes at which the batch is full, and the largest record (records
+    /// read in one go are bounded so the batch overshoots by little).
+    max_bytes: usize,
+    record_bytes: usize,
+}
+
+impl Forming<'_> {
+    /// Records the next read may take: what is left of the record count,
+    /// and of the bytes at the largest record's size (at least one).
+    fn room(&self) -> usize {
+        room(
+            self.max_records - self.batch.len(),
+            self.max_bytes.saturating_sub(self.batch.bytes()),
+            self.record_bytes,
+        )
+    }
+
+    /// Whether the batch is full, by count or by bytes.
+    fn full(&self) -> bool {
+        self.batch.len() >= self.max_records || self.batch.bytes() >= self.max_bytes
+    }
 }
 
 impl Forming<'_> {
@@ -176,6 +196,13 @@ impl Forming<'_> {
     }
 }
 
+/// Records one read may take with `records` and `bytes` left in the batch
+/// and records of up to `record_bytes` each: the batch then stays within
+/// its bytes, bar one record.
+fn room(records: usize, bytes: usize, record_bytes: usize) -> usize {
+    records.min((bytes / record_bytes.max(1)).max(1))
+}
+
 fn collect(
     name: &str,
     consumer: &PipelineConsumer,
@@ -184,9 +211,10 @@ fn collect(
         &mpsc::Sender<ParsedBatch>,
         &std::sync::mpsc::Receiver<(RecordBatch, Columns)>,
     ),
-    (max_records, max_wait): (usize, Duration),
+    (max_records, max_wait, max_bytes): (usize, Duration, usize),
     stop: &AtomicBool,
 ) {
+    let record_bytes_limit = parser.max_bytes;
     // Before the first poll, which serves the first assignment.
     let mut queue = MessageQueue::open(consumer, max_records);
     // Next offset per partition already handed over. After a rebalance the
@@ -211,8 +239,10 @@ fn collect(
             flush_at: None,
             max_records,
             max_wait,
+            max_bytes,
+            record_bytes: record_bytes_limit,
         };
-        while !stop.load(Relaxed) && forming.batch.len() < max_records {
+        while !stop.load(Relaxed) && !forming.full() {
             let now = Instant::now();
             if forming.flush_at.is_some_and(|at| now >= at) {
                 break;
@@ -234,7 +264,7 @@ fn collect(
             // one alone, then for the rest.
             let room = match forming.flush_at {
                 None => 1,
-                Some(_) => max_records - forming.batch.len(),
+                Some(_) => forming.room(),
             };
             queue.drain(wait, room, |fetched| match fetched {
                 Ok(m) => forming.take(&m),
@@ -269,6 +299,15 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_stay_within_the_batch_bytes() {
+        // 64 MiB batches of records up to 1 MiB: at most 64 per read.
+        assert_eq!(room(4096, 64 << 20, 1 << 20), 64);
+        assert_eq!(room(10, 64 << 20, 1 << 20), 10);
+        // Nearly full: one more record, never none.
+        assert_eq!(room(4096, 100, 1 << 20), 1);
+    }
 
     /// A collecting thread that dies must not look like a clean end of
     /// input: the pipeline reports it as a failure with the panic's text.

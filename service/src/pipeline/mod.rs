@@ -356,8 +356,11 @@ async fn run_pipeline(
     let mut collector = collect::Collector::spawn(
         &ctx.config.name,
         consumer.clone(),
-        ctx.config.batch_max_records,
-        Duration::from_millis(ctx.config.batch_max_ms),
+        (
+            ctx.config.batch_max_records,
+            Duration::from_millis(ctx.config.batch_max_ms),
+            ctx.config.batch_max_bytes,
+        ),
         parser,
         ctx.handle.live_receiver(),
     )
