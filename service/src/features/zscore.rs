@@ -261,7 +261,7 @@ mod tests {
             run_cpu(&mut states, &params, &[entry], &mut z);
             z[0]
         };
-        let normal = |i: usize| if i % 2 == 0 { 9.0 } else { 11.0 };
+        let normal = |i: usize| if i.is_multiple_of(2) { 9.0 } else { 11.0 };
         for i in 0..50 {
             z_of(normal(i));
         }
