@@ -31,6 +31,17 @@ struct Replica {
 
 impl Replica {
     fn start(dir: &Path, name: &str, brokers: &str) -> Replica {
+        Self::start_with(dir, name, brokers, ("127.0.0.1", "", Some(TOKEN)))
+    }
+
+    /// [`Self::start`] listening on `host`, with `extra` lines in its
+    /// `[grpc]` table and `token` in `ISOFLOW_GRPC_TOKEN`.
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        brokers: &str,
+        (host, extra, token): (&str, &str, Option<&str>),
+    ) -> Replica {
         let port = util::free_port();
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
         let config = dir.join(format!("{name}.toml"));
@@ -45,10 +56,11 @@ group_id = "grpc-{name}"
 backend = "cpu"
 
 [grpc]
-listen = "127.0.0.1:{port}"
+listen = "{host}:{port}"
 models_dir = "{}"
 registry_topic = "isoflow.models"
 max_request_bytes = 1048576
+{extra}
 
 [[pipeline]]
 name = "fraud"
@@ -66,10 +78,13 @@ batch_max_ms = 50
         )
         .unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(util::bin("isoflow"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("ISOFLOW_GRPC_TOKEN", TOKEN)
+        let mut command = Command::new(util::bin("isoflow"));
+        command.args(["run", "--config"]).arg(&config);
+        match token {
+            Some(token) => command.env("ISOFLOW_GRPC_TOKEN", token),
+            None => command.env_remove("ISOFLOW_GRPC_TOKEN"),
+        };
+        let child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -645,4 +660,120 @@ async fn a_restart_scores_with_the_replayed_model_from_the_first_record() {
         })
         .collect();
     assert_eq!(models, [new_id].into(), "models of the restart's alerts");
+}
+
+/// A model deleted while a replica was away, and since compacted out of the
+/// registry topic with its tombstone, stays deleted when the replica comes
+/// back with its cache folder: the topic is the truth. (A broker that lost
+/// its storage leaves the topic as such a compaction would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_gone_from_the_registry_topic_does_not_come_back_from_its_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = util::Broker::memory();
+    let brokers = broker.addr();
+    let topics = ["tx", "alerts", "dlq", "shadow-scores"];
+    isoflow::kafka::create_topics(&brokers, &topics, 1)
+        .await
+        .unwrap();
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow")).unwrap();
+    let versions = |mut models: ModelServiceClient<Channel>| async move {
+        let list = models
+            .list_models(authed(pb::ListModelsRequest {
+                name: "fraud".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        list.models.iter().map(|m| m.version).collect::<Vec<_>>()
+    };
+    let put_version = {
+        let a = Replica::start(dir.path(), "a", &brokers);
+        let mut models = ModelServiceClient::new(channel(&a.address).await);
+        let put = models
+            .put_model(authed(pb::PutModelRequest {
+                source: Some(pb::put_model_request::Source::ModelBytes(bytes)),
+                name: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(versions(models).await.contains(&put.version));
+        put.version
+    };
+    broker.restart_empty();
+    isoflow::kafka::create_topics(&brokers, &topics, 1)
+        .await
+        .unwrap();
+    let a = Replica::start(dir.path(), "a", &brokers);
+    let models = ModelServiceClient::new(channel(&a.address).await);
+    wait_for("the cached copy forgotten", Duration::from_secs(30), || {
+        let models = models.clone();
+        async move { !versions(models).await.contains(&put_version) }
+    })
+    .await;
+    let cached = std::fs::read_dir(dir.path().join("a-models"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 0, "no file left in the cache folder");
+}
+
+/// `Score` calls beyond `grpc.max_concurrent_scores` are refused at once
+/// (RESOURCE_EXHAUSTED, naming the setting) rather than piling onto the
+/// threads the pipelines score on; and a server with no token on an
+/// address other hosts reach says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = util::Broker::memory();
+    let brokers = broker.addr();
+    isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq", "shadow-scores"], 1)
+        .await
+        .unwrap();
+    let lines = dir.path().join("records.jsonl");
+    let out = lines.to_str().unwrap();
+    let gen = [
+        "gen",
+        "--scenario",
+        "fraud",
+        "--count",
+        "10000",
+        "--out",
+        out,
+    ];
+    util::ok("isoflow", &gen);
+    let records: Vec<Vec<u8>> = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    let extra =
+        "max_concurrent_scores = 1\nmax_score_records = 10000\nmax_request_bytes = 16777216";
+    let a = Replica::start_with(dir.path(), "a", &brokers, ("0.0.0.0", extra, None));
+    let client =
+        ScoringServiceClient::new(channel(&a.address).await).max_decoding_message_size(64 << 20);
+    let calls = (0..8).map(|_| {
+        let mut c = client.clone();
+        let records = records.clone();
+        async move {
+            c.score(pb::ScoreRequest {
+                records,
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(results.iter().any(Result::is_ok), "one call scores");
+    assert!(!refused.is_empty(), "some calls overlap the first");
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("max_concurrent_scores"),
+            "{status:?}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    assert!(log.contains("gRPC serves without a token"), "{log}");
 }

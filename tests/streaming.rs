@@ -474,21 +474,88 @@ fn a_poison_pill_is_dead_lettered_and_the_stream_goes_on() {
     let status = terminate(&mut service, Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}: {}", service.log_text());
     // Committed past the pill: a restart has nothing to replay.
+    assert_eq!(committed_offset(&addr, 0), Some(101));
+}
+
+/// The fraud pipeline's committed offset of input partition `partition`,
+/// asked without joining its group.
+fn committed_offset(addr: &str, partition: i32) -> Option<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &addr)
+        .set("bootstrap.servers", addr)
         .set("group.id", "e2e.fraud")
         .create()
         .unwrap();
     let mut partitions = rdkafka::TopicPartitionList::new();
-    partitions.add_partition(INPUT, 0);
+    partitions.add_partition(INPUT, partition);
     let committed = probe
         .committed_offsets(partitions, Duration::from_secs(5))
-        .unwrap();
-    assert_eq!(
-        committed.find_partition(INPUT, 0).unwrap().offset(),
-        rdkafka::Offset::Offset(101)
+        .ok()?;
+    match committed.find_partition(INPUT, partition)?.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// A broker that loses its storage (as a topic deleted and recreated does)
+/// starts the partition's offsets again at 0. Those are new records: the
+/// service takes them, says so in its log and metrics, and commits them,
+/// rather than skipping them as records it had already handed over.
+#[test]
+fn an_offset_reset_is_reported_and_its_records_are_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::memory();
+    if !broker.is_kafka() {
+        // tansu 0.6 restarted empty answers metadata in a way that crashes
+        // librdkafka 2.12.1 (SIGSEGV in its metadata cache); the Apache
+        // Kafka pass of scripts/test.sh runs this test.
+        eprintln!("skipped on tansu: run with ISOFLOW_BROKER=kafka");
+        return;
+    }
+    let addr = broker.addr();
+    let config = setup(&addr, &|t, n| broker.create_topic(t, n), dir.path(), 1, 100);
+    gen(&addr, INPUT, 300, 31, &[]);
+    let mut service = Service::start(&config);
+    wait_for("300 committed", Duration::from_secs(60), || {
+        committed_offset(&addr, 0) == Some(300)
+    });
+    broker.restart_empty();
+    for (topic, n) in [(INPUT, 1), ("alerts", 1), ("dlq", 1), ("scores", 1)] {
+        broker.create_topic(topic, n);
+    }
+    gen(&addr, INPUT, 50, 32, &[]);
+    let started = std::time::Instant::now();
+    while service.accounted() < 350 {
+        let exited = service.child.try_wait().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && exited.is_none(),
+            "the 50 new records not scored (exit: {exited:?}, redelivered {}, accounted {}): {}",
+            service.metric("isoflow_records_redelivered_total"),
+            service.accounted(),
+            service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let scores = read_at_least(&addr, "scores", 50);
+    let offsets: HashSet<i64> = scores
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            v["source"]["offset"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, (0..50).collect());
+    assert_eq!(service.metric("isoflow_offset_resets_total"), 1.0);
+    wait_for("the reset committed", Duration::from_secs(10), || {
+        committed_offset(&addr, 0) == Some(50)
+    });
+    assert!(
+        service.log_text().contains("offset reset"),
+        "{}",
+        service.log_text()
     );
+    let status = terminate(&mut service, Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}: {}", service.log_text());
 }
 
 /// `[kafka.properties]` reach every client: the topic probe, the pipeline's

@@ -132,6 +132,29 @@ impl Serialize for Finite {
 /// always fits a producer's message limit.
 pub const ALERT_RECORD_LIMIT: usize = 64 << 10;
 
+/// Largest alert kept for `WatchAlerts` watchers as published: a larger
+/// one is kept without its record, which bounds the buffer of alerts held
+/// for slow watchers (4096 per pipeline) to tens of megabytes.
+pub const WATCHED_ALERT_LIMIT: usize = 8 << 10;
+
+/// `alert` (an alert's JSON) as watchers get it: with its record left out
+/// (`record: null`, `record_omitted_bytes`) when the alert is larger than
+/// [`WATCHED_ALERT_LIMIT`].
+pub fn for_watchers(alert: String) -> String {
+    if alert.len() <= WATCHED_ALERT_LIMIT {
+        return alert;
+    }
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(&alert) else {
+        return alert;
+    };
+    if let Some(record) = fields.get_mut("record").filter(|r| !r.is_null()) {
+        let bytes = serde_json::to_string(record).map_or(0, |r| r.len());
+        *record = serde_json::Value::Null;
+        fields.insert("record_omitted_bytes".into(), bytes.into());
+    }
+    serde_json::to_string(&fields).unwrap_or(alert)
+}
+
 /// Builds the alert for a record that alerted.
 pub fn build<'a>(model: &'a pb::Model, pipeline: &'a FeaturePipeline, s: &Scored<'a>) -> Alert<'a> {
     let spec = model.feature_spec.as_ref();

@@ -165,6 +165,11 @@ pub struct GrpcConfig {
     /// Most records one `Score` call may carry.
     #[serde(default = "default_max_score_records")]
     pub max_score_records: usize,
+    /// Most `Score` calls scoring at once (1 to 1024); more are
+    /// RESOURCE_EXHAUSTED at once, so API load cannot take the CPU (or GPU)
+    /// from the pipelines.
+    #[serde(default = "default_max_concurrent_scores")]
+    pub max_concurrent_scores: usize,
 }
 
 impl Default for GrpcConfig {
@@ -178,6 +183,7 @@ impl Default for GrpcConfig {
             registry_topic: default_registry_topic(),
             max_request_bytes: default_max_request_bytes(),
             max_score_records: default_max_score_records(),
+            max_concurrent_scores: default_max_concurrent_scores(),
         }
     }
 }
@@ -255,6 +261,10 @@ fn default_registry_topic() -> String {
 fn default_max_request_bytes() -> usize {
     64 << 20
 }
+fn default_max_concurrent_scores() -> usize {
+    4
+}
+
 fn default_max_score_records() -> usize {
     100_000
 }
@@ -508,6 +518,12 @@ impl Config {
         }
         if self.grpc.tls_cert.is_some() != self.grpc.tls_key.is_some() {
             return bad("grpc.tls_cert and grpc.tls_key must be set together".into());
+        }
+        if !(1..=1024).contains(&self.grpc.max_concurrent_scores) {
+            return bad(format!(
+                "grpc.max_concurrent_scores {}: expected 1 to 1024",
+                self.grpc.max_concurrent_scores
+            ));
         }
         if self.grpc.max_request_bytes < 1024 || self.grpc.max_score_records == 0 {
             return bad(

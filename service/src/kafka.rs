@@ -510,18 +510,16 @@ impl RecordBatch {
     }
 
     /// Per partition, the offset after the batch's last record there: what
-    /// a commit of the batch stores, and where a replay of it ends.
+    /// a commit of the batch stores, and where a replay of it ends. The
+    /// last, not the highest: the collector hands a partition's records
+    /// over in rising offsets but after an offset reset, where the new,
+    /// lower offsets are the ones to commit.
     pub fn next_offsets(&self) -> std::collections::BTreeMap<i32, i64> {
         // Records come in runs of one partition: one map entry per run.
         let mut next = std::collections::BTreeMap::new();
         for run in self.meta.chunk_by(|a, b| a.partition == b.partition) {
-            let end = run
-                .iter()
-                .map(|m| m.offset + 1)
-                .max()
-                .expect("runs are not empty");
-            let e = next.entry(run[0].partition).or_insert(end);
-            *e = (*e).max(end);
+            let last = run.last().expect("runs are not empty");
+            next.insert(last.partition, last.offset + 1);
         }
         next
     }
@@ -664,13 +662,14 @@ mod tests {
     }
 
     #[test]
-    fn next_offsets_is_one_past_the_highest_offset_per_partition() {
+    fn next_offsets_is_one_past_the_last_offset_per_partition() {
         let mut batch = RecordBatch::default();
-        for (partition, offset) in [(1, 5), (1, 6), (0, 2), (1, 4), (0, 3), (2, 0), (0, 1)] {
+        // Partition 0 was reset to 1 after 3.
+        for (partition, offset) in [(1, 5), (1, 6), (0, 2), (1, 7), (0, 3), (2, 0), (0, 1)] {
             batch.push(&message(partition, offset, None, b"{}", None));
         }
         let next: Vec<_> = batch.next_offsets().into_iter().collect();
-        assert_eq!(next, vec![(0, 4), (1, 7), (2, 1)]);
+        assert_eq!(next, vec![(0, 2), (1, 8), (2, 1)]);
         assert!(RecordBatch::default().next_offsets().is_empty());
     }
 }

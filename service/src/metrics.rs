@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +94,12 @@ pub struct PipelineMetrics {
     pub consumer_lag: AtomicI64,
     /// Keys evicted from bounded per-key state.
     pub state_evictions: AtomicU64,
+    /// Records dropped because they had been handed over before (a
+    /// rebalance replays from the last commit).
+    pub redelivered: AtomicU64,
+    /// Offset resets: a partition's offsets went back below what was
+    /// committed, and its records were taken again.
+    pub offset_resets: AtomicU64,
     /// The fullest per-key table's keys over its capacity, as `f64` bits.
     pub state_fill: AtomicU64,
     /// When the last batch finished, milliseconds since the epoch (0: none yet).
@@ -115,6 +122,8 @@ impl Default for PipelineMetrics {
             end_to_end_latency: Histogram::new(SECONDS),
             consumer_lag: AtomicI64::new(0),
             state_evictions: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            offset_resets: AtomicU64::new(0),
             state_fill: AtomicU64::new(0f64.to_bits()),
             last_batch_ms: AtomicI64::new(0),
             phase_micros: Default::default(),
@@ -175,7 +184,7 @@ impl Registry {
             "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
         );
         let pipelines = self.pipelines.lock().expect("metrics lock");
-        let counters: [(&str, &str, CounterOf); 6] = [
+        let counters: [(&str, &str, CounterOf); 8] = [
             ("isoflow_shadow_alerts_total", "counter", |m| {
                 m.shadow_alerts.load(Relaxed)
             }),
@@ -193,6 +202,12 @@ impl Registry {
             }),
             ("isoflow_state_evictions_total", "counter", |m| {
                 m.state_evictions.load(Relaxed)
+            }),
+            ("isoflow_records_redelivered_total", "counter", |m| {
+                m.redelivered.load(Relaxed)
+            }),
+            ("isoflow_offset_resets_total", "counter", |m| {
+                m.offset_resets.load(Relaxed)
             }),
         ];
         for (name, kind, get) in counters {
@@ -266,12 +281,32 @@ impl Registry {
     }
 }
 
-/// Serves `/metrics` and `/health` on `listener` until `shutdown`.
+/// Most connections `/metrics` and `/health` serve at once; more are
+/// closed on arrival, so idle or slow clients cannot use up the process's
+/// file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Longest a connection may take to send its request line, and to take the
+/// response.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `/metrics` and `/health` on `listener` until `shutdown`, with at
+/// most [`MAX_CONNECTIONS`] open and [`IO_TIMEOUT`] per read and write.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) {
+    serve_within(listener, registry, shutdown, (MAX_CONNECTIONS, IO_TIMEOUT)).await
+}
+
+async fn serve_within(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    (max_connections, io_timeout): (usize, Duration),
+) {
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (mut stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -279,14 +314,25 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics accept failed");
+                    // Out of descriptors, say: do not spin on the error.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!(max_connections, "metrics connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = [0u8; 2048];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let read = tokio::time::timeout(io_timeout, stream.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else {
+                return;
+            };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
@@ -298,7 +344,7 @@ pub async fn serve(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(io_timeout, stream.write_all(response.as_bytes())).await;
         });
     }
 }
@@ -306,6 +352,50 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Idle clients are cut off after the timeout and beyond the limit at
+    /// once, and a real scrape is still answered meanwhile.
+    #[test]
+    fn idle_connections_are_bounded_in_number_and_time() {
+        use std::io::{Read, Write};
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = CancellationToken::new();
+        let limits = (2, Duration::from_millis(300));
+        let served = serve_within(
+            listener,
+            Arc::new(Registry::default()),
+            stop.clone(),
+            limits,
+        );
+        runtime.spawn(served);
+        let connect = || {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        let idle: Vec<_> = (0..2).map(|_| connect()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // A third while two are open: closed without an answer.
+        let mut extra = connect();
+        assert_eq!(extra.read(&mut [0; 16]).unwrap_or(0), 0);
+        // The idle two are closed by the server, not left open forever.
+        for mut s in idle {
+            assert_eq!(s.read(&mut [0; 16]).unwrap(), 0);
+        }
+        let mut scrape = connect();
+        scrape.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        scrape.read_to_string(&mut text).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK") && text.ends_with("ok\n"),
+            "{text}"
+        );
+        stop.cancel();
+    }
 
     #[test]
     fn renders_counters_and_histograms() {

@@ -9,13 +9,21 @@
 //! | `model/<name>@<version>`     | the encoded `Model`; tombstone = deleted |
 //! | `activation/<pipeline>/live` | `name@version`                   |
 //! | `activation/<pipeline>/shadow` | `name@version`; tombstone = no shadow |
+//! | `versions/<name>`            | the highest version ever given to `name` |
 //!
-//! so compaction keeps exactly the current state. Every replica reads the
+//! so compaction keeps exactly the current state. A delete writes the
+//! name's highest version before its tombstone, so that once compaction
+//! drops both the deleted model and its tombstone no later put reuses the
+//! number. After a replay the topic is the whole truth: cached files of
+//! models it no longer carries are removed. Every replica reads the
 //! topic from the beginning (partition assignment, no consumer group) and
 //! applies each event to its cache and to the pipelines it runs; a restarted
 //! process recovers the registry by replaying it. A replica that serves a
 //! change publishes it, waits for the broker's acknowledgement, and applies
-//! it at once; applying the echo from the topic again is a no-op.
+//! it at once; applying the echo from the topic again is a no-op. Every
+//! event is applied at its topic offset, and an event older than the one
+//! last applied for its key is ignored, so concurrent changes end as the
+//! topic orders them, on every replica.
 //!
 //! Versions are assigned by the replica receiving the put: one more than the
 //! highest version of that name it knows. Two replicas taking puts of the
@@ -120,6 +128,13 @@ pub enum Event {
         /// Version.
         version: u32,
     },
+    /// The highest version ever given to a name, deleted ones included.
+    Versions {
+        /// Model name.
+        name: String,
+        /// Highest version.
+        highest: u32,
+    },
     /// A pipeline's live or shadow model set (`None`: shadow cleared).
     Activate {
         /// Pipeline name.
@@ -132,25 +147,31 @@ pub enum Event {
 }
 
 impl Event {
+    /// The message key of this event: later events of one key replace
+    /// earlier ones.
+    pub fn key(&self) -> String {
+        match self {
+            Event::Put(m) => format!("model/{}", model_id(m)),
+            Event::Delete { name, version } => format!("model/{}", version_id(name, *version)),
+            Event::Versions { name, .. } => format!("versions/{name}"),
+            Event::Activate { pipeline, mode, .. } => {
+                format!("activation/{pipeline}/{}", mode.as_str())
+            }
+        }
+    }
+
     /// The message key and value (None: tombstone) of this event.
     pub fn encode(&self) -> (String, Option<Vec<u8>>) {
         use prost::Message as _;
-        match self {
-            Event::Put(m) => (format!("model/{}", model_id(m)), Some(m.encode_to_vec())),
-            Event::Delete { name, version } => {
-                (format!("model/{}", version_id(name, *version)), None)
+        let value = match self {
+            Event::Put(m) => Some(m.encode_to_vec()),
+            Event::Delete { .. } => None,
+            Event::Versions { highest, .. } => Some(highest.to_string().into_bytes()),
+            Event::Activate { target, .. } => {
+                target.as_ref().map(|(n, v)| version_id(n, *v).into_bytes())
             }
-            Event::Activate {
-                pipeline,
-                mode,
-                target,
-            } => (
-                format!("activation/{pipeline}/{}", mode.as_str()),
-                target
-                    .as_ref()
-                    .map(|(n, v)| format!("{n}@{v}").into_bytes()),
-            ),
-        }
+        };
+        (self.key(), value)
     }
 
     /// Parses a registry topic message; `Err` names what is wrong with it.
@@ -168,6 +189,16 @@ impl Event {
                     Ok(Event::Put(Arc::new(m)))
                 }
             };
+        }
+        if let Some(name) = key.strip_prefix("versions/") {
+            let highest = value
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("key {key}: value is not a version number"))?;
+            return Ok(Event::Versions {
+                name: name.to_owned(),
+                highest,
+            });
         }
         if let Some(rest) = key.strip_prefix("activation/") {
             let (pipeline, mode) = rest
@@ -293,6 +324,13 @@ pub struct ModelRegistry {
     /// Every activation the topic carried, by (pipeline, mode), including
     /// pipelines other replicas run: deletes must respect those too.
     activations: RwLock<Activations>,
+    /// Per name, the highest version ever given, deleted ones included.
+    highest: RwLock<BTreeMap<String, u32>>,
+    /// Per event key, the topic offset of the event last applied.
+    applied: std::sync::Mutex<BTreeMap<String, i64>>,
+    /// Models loaded from the cache folder that the replay has not (yet)
+    /// carried: once it ends, these are gone from the registry.
+    unconfirmed: std::sync::Mutex<std::collections::BTreeSet<(String, u32)>>,
 }
 
 /// (pipeline, mode) → (model name, version).
@@ -338,6 +376,10 @@ impl ModelRegistry {
             })
         };
         tracing::info!(dir = %dir.display(), cached = models.len(), topic = topic.as_ref().map_or("", |t| t.name.as_str()), "model registry open");
+        let unconfirmed = match topic {
+            Some(_) => models.keys().cloned().collect(),
+            None => Default::default(),
+        };
         Ok(Arc::new(Self {
             dir,
             models: RwLock::new(models),
@@ -345,6 +387,9 @@ impl ModelRegistry {
             handles,
             put_lock: tokio::sync::Mutex::new(()),
             activations: RwLock::new(BTreeMap::new()),
+            highest: RwLock::new(BTreeMap::new()),
+            applied: Default::default(),
+            unconfirmed: std::sync::Mutex::new(unconfirmed),
         }))
     }
 
@@ -432,15 +477,12 @@ impl ModelRegistry {
         check_name(&model.name)?;
         model::validate(&model)?;
         let _guard = self.put_lock.lock().await;
-        let latest = self.get(&model.name, None).map_or(0, |m| m.version);
-        model.version = latest + 1;
+        model.version = self.highest_version(&model.name) + 1;
         if model.created_at_unix_ms == 0 {
             model.created_at_unix_ms = now_ms();
         }
         let model = Arc::new(model);
-        let event = Event::Put(model.clone());
-        self.publish(&event).await?;
-        self.apply(event)?;
+        self.change(Event::Put(model.clone())).await?;
         Ok(model)
     }
 
@@ -474,8 +516,7 @@ impl ModelRegistry {
             mode,
             target: Some((model.name.clone(), model.version)),
         };
-        self.publish(&event).await?;
-        self.apply(event)?;
+        self.change(event).await?;
         Ok((model, previous))
     }
 
@@ -488,8 +529,7 @@ impl ModelRegistry {
             mode: Mode::Shadow,
             target: None,
         };
-        self.publish(&event).await?;
-        self.apply(event)?;
+        self.change(event).await?;
         Ok(previous)
     }
 
@@ -508,12 +548,33 @@ impl ModelRegistry {
                 mode: mode.as_str(),
             });
         }
-        let event = Event::Delete {
+        // The number outlives the model: compaction may drop the model
+        // and its tombstone, but not the name's highest version.
+        let _guard = self.put_lock.lock().await;
+        let highest = self.highest_version(name);
+        self.change(Event::Versions {
+            name: name.to_owned(),
+            highest,
+        })
+        .await?;
+        self.change(Event::Delete {
             name: name.to_owned(),
             version,
-        };
-        self.publish(&event).await?;
-        self.apply(event)
+        })
+        .await
+    }
+
+    /// The highest version `name` was ever given (0: none).
+    fn highest_version(&self, name: &str) -> u32 {
+        let latest = self.get(name, None).map_or(0, |m| m.version);
+        let highest = self.highest.read().expect("registry lock");
+        latest.max(highest.get(name).copied().unwrap_or(0))
+    }
+
+    /// Publishes `event`, then applies it at the offset the topic gave it.
+    async fn change(&self, event: Event) -> Result<(), RegistryError> {
+        let offset = self.publish(&event).await?;
+        self.apply_at(event, offset)
     }
 
     fn pipeline(&self, name: &str) -> Result<PipelineHandle, RegistryError> {
@@ -522,9 +583,11 @@ impl ModelRegistry {
             .ok_or_else(|| RegistryError::PipelineNotFound(name.to_owned()))
     }
 
-    async fn publish(&self, event: &Event) -> Result<(), RegistryError> {
+    /// Publishes `event`; returns its offset in the topic (`None` when
+    /// local only).
+    async fn publish(&self, event: &Event) -> Result<Option<i64>, RegistryError> {
         let Some(topic) = &self.topic else {
-            return Ok(());
+            return Ok(None);
         };
         let (key, value) = event.encode();
         let mut record: FutureRecord<'_, String, Vec<u8>> = FutureRecord::to(&topic.name).key(&key);
@@ -535,7 +598,7 @@ impl ModelRegistry {
             .producer
             .send(record, Duration::from_secs(10))
             .await
-            .map(|_| ())
+            .map(|delivery| Some(delivery.offset))
             .map_err(|(e, _)| RegistryError::Publish {
                 topic: topic.name.clone(),
                 message: e.to_string(),
@@ -545,21 +608,50 @@ impl ModelRegistry {
     /// Applies one event to the cache and to this process's pipelines.
     /// Idempotent: an event already reflected changes nothing.
     pub fn apply(&self, event: Event) -> Result<(), RegistryError> {
+        self.apply_at(event, None)
+    }
+
+    /// [`Self::apply`] for the event at `offset` of the topic: ignored if
+    /// an event of the same key at a later offset was applied already.
+    pub fn apply_at(&self, event: Event, offset: Option<i64>) -> Result<(), RegistryError> {
         // Names from the topic become file names: one written by anything
         // but this API (`../x`) must not reach outside the cache folder.
         match &event {
             Event::Put(model) => check_name(&model.name)?,
-            Event::Delete { name, .. } => check_name(name)?,
+            Event::Delete { name, .. } | Event::Versions { name, .. } => check_name(name)?,
             Event::Activate { .. } => {}
+        }
+        if let Some(offset) = offset {
+            let mut applied = self.applied.lock().expect("registry lock");
+            let last = applied.entry(event.key()).or_insert(offset);
+            if *last > offset {
+                tracing::debug!(key = %event.key(), offset, later = *last, "registry event superseded");
+                return Ok(());
+            }
+            *last = offset;
         }
         match event {
             Event::Put(model) => {
+                self.raise_highest(&model.name, model.version);
+                self.unconfirmed
+                    .lock()
+                    .expect("registry lock")
+                    .remove(&(model.name.clone(), model.version));
                 let path = self.path_of(&model.name, model.version);
                 model::save(&model, &path)?;
                 let mut models = self.models.write().expect("registry lock");
                 models.insert((model.name.clone(), model.version), model);
             }
+            Event::Versions { name, highest } => self.raise_highest(&name, highest),
             Event::Delete { name, version } => {
+                self.raise_highest(&name, version);
+                if let Some((pipeline, mode)) = self.own_usage(&name, version) {
+                    // Deleted through a replica that did not know this
+                    // process scores with it: removing the file would break
+                    // this pipeline's next start.
+                    tracing::warn!(model = %version_id(&name, version), pipeline, mode = mode.as_str(), "model deleted in the registry but used here; kept in this process until it is replaced");
+                    return Ok(());
+                }
                 let path = self.path_of(&name, version);
                 if path.exists() {
                     std::fs::remove_file(&path).map_err(|source| RegistryError::Io {
@@ -614,6 +706,49 @@ impl ModelRegistry {
             }
         }
         Ok(())
+    }
+
+    fn raise_highest(&self, name: &str, version: u32) {
+        let mut highest = self.highest.write().expect("registry lock");
+        let at = highest.entry(name.to_owned()).or_insert(version);
+        *at = (*at).max(version);
+    }
+
+    /// A pipeline of this process that scores with `name@version`.
+    fn own_usage(&self, name: &str, version: u32) -> Option<(String, Mode)> {
+        let is = |m: &pb::Model| m.name == name && m.version == version;
+        self.handles.all().into_iter().find_map(|h| {
+            if is(&h.live_model()) {
+                Some((h.name.clone(), Mode::Live))
+            } else {
+                h.shadow_model()
+                    .is_some_and(|s| is(&s))
+                    .then(|| (h.name.clone(), Mode::Shadow))
+            }
+        })
+    }
+
+    /// Once a replay has ended: cached models the topic did not carry were
+    /// deleted while this process was away, and compaction has since
+    /// dropped their tombstones. Removes them, but for those a pipeline
+    /// here scores with.
+    fn forget_unconfirmed(&self) {
+        let stale = std::mem::take(&mut *self.unconfirmed.lock().expect("registry lock"));
+        for (name, version) in stale {
+            if let Some((pipeline, _)) = self.own_usage(&name, version) {
+                tracing::warn!(model = %version_id(&name, version), pipeline, "cached model not in the registry topic but used here; kept");
+                continue;
+            }
+            let path = self.path_of(&name, version);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "stale cached model not removed");
+            }
+            self.models
+                .write()
+                .expect("registry lock")
+                .remove(&(name.clone(), version));
+            tracing::info!(model = %version_id(&name, version), "cached model no longer in the registry topic; removed");
+        }
     }
 
     fn path_of(&self, name: &str, version: u32) -> PathBuf {
@@ -687,6 +822,7 @@ impl ModelRegistry {
         while !shutdown.is_cancelled() {
             if ends.is_empty() {
                 if let Some(r) = ready.take() {
+                    self.forget_unconfirmed();
                     tracing::info!(
                         topic,
                         events = replayed,
@@ -707,7 +843,7 @@ impl ModelRegistry {
                     let event = Event::decode(m.key().unwrap_or_default(), m.payload());
                     match event
                         .map_err(RegistryError::BadRequest)
-                        .and_then(|e| self.apply(e))
+                        .and_then(|e| self.apply_at(e, Some(m.offset())))
                     {
                         Ok(()) => {}
                         Err(e) => {
@@ -896,6 +1032,117 @@ mod tests {
 
     use super::*;
 
+    /// A local registry in `dir` with the pipelines of `handles`, and the
+    /// shipped fraud model.
+    fn local(dir: &Path, handles: Arc<Handles>) -> (Arc<ModelRegistry>, pb::Model) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = crate::kafka::Cluster::default();
+        let registry = runtime
+            .block_on(ModelRegistry::open(dir.into(), &cluster, "", handles))
+            .unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
+        (registry, model::load(&file).unwrap())
+    }
+
+    /// Alert and score messages name the model by `name@version`: a number
+    /// once given must never name another model, even once deleted.
+    #[test]
+    fn deleting_the_latest_version_does_not_free_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, m) = local(dir.path(), Arc::new(Handles::default()));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let put = |m: &pb::Model| runtime.block_on(registry.put(m.clone(), "x")).unwrap();
+        assert_eq!(put(&m).version, 1);
+        assert_eq!(put(&m).version, 2);
+        runtime.block_on(registry.delete("x", 2)).unwrap();
+        assert_eq!(put(&m).version, 3);
+        // Compaction dropped x@4 and its tombstone; the topic keeps its number.
+        registry
+            .apply_at(
+                Event::Versions {
+                    name: "x".into(),
+                    highest: 4,
+                },
+                Some(9),
+            )
+            .unwrap();
+        assert_eq!(put(&m).version, 5);
+    }
+
+    /// Two activations published close together apply in topic order,
+    /// whichever request applies its own first.
+    #[test]
+    fn activations_apply_in_topic_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, mut m) = local(dir.path(), Arc::new(Handles::default()));
+        for v in [1, 2] {
+            m.version = v;
+            registry.apply(Event::Put(Arc::new(m.clone()))).unwrap();
+        }
+        let activate = |version, offset| {
+            let event = Event::Activate {
+                pipeline: "elsewhere".into(),
+                mode: Mode::Live,
+                target: Some((m.name.clone(), version)),
+            };
+            registry.apply_at(event, Some(offset)).unwrap();
+        };
+        // The later one (offset 8) is applied first; the earlier arrives late.
+        activate(2, 8);
+        activate(1, 7);
+        assert_eq!(registry.usage(&m.name, 2).len(), 1);
+        assert!(registry.usage(&m.name, 1).is_empty());
+        // Its echo changes nothing either.
+        activate(2, 8);
+        assert_eq!(registry.usage(&m.name, 2).len(), 1);
+    }
+
+    /// A delete published by a replica that did not know this process
+    /// scores with the model must not take the model from under it.
+    #[test]
+    fn a_delete_keeps_a_model_this_process_scores_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let handles = Arc::new(Handles::default());
+        let (registry, mut m) = local(dir.path(), handles.clone());
+        m.version = 4;
+        registry.apply(Event::Put(Arc::new(m.clone()))).unwrap();
+        let metrics = Arc::new(crate::metrics::PipelineMetrics::default());
+        handles.add(PipelineHandle::new("fraud", "tx", metrics, m.clone()));
+        let file = dir.path().join(format!("{}.isoflow", model_id(&m)));
+        assert!(file.exists());
+        let delete = Event::Delete {
+            name: m.name.clone(),
+            version: 4,
+        };
+        registry.apply_at(delete, Some(3)).unwrap();
+        assert!(file.exists(), "the file a pipeline here loads");
+        assert!(registry.get(&m.name, Some(4)).is_ok());
+    }
+
+    /// With a registry topic, the cache folder holds copies: a cached model
+    /// that the replay did not carry was deleted while this process was
+    /// away (compaction then dropped its tombstone) and must not come back.
+    #[test]
+    fn cached_models_the_replay_did_not_carry_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, mut m) = local(dir.path(), Arc::new(Handles::default()));
+        for v in [1, 2] {
+            m.version = v;
+            registry.apply(Event::Put(Arc::new(m.clone()))).unwrap();
+        }
+        // As `open` with a topic leaves them: both cached, neither replayed.
+        *registry.unconfirmed.lock().unwrap() = [(m.name.clone(), 1), (m.name.clone(), 2)].into();
+        m.version = 2;
+        registry
+            .apply_at(Event::Put(Arc::new(m.clone())), Some(0))
+            .unwrap();
+        registry.forget_unconfirmed();
+        let left: Vec<u32> = registry.list("").iter().map(|m| m.version).collect();
+        assert_eq!(left, [2]);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1);
+    }
+
     #[test]
     fn events_round_trip_through_key_and_value() {
         let m = pb::Model {
@@ -930,6 +1177,16 @@ mod tests {
             } => assert_eq!((pipeline.as_str(), n.as_str()), ("p1", "fraud")),
             other => panic!("{other:?}"),
         }
+        let (key, value) = Event::Versions {
+            name: "fraud".into(),
+            highest: 9,
+        }
+        .encode();
+        assert!(matches!(
+            Event::decode(key.as_bytes(), value.as_deref()),
+            Ok(Event::Versions { highest: 9, .. })
+        ));
+        assert!(Event::decode(b"versions/fraud", None).is_err());
         assert!(Event::decode(b"other/x", None).is_err());
     }
 

@@ -134,19 +134,114 @@ pub fn tansu() -> PathBuf {
     path
 }
 
-/// A tansu broker on a free port, killed on drop.
+/// Which broker the end-to-end tests run against: tansu (the default), or
+/// Apache Kafka with `ISOFLOW_BROKER=kafka` (jars from `scripts/kafka.sh`,
+/// or `ISOFLOW_KAFKA_LIBS`).
+fn kafka_libs() -> Option<PathBuf> {
+    (std::env::var("ISOFLOW_BROKER").as_deref() == Ok("kafka")).then(|| {
+        let libs = std::env::var_os("ISOFLOW_KAFKA_LIBS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/kafka/libs"));
+        assert!(
+            libs.is_dir(),
+            "no Kafka jars at {}: run scripts/kafka.sh",
+            libs.display()
+        );
+        libs
+    })
+}
+
+/// Any id `kafka-storage random-uuid` would give: one node, one cluster.
+const KAFKA_CLUSTER_ID: &str = "WgiTsZZtRReqwPEpVw0g7Q";
+
+fn java(libs: &std::path::Path) -> Command {
+    let mut c = Command::new("java");
+    c.args([
+        "-Xmx512m",
+        "-Xms128m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Dorg.apache.logging.log4j.level=INFO",
+        "-cp",
+    ])
+    .arg(libs.join("*"));
+    c
+}
+
+/// A single KRaft node (broker and controller) on loopback, for tests: one
+/// replica of everything, no topic auto-creation (the service creates or
+/// checks its topics), and a short broker session so that a node killed
+/// with -9 re-registers within seconds.
+fn kafka_properties(dir: &std::path::Path, port: u16, controller: u16) -> String {
+    format!(
+        "process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={}/data
+num.partitions=1
+default.replication.factor=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+num.network.threads=1
+num.io.threads=2
+background.threads=2
+",
+        dir.display()
+    )
+}
+
+/// A Kafka-protocol broker on a free port, killed on drop: tansu with
+/// in-memory storage, or an Apache Kafka node (see [`kafka_libs`]).
 pub struct Broker {
     /// Listening port.
     pub port: u16,
     storage: String,
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// The Kafka jars and the node's folder, when it is Apache Kafka.
+    kafka: Option<(PathBuf, tempfile::TempDir)>,
 }
 
 impl Broker {
-    /// Starts a broker with in-memory storage.
+    /// Starts a broker: tansu with in-memory storage, or Apache Kafka.
     pub fn memory() -> Broker {
-        Self::start(free_port(), "memory://tansu/".into())
+        let Some(libs) = kafka_libs() else {
+            return Self::start(free_port(), "memory://tansu/".into());
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("isoflow-kafka-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let mut b = Broker {
+            port,
+            storage: String::new(),
+            child: None,
+            log: std::env::temp_dir().join(format!("isoflow-kafka-{port}.log")),
+            kafka: Some((libs, dir)),
+        };
+        b.format();
+        b.restart();
+        b
+    }
+
+    /// Whether this is Apache Kafka rather than tansu.
+    pub fn is_kafka(&self) -> bool {
+        self.kafka.is_some()
     }
 
     fn start(port: u16, storage: String) -> Broker {
@@ -156,12 +251,50 @@ impl Broker {
             storage,
             child: None,
             log,
+            kafka: None,
         };
         b.restart();
         b
     }
 
-    /// Starts the broker process (again, after [`Broker::kill`]): same port and storage.
+    /// Writes a Kafka node's configuration and formats its empty storage.
+    fn format(&self) {
+        let Some((libs, dir)) = &self.kafka else {
+            return;
+        };
+        let controller = loop {
+            let p = free_port();
+            if p != self.port {
+                break p;
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir.path().join("data"));
+        let properties = dir.path().join("server.properties");
+        std::fs::write(
+            &properties,
+            kafka_properties(dir.path(), self.port, controller),
+        )
+        .unwrap();
+        let out = java(libs)
+            .args([
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                KAFKA_CLUSTER_ID,
+                "-c",
+            ])
+            .arg(&properties)
+            .output()
+            .expect("java runs");
+        assert!(
+            out.status.success(),
+            "kafka storage format: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the broker process (again, after [`Broker::kill`]): same port
+    /// and storage.
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::OpenOptions::new()
@@ -169,26 +302,52 @@ impl Broker {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                &self.storage,
-            ])
+        let mut command = match &self.kafka {
+            Some((libs, dir)) => {
+                let mut c = java(libs);
+                c.arg("kafka.Kafka")
+                    .arg(dir.path().join("server.properties"));
+                c
+            }
+            None => {
+                let mut c = Command::new(tansu());
+                c.args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--storage-engine",
+                    &self.storage,
+                ]);
+                c
+            }
+        };
+        let child = command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start tansu");
+            .expect("start the broker");
         self.child = Some(child);
+        let (port, log, child) = (self.port, &self.log, self.child.as_mut().unwrap());
         wait_for(
             "broker to listen",
-            std::time::Duration::from_secs(20),
-            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            std::time::Duration::from_secs(60),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("broker exited ({status}); see {}", log.display());
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
         );
+    }
+
+    /// Kills the broker (-9) and starts it again with empty storage, as
+    /// after losing its disk: topics, records and committed offsets gone.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.format();
+        self.restart();
     }
 
     /// Kills the broker process (-9).
@@ -204,8 +363,12 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Creates a topic (retrying while the broker finishes starting).
+    /// Creates a topic (retrying while the broker finishes starting); an
+    /// existing one is left as it is.
     pub fn create_topic(&self, name: &str, partitions: u32) {
+        if self.kafka.is_some() {
+            return self.create_kafka_topic(name, partitions);
+        }
         let mut last = String::new();
         for _ in 0..30 {
             let out = Command::new(tansu())
@@ -229,6 +392,42 @@ impl Broker {
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
         panic!("topic create {name}: {last}");
+    }
+
+    fn create_kafka_topic(&self, name: &str, partitions: u32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::types::RDKafkaErrorCode;
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", self.addr());
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            config.create().expect("admin client");
+        let topic = NewTopic::new(name, partitions as i32, TopicReplication::Fixed(1));
+        let options =
+            AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+        // Not tokio's: the tests that call this may run inside a runtime.
+        let created = futures::executor::block_on(admin.create_topics([&topic], &options))
+            .expect("create topics");
+        match created.first() {
+            Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {}
+            other => panic!("topic create {name}: {other:?}"),
+        }
+        let probe: BaseConsumer = config.create().expect("metadata client");
+        wait_for(
+            "every partition to have a leader",
+            std::time::Duration::from_secs(20),
+            || {
+                probe
+                    .fetch_metadata(Some(name), std::time::Duration::from_secs(2))
+                    .is_ok_and(|m| {
+                        m.topics().iter().any(|t| {
+                            t.error().is_none()
+                                && t.partitions().len() == partitions as usize
+                                && t.partitions().iter().all(|p| p.leader() >= 0)
+                        })
+                    })
+            },
+        );
     }
 }
 

@@ -95,7 +95,7 @@ pub async fn serve(
     let scoring = ScoringServiceServer::new(ScoringApi::new(
         registry.clone(),
         engine,
-        config.max_score_records,
+        (config.max_score_records, config.max_concurrent_scores),
         shutdown.clone(),
     ))
     .max_decoding_message_size(limit)
@@ -132,6 +132,13 @@ pub async fn serve(
             .map_err(|e| ApiError::Tls(e.to_string()))?;
     }
     tracing::info!(%address, tls, auth = !config.token.is_empty(), "serving gRPC");
+    if config.token.is_empty() && !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "gRPC serves without a token on an address other hosts can reach: anyone who \
+             reaches it can put, activate and delete models; set ISOFLOW_GRPC_TOKEN"
+        );
+    }
     let router = builder
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted,

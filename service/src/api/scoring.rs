@@ -201,15 +201,19 @@ pub struct ScoringApi {
     prepared: Arc<Mutex<PreparedCache>>,
     started: Instant,
     shutdown: CancellationToken,
+    /// One permit per `Score` call allowed to score at once, of `max_concurrent`.
+    scoring: Arc<tokio::sync::Semaphore>,
+    max_concurrent: usize,
 }
 
 impl ScoringApi {
     /// Handlers scoring on `engine`, refusing requests of more than
-    /// `max_records` records; alert streams end at `shutdown`.
+    /// `max_records` records and more than `max_concurrent` calls at once;
+    /// alert streams end at `shutdown`.
     pub fn new(
         registry: Arc<ModelRegistry>,
         engine: Engine,
-        max_records: usize,
+        (max_records, max_concurrent): (usize, usize),
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -219,6 +223,8 @@ impl ScoringApi {
             prepared: Arc::default(),
             started: Instant::now(),
             shutdown,
+            scoring: Arc::new(tokio::sync::Semaphore::new(max_concurrent.max(1))),
+            max_concurrent: max_concurrent.max(1),
         }
     }
 
@@ -300,12 +306,20 @@ impl ScoringService for ScoringApi {
                 ))
             }
         };
+        let Ok(permit) = self.scoring.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} Score calls are scoring already, the limit (grpc.max_concurrent_scores): retry with backoff",
+                self.max_concurrent
+            )));
+        };
         let prepared = self.prepare(model)?;
         let engine = self.engine.clone();
-        let response =
-            tokio::task::spawn_blocking(move || score_request(&prepared, &engine, &request))
-                .await
-                .map_err(|e| Status::internal(format!("scoring task failed: {e}")))??;
+        let response = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            score_request(&prepared, &engine, &request)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("scoring task failed: {e}")))??;
         Ok(Response::new(response))
     }
 

@@ -15,6 +15,8 @@ use super::fetch::{Incoming, MessageQueue, PipelineConsumer};
 use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
 use crate::input::Columns;
 use crate::kafka::RecordBatch;
+use crate::metrics::PipelineMetrics;
+use rdkafka::consumer::Consumer as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,12 +46,18 @@ impl Collector {
         (max_records, max_wait, max_bytes): (usize, Duration, usize),
         parser: Parser,
         live: LiveModel,
+        metrics: Arc<PipelineMetrics>,
     ) -> std::io::Result<Self> {
         let pipeline = name.to_owned();
         Self::start(name, move |tx, recycled, stop| {
             let limits = (max_records.max(1), max_wait, max_bytes.max(1));
             let parsing = (parser, live);
-            collect(&pipeline, &consumer, parsing, (tx, recycled), limits, stop)
+            let source = Source {
+                pipeline: &pipeline,
+                consumer: &consumer,
+                metrics: &metrics,
+            };
+            collect(&source, parsing, (tx, recycled), limits, stop)
         })
     }
 
@@ -142,9 +150,8 @@ struct Forming<'a> {
     parsing: Option<Parsing>,
     parser: &'a mut Parser,
     live: &'a mut LiveModel,
-    /// Next offset per partition (indexed by partition number) already
-    /// handed over.
-    handed: &'a [i64],
+    handed: &'a mut Handed,
+    source: &'a Source<'a>,
     flush_at: Option<Instant>,
     max_records: usize,
     max_wait: Duration,
@@ -173,13 +180,31 @@ impl Forming<'_> {
 
 impl Forming<'_> {
     fn take(&mut self, m: &impl Incoming) {
-        let partition = usize::try_from(m.partition()).unwrap_or(0);
-        if self
-            .handed
-            .get(partition)
-            .is_some_and(|&next| m.offset() < next)
-        {
-            return;
+        let source = self.source;
+        let context = source.consumer.context();
+        let seen = Seen {
+            partition: m.partition(),
+            offset: m.offset(),
+            assignment: context.assignments(),
+        };
+        match self.handed.check(seen, |p| context.committed(p)) {
+            Verdict::New => {}
+            Verdict::Redelivered => {
+                source.metrics.redelivered.fetch_add(1, Relaxed);
+                return;
+            }
+            Verdict::Reset { handed } => {
+                source.metrics.offset_resets.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    pipeline = %source.pipeline,
+                    partition = seen.partition,
+                    offset = seen.offset,
+                    handed,
+                    "offset reset: the partition's offsets went back below what was committed \
+                     (topic recreated, broker storage lost, or offsets reset by hand); \
+                     its records are taken again from here"
+                );
+            }
         }
         let (parser, live, max_records) = (&mut *self.parser, &mut *self.live, self.max_records);
         let parsing = self.parsing.get_or_insert_with(|| {
@@ -196,6 +221,72 @@ impl Forming<'_> {
     }
 }
 
+/// Where the collecting thread reads from, and what it reports to.
+struct Source<'a> {
+    pipeline: &'a str,
+    consumer: &'a PipelineConsumer,
+    metrics: &'a PipelineMetrics,
+}
+
+/// A record as the consumer delivered it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    partition: i32,
+    offset: i64,
+    /// The consumer's assignment count when it arrived.
+    assignment: u64,
+}
+
+/// What to do with a delivered record.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Not handed over before: take it.
+    New,
+    /// Handed over before (a rebalance resumes from the last commit, which
+    /// may be behind): those records are done or in flight, and feeding
+    /// them to the per-key state twice would corrupt gaps, rates and
+    /// duplicate checks.
+    Redelivered,
+    /// The partition's offsets went back where no rebalance explains it:
+    /// below this consumer's own last commit, or within one
+    /// assignment. These are new records at reused offsets: take them.
+    Reset {
+        /// The next offset that had been handed over.
+        handed: i64,
+    },
+}
+
+/// Per partition, the next offset already handed over and the assignment
+/// it came in.
+#[derive(Default)]
+struct Handed {
+    next: Vec<Option<(i64, u64)>>,
+}
+
+impl Handed {
+    /// Classifies `seen` and, unless redelivered, marks it handed over.
+    /// `committed` gives this consumer's last commit of a partition.
+    fn check(&mut self, seen: Seen, committed: impl FnOnce(i32) -> Option<i64>) -> Verdict {
+        let at = usize::try_from(seen.partition).unwrap_or(0);
+        if self.next.len() <= at {
+            self.next.resize(at + 1, None);
+        }
+        let verdict = match self.next[at] {
+            Some((next, assignment)) if seen.offset < next => {
+                let same_assignment = assignment == seen.assignment;
+                if same_assignment || committed(seen.partition).is_some_and(|c| seen.offset < c) {
+                    Verdict::Reset { handed: next }
+                } else {
+                    return Verdict::Redelivered;
+                }
+            }
+            _ => Verdict::New,
+        };
+        self.next[at] = Some((seen.offset + 1, seen.assignment));
+        verdict
+    }
+}
+
 /// Records one read may take with `records` and `bytes` left in the batch
 /// and records of up to `record_bytes` each: the batch then stays within
 /// its bytes, bar one record.
@@ -204,8 +295,7 @@ fn room(records: usize, bytes: usize, record_bytes: usize) -> usize {
 }
 
 fn collect(
-    name: &str,
-    consumer: &PipelineConsumer,
+    source: &Source<'_>,
     (mut parser, mut live): (Parser, LiveModel),
     (tx, recycled): (
         &mpsc::Sender<ParsedBatch>,
@@ -214,14 +304,13 @@ fn collect(
     (max_records, max_wait, max_bytes): (usize, Duration, usize),
     stop: &AtomicBool,
 ) {
+    let (name, consumer) = (source.pipeline, source.consumer);
     let record_bytes_limit = parser.max_bytes;
     // Before the first poll, which serves the first assignment.
     let mut queue = MessageQueue::open(consumer, max_records);
-    // Next offset per partition already handed over. After a rebalance the
-    // consumer resumes from the last commit, which may be behind: those
-    // records are done or in flight, and feeding them to the per-key state
-    // twice would corrupt gaps and rates.
-    let mut handed: Vec<i64> = Vec::new();
+    // Marked record by record, not batch by batch: a rebalance in the
+    // middle of a batch redelivers records of that same batch.
+    let mut handed = Handed::default();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
     loop {
@@ -235,7 +324,8 @@ fn collect(
             parsing: None,
             parser: &mut parser,
             live: &mut live,
-            handed: &handed,
+            handed: &mut handed,
+            source,
             flush_at: None,
             max_records,
             max_wait,
@@ -279,13 +369,6 @@ fn collect(
         // Parsing starts with a batch's first record: none means no record.
         if let Some(parsing) = parsing {
             let parsed = parsing.finish(batch, Instant::now());
-            for (&partition, &next) in &parsed.next_offsets {
-                let partition = usize::try_from(partition).unwrap_or(0);
-                if handed.len() <= partition {
-                    handed.resize(partition + 1, 0);
-                }
-                handed[partition] = handed[partition].max(next);
-            }
             if tx.blocking_send(parsed).is_err() {
                 return;
             }
@@ -299,6 +382,49 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seen(offset: i64, assignment: u64) -> Seen {
+        Seen {
+            partition: 0,
+            offset,
+            assignment,
+        }
+    }
+
+    /// A rebalance replays from the last commit: records already handed
+    /// over are dropped, even within the batch being formed.
+    #[test]
+    fn a_rebalance_replay_is_not_fed_twice() {
+        let mut handed = Handed::default();
+        for offset in 0..10 {
+            assert_eq!(handed.check(seen(offset, 1), |_| None), Verdict::New);
+        }
+        // Reassigned; 6 was committed.
+        for offset in 6..10 {
+            let verdict = handed.check(seen(offset, 2), |_| Some(6));
+            assert_eq!(verdict, Verdict::Redelivered, "offset {offset}");
+        }
+        assert_eq!(handed.check(seen(10, 2), |_| Some(6)), Verdict::New);
+    }
+
+    /// Offsets going back below the last commit, or within one
+    /// assignment, are new records: taken, and reported as a reset.
+    #[test]
+    fn an_offset_reset_is_taken_and_reported_not_skipped() {
+        let mut handed = Handed::default();
+        for offset in 0..100 {
+            handed.check(seen(offset, 1), |_| Some(50));
+        }
+        // Broker storage lost: the group rejoins, offsets restart at 0.
+        let verdict = handed.check(seen(0, 2), |_| Some(100));
+        assert_eq!(verdict, Verdict::Reset { handed: 100 });
+        for offset in 1..20 {
+            assert_eq!(handed.check(seen(offset, 2), |_| Some(100)), Verdict::New);
+        }
+        // Reset to earliest within one assignment (topic recreated).
+        let verdict = handed.check(seen(3, 2), |_| None);
+        assert_eq!(verdict, Verdict::Reset { handed: 20 });
+    }
 
     #[test]
     fn reads_stay_within_the_batch_bytes() {

@@ -188,11 +188,10 @@ impl Offsets {
         self.since.map(|at| at + COMMIT_INTERVAL)
     }
 
+    /// Batches come in order, so a later batch's offset replaces an
+    /// earlier one's, even a higher one after an offset reset.
     fn add(&mut self, next: &BTreeMap<i32, i64>) {
-        for (&partition, &offset) in next {
-            let at = self.next.entry(partition).or_insert(offset);
-            *at = (*at).max(offset);
-        }
+        self.next.extend(next);
         self.since.get_or_insert_with(Instant::now);
     }
 
@@ -206,10 +205,11 @@ impl Offsets {
             tpl.add_partition_offset(&handle.input_topic, partition, Offset::Offset(offset))
                 .expect("valid offset");
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        match consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => consumer.context().mark_committed(&tpl),
             // Not fatal: the next commit carries later offsets; a crash before
             // it replays these batches, which at-least-once allows.
-            tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed");
+            Err(e) => tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed"),
         }
     }
 }

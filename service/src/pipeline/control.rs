@@ -86,7 +86,11 @@ impl PipelineHandle {
 
     pub(crate) fn publish_alert(&self, alert: String) {
         // No watcher is fine: the alert already went to Kafka.
-        let _ = self.alerts.send(Arc::new(alert));
+        if self.alerts.receiver_count() > 0 {
+            let _ = self
+                .alerts
+                .send(Arc::new(crate::alerts::for_watchers(alert)));
+        }
     }
 
     pub(crate) fn live_receiver(&self) -> watch::Receiver<Arc<pb::Model>> {
@@ -242,5 +246,36 @@ impl ServiceRuntime {
             .as_ref()
             .expect("the runtime lives until drop")
             .block_on(future)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer of alerts kept for watchers holds no large records: an
+    /// alert embedding a 60 KiB record reaches them without it, sized.
+    #[test]
+    fn watched_alerts_are_bounded_in_bytes() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
+        let model = crate::model::load(&file).unwrap();
+        let handle = PipelineHandle::new("fraud", "tx", Arc::default(), model);
+        let mut watcher = handle.subscribe_alerts();
+        let record = format!("{{\"memo\":\"{}\"}}", "x".repeat(60 << 10));
+        let alert = format!("{{\"alert_id\":\"a1\",\"score\":0.9,\"record\":{record}}}");
+        handle.publish_alert(alert);
+        handle.publish_alert("{\"alert_id\":\"a2\",\"record\":{\"v\":1}}".into());
+        let big = watcher.try_recv().unwrap();
+        assert!(
+            big.len() < crate::alerts::WATCHED_ALERT_LIMIT,
+            "{} bytes",
+            big.len()
+        );
+        let v: serde_json::Value = serde_json::from_str(&big).unwrap();
+        assert_eq!(v["alert_id"], "a1");
+        assert!(v["record"].is_null());
+        assert_eq!(v["record_omitted_bytes"], record.len());
+        let small = watcher.try_recv().unwrap();
+        assert_eq!(*small, "{\"alert_id\":\"a2\",\"record\":{\"v\":1}}");
     }
 }

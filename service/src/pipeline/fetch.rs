@@ -14,20 +14,52 @@ use crate::kafka::RecordBatch;
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The consumer of a pipeline.
 pub(crate) type PipelineConsumer = BaseConsumer<Forwarding>;
 
 /// Client context that forwards each assigned partition to the pipeline's
-/// [`MessageQueue`], if one is open.
+/// [`MessageQueue`], if one is open, and keeps what the collector needs to
+/// tell a rebalance's replay from an offset reset.
 #[derive(Default)]
 pub(crate) struct Forwarding {
     queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
+    /// Per partition, the last offset this consumer committed. Marked when
+    /// the commit is sent: librdkafka reports an asynchronous commit's
+    /// outcome only to a native callback, and a failed one is logged.
+    committed: Mutex<HashMap<i32, i64>>,
+    /// Assignments so far: within one, a partition's offsets only go up.
+    assignments: AtomicU64,
+}
+
+impl Forwarding {
+    /// The last commit of `partition` by this consumer.
+    pub(super) fn committed(&self, partition: i32) -> Option<i64> {
+        let committed = self.committed.lock().expect("commit marks lock");
+        committed.get(&partition).copied()
+    }
+
+    /// Marks the offsets of a commit this consumer sent.
+    pub(super) fn mark_committed(&self, offsets: &TopicPartitionList) {
+        let mut committed = self.committed.lock().expect("commit marks lock");
+        for p in offsets.elements() {
+            if let Offset::Offset(offset) = p.offset() {
+                committed.insert(p.partition(), offset);
+            }
+        }
+    }
+
+    /// Assignments served so far.
+    pub(super) fn assignments(&self) -> u64 {
+        self.assignments.load(Ordering::Acquire)
+    }
 }
 
 impl ClientContext for Forwarding {}
@@ -59,6 +91,12 @@ impl ConsumerContext for Forwarding {
                     rdsys::rd_kafka_queue_destroy(partition);
                 }
             }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assignments.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

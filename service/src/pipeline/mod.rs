@@ -363,6 +363,7 @@ async fn run_pipeline(
         ),
         parser,
         ctx.handle.live_receiver(),
+        ctx.handle.metrics.clone(),
     )
     .map_err(|source| PipelineError::Thread {
         pipeline: ctx.config.name.clone(),
