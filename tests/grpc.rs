@@ -737,7 +737,7 @@ async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
         "--scenario",
         "fraud",
         "--count",
-        "10000",
+        "5000",
         "--out",
         out,
     ];
@@ -747,8 +747,7 @@ async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
         .lines()
         .map(|l| l.as_bytes().to_vec())
         .collect();
-    let extra =
-        "max_concurrent_scores = 1\nmax_score_records = 10000\nmax_request_bytes = 16777216";
+    let extra = "max_concurrent_scores = 1";
     let a = Replica::start_with(dir.path(), "a", &brokers, ("0.0.0.0", extra, None));
     let client =
         ScoringServiceClient::new(channel(&a.address).await).max_decoding_message_size(64 << 20);
@@ -765,7 +764,10 @@ async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
     });
     let results = futures::future::join_all(calls).await;
     let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(results.iter().any(Result::is_ok), "one call scores");
+    assert!(
+        results.iter().any(Result::is_ok),
+        "one call scores: {results:?}"
+    );
     assert!(!refused.is_empty(), "some calls overlap the first");
     for status in refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
