@@ -25,8 +25,8 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-targets=$(sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^isoflow-fuzz$')
-cargo "${toolchain[@]}" fuzz build --dev -s "$sanitizer" $targets
+cargo "${toolchain[@]}" fuzz build --dev -s "$sanitizer"
+targets=$(cargo "${toolchain[@]}" fuzz list)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in $targets; do

@@ -30,6 +30,12 @@ if [ -z "$TANSU" ]; then
 fi
 export ISOFLOW_TANSU="$TANSU"
 
+# Apache Kafka 4.x (KRaft, one node on loopback), from Maven with the
+# machine's Java: the end-to-end tests that use a broker run against it as
+# well as tansu. Fetched into tools/kafka/ only when missing.
+ISOFLOW_KAFKA_LIBS=$(scripts/kafka.sh)
+export ISOFLOW_KAFKA_LIBS
+
 # A Python gRPC client generated from proto/ is part of the API tests.
 if ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
   python3 -m pip install -q grpcio grpcio-tools
@@ -44,3 +50,11 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --workspace --bins
 # Benches run once in test mode, on small inputs.
 ISOFLOW_BENCH_ROWS=${ISOFLOW_BENCH_ROWS:-2000} cargo test --release --workspace --all-targets --no-fail-fast
+# The tests that run a broker, again against Apache Kafka (the reference
+# for behaviour; tansu has quirks, see DESIGN.md).
+ISOFLOW_BROKER=kafka cargo test --release --test grpc
+ISOFLOW_BROKER=kafka cargo test --release --test streaming -- \
+  every_record hundred_thousand poison_pill offset_reset kafka_properties \
+  start_up_errors trains_on_a_topics bench_pipeline tabular_rows
+# Every fuzz target for a bounded time (ISOFLOW_FUZZ_SECONDS each).
+scripts/fuzz.sh "${ISOFLOW_FUZZ_SECONDS:-30}"

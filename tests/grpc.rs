@@ -145,6 +145,21 @@ where
     started.elapsed()
 }
 
+/// Puts the shipped fraud model as the next version of its name.
+async fn put_fraud(models: &mut ModelServiceClient<Channel>) -> pb::PutModelResponse {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+    models
+        .put_model(authed(pb::PutModelRequest {
+            source: Some(pb::put_model_request::Source::ModelBytes(
+                std::fs::read(file).unwrap(),
+            )),
+            name: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn status(client: &mut ScoringServiceClient<Channel>) -> pb::PipelineStatus {
     client
         .get_status(authed(pb::GetStatusRequest {}))
@@ -599,20 +614,11 @@ async fn a_restart_scores_with_the_replayed_model_from_the_first_record() {
     isoflow::kafka::create_topics(&brokers, &["tx", "alerts", "dlq", "shadow-scores"], 1)
         .await
         .unwrap();
-    let bytes =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow")).unwrap();
     let new_id = {
         let a = Replica::start(dir.path(), "a", &brokers);
         let channel = channel(&a.address).await;
         let mut models = ModelServiceClient::new(channel.clone());
-        let put = models
-            .put_model(authed(pb::PutModelRequest {
-                source: Some(pb::put_model_request::Source::ModelBytes(bytes)),
-                name: String::new(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let put = put_fraud(&mut models).await;
         models
             .activate_model(authed(pb::ActivateModelRequest {
                 name: "fraud".into(),
@@ -675,8 +681,6 @@ async fn a_model_gone_from_the_registry_topic_does_not_come_back_from_its_cache(
     isoflow::kafka::create_topics(&brokers, &topics, 1)
         .await
         .unwrap();
-    let bytes =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow")).unwrap();
     let versions = |mut models: ModelServiceClient<Channel>| async move {
         let list = models
             .list_models(authed(pb::ListModelsRequest {
@@ -690,14 +694,7 @@ async fn a_model_gone_from_the_registry_topic_does_not_come_back_from_its_cache(
     let put_version = {
         let a = Replica::start(dir.path(), "a", &brokers);
         let mut models = ModelServiceClient::new(channel(&a.address).await);
-        let put = models
-            .put_model(authed(pb::PutModelRequest {
-                source: Some(pb::put_model_request::Source::ModelBytes(bytes)),
-                name: String::new(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let put = put_fraud(&mut models).await;
         assert!(versions(models).await.contains(&put.version));
         put.version
     };

@@ -471,6 +471,9 @@ fn a_poison_pill_is_dead_lettered_and_the_stream_goes_on() {
     let copy = dead[0].value.as_deref().unwrap();
     assert!(copy.len() < 1_000_000 && copy.iter().all(|&b| b == b'{'));
     assert_eq!(read_at_least(&addr, "scores", 100).len(), 100);
+    wait_for("the partition reported", Duration::from_secs(15), || {
+        service.metric("isoflow_assigned_partitions") == 1.0
+    });
     let status = terminate(&mut service, Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}: {}", service.log_text());
     // Committed past the pill: a restart has nothing to replay.

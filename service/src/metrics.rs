@@ -92,6 +92,8 @@ pub struct PipelineMetrics {
     pub end_to_end_latency: Histogram,
     /// Sum over assigned partitions of high watermark minus position.
     pub consumer_lag: AtomicI64,
+    /// Input partitions assigned to this process now.
+    pub assigned_partitions: AtomicI64,
     /// Keys evicted from bounded per-key state.
     pub state_evictions: AtomicU64,
     /// Records dropped because they had been handed over before (a
@@ -121,6 +123,7 @@ impl Default for PipelineMetrics {
             batch_latency: Histogram::new(SECONDS),
             end_to_end_latency: Histogram::new(SECONDS),
             consumer_lag: AtomicI64::new(0),
+            assigned_partitions: AtomicI64::new(0),
             state_evictions: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             offset_resets: AtomicU64::new(0),
@@ -233,6 +236,16 @@ impl Registry {
                 m.consumer_lag.load(Relaxed)
             );
         }
+        // Lag covers assigned partitions only: 0 here means the pipeline
+        // reads nothing (out of its group, or more members than partitions).
+        let _ = writeln!(out, "# TYPE isoflow_assigned_partitions gauge");
+        for (p, m) in pipelines.iter() {
+            let _ = writeln!(
+                out,
+                "isoflow_assigned_partitions{{pipeline=\"{p}\"}} {}",
+                m.assigned_partitions.load(Relaxed)
+            );
+        }
         // Near 1, new keys are about to evict old ones: raise
         // `slot_capacity` before evictions make keyed features forget.
         let _ = writeln!(out, "# TYPE isoflow_state_fill_ratio gauge");
@@ -244,7 +257,7 @@ impl Registry {
             );
         }
         // Alert on a stalled pipeline with
-        // `time() - isoflow_last_batch_timestamp_seconds > N and isoflow_consumer_lag > 0`.
+        // `time() - isoflow_last_batch_timestamp_seconds > N and (isoflow_consumer_lag > 0 or isoflow_assigned_partitions == 0)`.
         let _ = writeln!(out, "# TYPE isoflow_last_batch_timestamp_seconds gauge");
         for (p, m) in pipelines.iter() {
             let _ = writeln!(

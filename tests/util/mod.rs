@@ -186,6 +186,7 @@ log.dirs={}/data
 num.partitions=1
 default.replication.factor=1
 auto.create.topics.enable=false
+message.max.bytes=2097152
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1

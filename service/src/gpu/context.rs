@@ -110,9 +110,11 @@ pub(crate) struct Kernel {
 
 /// Long-lived wgpu device, queue and compiled pipelines.
 ///
-/// Built once and shared (`Arc`) by every scorer and z-engine; errors the
-/// device reports asynchronously are collected here and surface as
-/// [`ScoreError::Device`] from the next call that waits on the GPU.
+/// Built once and shared (`Arc`) by every scorer and z-engine, of the
+/// pipelines and of API requests alike. Each scoring call runs in error
+/// scopes of its own ([`Self::scoped`]; wgpu keeps them per thread), so a
+/// call's validation or out-of-memory error is that call's alone. A lost
+/// device fails every call from then on.
 pub struct GpuContext {
     info: wgpu::AdapterInfo,
     pub(crate) device: wgpu::Device,
@@ -121,8 +123,10 @@ pub struct GpuContext {
     pub(crate) iforest: Kernel,
     pub(crate) iforest_implicit: Kernel,
     pub(crate) zscore: Kernel,
-    /// First uncaptured error or device loss, taken by [`Self::check`].
+    /// First error outside any scope, taken by [`Self::check`].
     fault: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it was: never taken.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -181,7 +185,8 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             record(&sink, e.to_string());
         }));
-        let sink = fault.clone();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             record(&sink, format!("device lost ({reason:?}): {message}"));
         });
@@ -217,6 +222,7 @@ impl GpuContext {
             iforest_implicit,
             zscore,
             fault,
+            lost,
         }))
     }
 
@@ -238,8 +244,40 @@ impl GpuContext {
             .min(u32::MAX as u64)
     }
 
-    /// Fails with the first error the device reported since the last check.
+    /// Runs `work` (GPU calls on this thread) in error scopes of its own:
+    /// a validation, out-of-memory or internal error it causes fails it,
+    /// and no other call.
+    pub(crate) fn scoped<T>(
+        &self,
+        work: impl FnOnce() -> Result<T, ScoreError>,
+    ) -> Result<T, ScoreError> {
+        let scopes = [
+            wgpu::ErrorFilter::Validation,
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Internal,
+        ]
+        .map(|filter| self.device.push_error_scope(filter));
+        let result = work();
+        // Innermost first.
+        let mut first = None;
+        for scope in scopes.into_iter().rev() {
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                first.get_or_insert(e.to_string());
+            }
+        }
+        match (result, first) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(message)) => Err(ScoreError::Device(message)),
+            (Ok(value), None) => Ok(value),
+        }
+    }
+
+    /// Fails once the device is lost, or with the first error reported
+    /// outside any scope since the last check.
     pub(crate) fn check(&self) -> Result<(), ScoreError> {
+        if let Some(lost) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(ScoreError::Device(lost));
+        }
         match self.fault.lock().map(|mut f| f.take()) {
             Ok(None) => Ok(()),
             Ok(Some(message)) => Err(ScoreError::Device(message)),
@@ -399,4 +437,37 @@ fn zscore_bindings() -> [wgpu::BindGroupLayoutEntry; 7] {
         storage(5, false),
         uniform(6),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two callers share one device: an error one of them causes fails that
+    /// one, never the other, whichever checks first.
+    #[test]
+    fn a_callers_error_is_its_own() {
+        let ctx = GpuContext::new().expect("GPU tests need an adapter (lavapipe in CI)");
+        let bad = ctx.clone();
+        let failing = std::thread::spawn(move || {
+            bad.scoped(|| {
+                // MAP_READ may only go with COPY_DST: a validation error.
+                let _buffer = bad.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("invalid"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                });
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(
+            matches!(&failing, Err(ScoreError::Device(_))),
+            "{failing:?}"
+        );
+        // The other caller, checking after: clean.
+        ctx.scoped(|| ctx.check()).expect("no error of its own");
+    }
 }

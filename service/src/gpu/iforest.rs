@@ -559,7 +559,8 @@ impl Scorer for GpuScorer {
     }
 
     fn score(&mut self, rows: &[f32], out: &mut [RowScore]) -> Result<(), ScoreError> {
-        self.score_batch(rows, out)
+        let ctx = self.ctx.clone();
+        ctx.scoped(|| self.score_batch(rows, out))
     }
 }
 

@@ -288,14 +288,17 @@ impl ZEngine for GpuZEngine {
         if entries.is_empty() {
             return Ok(());
         }
-        self.ctx.check()?;
-        self.ensure_states(slots)?;
-        // Sub-batches run in order against the same state, so splitting only
-        // bounds binding sizes; it cannot change a result.
-        let per_part = (self.ctx.max_binding() / size_of::<ZEntry>() as u64).max(1) as usize;
-        for (entries, out) in entries.chunks(per_part).zip(out.chunks_mut(per_part)) {
-            self.run_part(params, entries, out)?;
-        }
-        Ok(())
+        let ctx = self.ctx.clone();
+        ctx.scoped(|| {
+            self.ctx.check()?;
+            self.ensure_states(slots)?;
+            // Sub-batches run in order against the same state, so splitting
+            // only bounds binding sizes; it cannot change a result.
+            let per_part = (self.ctx.max_binding() / size_of::<ZEntry>() as u64).max(1) as usize;
+            for (entries, out) in entries.chunks(per_part).zip(out.chunks_mut(per_part)) {
+                self.run_part(params, entries, out)?;
+            }
+            Ok(())
+        })
     }
 }

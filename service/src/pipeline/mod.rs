@@ -546,4 +546,8 @@ fn update_lag(consumer: &fetch::PipelineConsumer, metrics: &PipelineMetrics) {
     metrics
         .consumer_lag
         .store(lag, std::sync::atomic::Ordering::Relaxed);
+    metrics.assigned_partitions.store(
+        position.count() as i64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
