@@ -25,16 +25,16 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-cargo "${toolchain[@]}" fuzz build --dev -s "$sanitizer"
+cargo "${toolchain[@]}" fuzz build -s "$sanitizer"
 targets=$(cargo "${toolchain[@]}" fuzz list)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in $targets; do
   mkdir -p "$work/$target"
   log="$work/$target.log"
-  if ! cargo "${toolchain[@]}" fuzz run --dev -s "$sanitizer" "$target" "$work/$target" "fuzz/corpus/$target" -- \
+  if ! cargo "${toolchain[@]}" fuzz run -s "$sanitizer" "$target" "$work/$target" "fuzz/corpus/$target" -- \
       -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
-    tail -n 40 "$log"
+    grep -A 12 -E 'panicked|ERROR: (AddressSanitizer|libFuzzer)' "$log" | head -n 40 || tail -n 40 "$log"
     echo "fuzz target $target failed; the input is under fuzz/artifacts/$target/"
     exit 1
   fi

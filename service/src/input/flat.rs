@@ -96,6 +96,12 @@ pub(super) fn scan<'a>(
             keys: Vec::new(),
         };
     }
+    // JSON is UTF-8 throughout, unwanted keys and values included: a record
+    // with invalid bytes anywhere is serde_json's to refuse. Records are
+    // mostly ASCII, which is one cheap pass to tell.
+    if !text.is_ascii() && std::str::from_utf8(text).is_err() {
+        return None;
+    }
     let mut s = Scanner { text, at: 0 };
     s.ws();
     s.byte(b'{')?;
@@ -605,6 +611,17 @@ mod tests {
                 .is_none(),
                 "{text}"
             );
+        }
+        // Invalid UTF-8 where the scanner does not look (found by fuzzing):
+        // serde_json refuses such a record, so the scanner must not take it.
+        for text in [
+            &b"{\"a\":1,\"b\x8d\":2}"[..],
+            b"{\"a\":1,\"b\":\"\xff\"}",
+            b"{\"\xc3\":1,\"a\":2}",
+        ] {
+            let mut out = [Field::Absent];
+            let scanned = scan(text, (1, &names), &mut out, &mut Layout::default());
+            assert!(scanned.is_none(), "{text:?}");
         }
         let mut out = [Field::Absent];
         scan(
