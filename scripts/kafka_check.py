@@ -34,32 +34,12 @@ def free_port():
 
 
 def config(dir, port, cport):
-    return f"""process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{cport}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={dir}/data
-num.partitions=1
-default.replication.factor=1
-auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-broker.session.timeout.ms=3000
-broker.heartbeat.interval.ms=500
-num.network.threads=1
-num.io.threads=2
-background.threads=2
-"""
+    """The test node's configuration (scripts/kafka-test.properties, shared
+    with tests/util/mod.rs) for client port `port`, controller port `cport`."""
+    with open(os.path.join(ROOT, "scripts/kafka-test.properties")) as f:
+        text = f.read()
+    return (text.replace("{port}", str(port)).replace("{controller}", str(cport))
+            .replace("{dir}", str(dir)))
 
 
 def start(dir, log):

@@ -3,15 +3,14 @@
 //! it accepts and the values it reads, and neither may panic.
 #![no_main]
 
-use isoflow::input::{Columns, JsonPicker, RowReader, Wanted};
+use isoflow::input::{Columns, JsonPicker, RowReader};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "fields.rs"]
+mod fields;
+
 fuzz_target!(|data: &[u8]| {
-    let wanted = Wanted {
-        numeric: vec!["amount".into(), "n".into()],
-        keys: vec!["card".into()],
-        time: Some("ts".into()),
-    };
+    let wanted = fields::wanted();
     let reader = RowReader::new(&wanted);
     let picker = JsonPicker::new(&wanted);
     let mut fast = Columns::new(&wanted);

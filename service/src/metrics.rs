@@ -153,6 +153,8 @@ impl PipelineMetrics {
 
 /// Reads one counter of a pipeline.
 type CounterOf = fn(&PipelineMetrics) -> u64;
+/// Reads one gauge of a pipeline.
+type GaugeOf = fn(&PipelineMetrics) -> i64;
 /// Picks one histogram of a pipeline.
 type HistogramOf = fn(&PipelineMetrics) -> &Histogram;
 
@@ -228,23 +230,20 @@ impl Registry {
                 );
             }
         }
-        let _ = writeln!(out, "# TYPE isoflow_consumer_lag gauge");
-        for (p, m) in pipelines.iter() {
-            let _ = writeln!(
-                out,
-                "isoflow_consumer_lag{{pipeline=\"{p}\"}} {}",
-                m.consumer_lag.load(Relaxed)
-            );
-        }
-        // Lag covers assigned partitions only: 0 here means the pipeline
-        // reads nothing (out of its group, or more members than partitions).
-        let _ = writeln!(out, "# TYPE isoflow_assigned_partitions gauge");
-        for (p, m) in pipelines.iter() {
-            let _ = writeln!(
-                out,
-                "isoflow_assigned_partitions{{pipeline=\"{p}\"}} {}",
+        // Lag covers assigned partitions only: 0 partitions means the
+        // pipeline reads nothing (out of its group, or more members than
+        // partitions), whatever the lag says.
+        let gauges: [(&str, GaugeOf); 2] = [
+            ("isoflow_consumer_lag", |m| m.consumer_lag.load(Relaxed)),
+            ("isoflow_assigned_partitions", |m| {
                 m.assigned_partitions.load(Relaxed)
-            );
+            }),
+        ];
+        for (name, get) in gauges {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (p, m) in pipelines.iter() {
+                let _ = writeln!(out, "{name}{{pipeline=\"{p}\"}} {}", get(m));
+            }
         }
         // Near 1, new keys are about to evict old ones: raise
         // `slot_capacity` before evictions make keyed features forget.

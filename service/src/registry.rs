@@ -450,17 +450,7 @@ impl ModelRegistry {
                 out.push((pipeline.clone(), *mode));
             }
         }
-        for h in self.handles.all() {
-            let live = h.live_model();
-            if live.name == name && live.version == version {
-                out.push((h.name.clone(), Mode::Live));
-            }
-            if let Some(s) = h.shadow_model() {
-                if s.name == name && s.version == version {
-                    out.push((h.name.clone(), Mode::Shadow));
-                }
-            }
-        }
+        out.extend(self.own_usage(name, version));
         out
     }
 
@@ -645,7 +635,7 @@ impl ModelRegistry {
             Event::Versions { name, highest } => self.raise_highest(&name, highest),
             Event::Delete { name, version } => {
                 self.raise_highest(&name, version);
-                if let Some((pipeline, mode)) = self.own_usage(&name, version) {
+                if let Some((pipeline, mode)) = self.own_usage(&name, version).into_iter().next() {
                     // Deleted through a replica that did not know this
                     // process scores with it: removing the file would break
                     // this pipeline's next start.
@@ -714,18 +704,20 @@ impl ModelRegistry {
         *at = (*at).max(version);
     }
 
-    /// A pipeline of this process that scores with `name@version`.
-    fn own_usage(&self, name: &str, version: u32) -> Option<(String, Mode)> {
+    /// Where `name@version` scores in this process's own pipelines, by
+    /// their actual state.
+    fn own_usage(&self, name: &str, version: u32) -> Vec<(String, Mode)> {
         let is = |m: &pb::Model| m.name == name && m.version == version;
-        self.handles.all().into_iter().find_map(|h| {
+        let mut out = Vec::new();
+        for h in self.handles.all() {
             if is(&h.live_model()) {
-                Some((h.name.clone(), Mode::Live))
-            } else {
-                h.shadow_model()
-                    .is_some_and(|s| is(&s))
-                    .then(|| (h.name.clone(), Mode::Shadow))
+                out.push((h.name.clone(), Mode::Live));
             }
-        })
+            if h.shadow_model().is_some_and(|s| is(&s)) {
+                out.push((h.name.clone(), Mode::Shadow));
+            }
+        }
+        out
     }
 
     /// Once a replay has ended: cached models the topic did not carry were
@@ -735,7 +727,7 @@ impl ModelRegistry {
     fn forget_unconfirmed(&self) {
         let stale = std::mem::take(&mut *self.unconfirmed.lock().expect("registry lock"));
         for (name, version) in stale {
-            if let Some((pipeline, _)) = self.own_usage(&name, version) {
+            if let Some((pipeline, _)) = self.own_usage(&name, version).into_iter().next() {
                 tracing::warn!(model = %version_id(&name, version), pipeline, "cached model not in the registry topic but used here; kept");
                 continue;
             }

@@ -168,41 +168,14 @@ fn java(libs: &std::path::Path) -> Command {
     c
 }
 
-/// A single KRaft node (broker and controller) on loopback, for tests: one
-/// replica of everything, no topic auto-creation (the service creates or
-/// checks its topics), and a short broker session so that a node killed
-/// with -9 re-registers within seconds.
+/// The test node's configuration (`scripts/kafka-test.properties`, shared
+/// with the soak script) for client port `port`, controller port
+/// `controller` and folder `dir`.
 fn kafka_properties(dir: &std::path::Path, port: u16, controller: u16) -> String {
-    format!(
-        "process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={}/data
-num.partitions=1
-default.replication.factor=1
-auto.create.topics.enable=false
-message.max.bytes=2097152
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-broker.session.timeout.ms=3000
-broker.heartbeat.interval.ms=500
-num.network.threads=1
-num.io.threads=2
-background.threads=2
-",
-        dir.display()
-    )
+    include_str!("../../scripts/kafka-test.properties")
+        .replace("{port}", &port.to_string())
+        .replace("{controller}", &controller.to_string())
+        .replace("{dir}", &dir.display().to_string())
 }
 
 /// A Kafka-protocol broker on a free port, killed on drop: tansu with
