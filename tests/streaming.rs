@@ -1172,3 +1172,183 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
     let expected: Vec<(&str, &str)> = expected.iter().map(|(id, r)| (id.as_str(), *r)).collect();
     assert_eq!(dead, expected);
 }
+
+/// Produces one JSON record per `(device, partition, ts)` to `topic`,
+/// each to its partition, keyed by its device.
+fn produce_readings(addr: &str, topic: &str, readings: &[(&str, i32, f64)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let producer: FutureProducer = isoflow::kafka::producer(addr, &Default::default()).unwrap();
+        for &(device, partition, ts) in readings {
+            let value = format!(r#"{{"device":"{device}","ts":{ts},"value":1.0}}"#);
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(device)
+                        .partition(partition)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+    });
+}
+
+/// Partitions move to a second member and back: the member that gets a
+/// partition back must not judge its devices by state from before it left
+/// (the other member saw them meanwhile). Both devices report every 10 s
+/// throughout, so any gap alert (gap_s >= 500) is false: stale state reads
+/// 1,010 s since the last reading this member saw of the device it gave up.
+#[test]
+fn a_partition_given_up_and_back_starts_its_keys_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    for (topic, n) in [("readings", 2), ("alerts", 1), ("dlq", 1), ("scores", 2)] {
+        broker.create_topic(topic, n);
+    }
+    // A model whose only rule is a device's silence.
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        r#"key_field = "device"
+time_field = "ts"
+[[feature]]
+name = "value"
+kind = "field"
+[[feature]]
+name = "gap_s"
+kind = "key_gap"
+alert_above = 500.0
+"#,
+    )
+    .unwrap();
+    let train = dir.path().join("train.csv");
+    let mut rows = String::from("device,ts,value\n");
+    for i in 0..400 {
+        rows += &format!("d{},{},{}\n", i % 4, i * 5, 1.0 + (i % 7) as f64 * 0.01);
+    }
+    std::fs::write(&train, rows).unwrap();
+    let model = dir.path().join("gap.isoflow");
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--input", train.to_str().unwrap(),
+        "--features", spec.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    let config = dir.path().join("isoflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "{addr}"
+group_id = "moves"
+session_timeout_ms = 6000
+
+[[pipeline]]
+name = "devices"
+input_topic = "readings"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+scores_topic = "scores"
+batch_max_records = 50
+batch_max_ms = 20
+"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    let readings = |from: f64, to: f64| -> Vec<(&'static str, i32, f64)> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t <= to {
+            out.extend([("d0", 0, t), ("d1", 1, t)]);
+            t += 10.0;
+        }
+        out
+    };
+    // Distinct records scored: a member taking a partition over may score
+    // again what the other scored after its last commit.
+    let scored = |n: usize| {
+        wait_for(
+            &format!("{n} records scored"),
+            Duration::from_secs(60),
+            || {
+                let sources: HashSet<(i32, i64)> = read_all(&addr, "scores")
+                    .iter()
+                    .filter_map(|r| {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(r.value.as_deref()?).ok()?;
+                        let source = &v["source"];
+                        Some((
+                            source["partition"].as_i64()? as i32,
+                            source["offset"].as_i64()?,
+                        ))
+                    })
+                    .collect();
+                sources.len() >= n
+            },
+        )
+    };
+    let assigned = |s: &Service, n: f64| {
+        wait_for(
+            &format!("{n} partitions assigned"),
+            Duration::from_secs(60),
+            || s.metric("isoflow_assigned_partitions") == n,
+        )
+    };
+
+    let mut first = Service::start(&config);
+    assigned(&first, 2.0);
+    let mut sent = readings(0.0, 100.0);
+    produce_readings(&addr, "readings", &sent);
+    scored(sent.len());
+
+    // A second member takes one partition and sees both devices' next
+    // readings between them.
+    let config2 = dir.path().join("isoflow2.toml");
+    std::fs::copy(&config, &config2).unwrap();
+    let mut second = Service::start(&config2);
+    assigned(&second, 1.0);
+    assigned(&first, 1.0);
+    let middle = readings(110.0, 1100.0);
+    produce_readings(&addr, "readings", &middle);
+    sent.extend(middle);
+    scored(sent.len());
+    assert!(second.accounted() > 0, "{}", second.log_text());
+    let released = first.metric("isoflow_state_released_total");
+    assert!(released >= 1.0, "released {released}: {}", first.log_text());
+
+    // It leaves; the first member has both partitions again.
+    assert!(terminate(&mut second, Duration::from_secs(30)).success());
+    assigned(&first, 2.0);
+    let last = readings(1110.0, 1200.0);
+    produce_readings(&addr, "readings", &last);
+    sent.extend(last);
+    scored(sent.len());
+
+    let false_gaps: Vec<String> = read_all(&addr, "alerts")
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            let reasons = v["reasons"].to_string();
+            reasons
+                .contains("gap_s")
+                .then_some(format!("{} {reasons}", v["key"]))
+        })
+        .collect();
+    assert!(
+        false_gaps.is_empty(),
+        "gap alerts for devices that never went silent: {false_gaps:?}\n{}",
+        first.log_text()
+    );
+    assert!(
+        first
+            .log_text()
+            .contains("per-key state of partitions given up is released"),
+        "{}",
+        first.log_text()
+    );
+    assert!(terminate(&mut first, Duration::from_secs(30)).success());
+}

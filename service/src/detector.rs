@@ -2,14 +2,16 @@
 //! sequence — features, forest (fixed, or learning online), per-key score
 //! smoothing, threshold (fixed, or tracking a target alert rate), rules.
 //!
-//! `isoflow score` and the trainer's evaluation call it; it is where the
-//! online forest and the alerting settings of a model ([`pb::Learning`],
+//! The pipelines of `isoflow run`, the gRPC `Score` call, `isoflow score`
+//! and the trainer's evaluation all score through it, so a record gets the
+//! same score and decision whichever way it comes; it is where the online
+//! forest and the alerting settings of a model ([`pb::Learning`],
 //! [`pb::Alerting`]) take effect. A record's score depends only on the
 //! records before it: the online forest learns a row after scoring it, and
 //! the smoothed score and threshold include nothing later.
 
 use crate::decision;
-use crate::features::slots::{KeyHash, SlotTable};
+use crate::features::slots::{owner_of, KeyHash, Owner, SlotTable};
 use crate::features::{FeaturePipeline, ZEngine};
 use crate::forest::PackedForest;
 use crate::input::Columns;
@@ -26,6 +28,9 @@ pub struct Scored {
     pub alerts: Vec<bool>,
     /// Row-major |z| per z-feature.
     pub z: Vec<f32>,
+    /// Row-major feature vectors, as computed (label-risk columns the
+    /// forest does not see included).
+    pub matrix: Vec<f32>,
 }
 
 /// Why a detector could not be built or could not score.
@@ -43,7 +48,7 @@ pub enum DetectError {
 }
 
 /// How a detector is run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct DetectorOptions {
     /// Keep learning from the stream (online forest).
     pub learn: bool,
@@ -126,7 +131,8 @@ impl RateThreshold {
 
 /// The one scoring sequence of a model.
 pub struct Detector {
-    model: pb::Model,
+    model: std::sync::Arc<pb::Model>,
+    options: DetectorOptions,
     pipeline: FeaturePipeline,
     engine: Engine,
     z_engine: Box<dyn ZEngine>,
@@ -141,10 +147,24 @@ impl Detector {
     /// A detector for `model` on `engine`. A model with no trees (a preset
     /// cold start) needs `options.learn`.
     pub fn new(
-        model: pb::Model,
+        model: impl Into<std::sync::Arc<pb::Model>>,
         engine: Engine,
         options: &DetectorOptions,
     ) -> Result<Self, DetectError> {
+        Self::with_scorer(model, engine, options, None)
+    }
+
+    /// [`Self::new`], with a scorer already built for the model's forest
+    /// (taken back by [`Self::into_scorer`]): building one packs the forest
+    /// and, on a GPU, uploads it, which a caller scoring many small
+    /// requests does once.
+    pub fn with_scorer(
+        model: impl Into<std::sync::Arc<pb::Model>>,
+        engine: Engine,
+        options: &DetectorOptions,
+        scorer: Option<Box<dyn Scorer>>,
+    ) -> Result<Self, DetectError> {
+        let model = model.into();
         let spec = model.feature_spec.clone().unwrap_or_default();
         let capacity = options.slot_capacity.max(1);
         let mut pipeline = FeaturePipeline::new(&spec, capacity);
@@ -181,8 +201,10 @@ impl Detector {
                 )
                 .into());
             }
-            let packed = PackedForest::from_model(&model)?;
-            Forest::Fixed(engine.scorer(&packed)?)
+            match scorer {
+                Some(scorer) => Forest::Fixed(scorer),
+                None => Forest::Fixed(engine.scorer(&PackedForest::from_model(&model)?)?),
+            }
         };
         let alerting = model.alerting.unwrap_or_default();
         let smoother = (alerting.score_half_life > 0.0).then(|| Smoother {
@@ -220,6 +242,7 @@ impl Detector {
         Ok(Self {
             risk_columns,
             z_engine: engine.z_engine()?,
+            options: *options,
             model,
             pipeline,
             engine,
@@ -232,6 +255,54 @@ impl Detector {
     /// The feature pipeline (what to read, z names, label feedback).
     pub fn pipeline(&self) -> &FeaturePipeline {
         &self.pipeline
+    }
+
+    /// The model scoring now.
+    pub fn model(&self) -> &std::sync::Arc<pb::Model> {
+        &self.model
+    }
+
+    /// The fixed forest's scorer, for a later [`Self::with_scorer`]; `None`
+    /// for a learning forest.
+    pub fn into_scorer(self) -> Option<Box<dyn Scorer>> {
+        match self.forest {
+            Forest::Fixed(scorer) => Some(scorer),
+            Forest::Online { .. } => None,
+        }
+    }
+
+    /// Scores with `model` from now on. Per-key state (features and score
+    /// smoothing) carries over when the feature spec (and for smoothing, the
+    /// alerting settings) is unchanged; otherwise it starts afresh. Returns
+    /// whether the features' state was kept.
+    pub fn swap_model(
+        &mut self,
+        model: impl Into<std::sync::Arc<pb::Model>>,
+    ) -> Result<bool, DetectError> {
+        let mut next = Self::new(model, self.engine.clone(), &self.options)?;
+        let kept = next.model.feature_spec == self.model.feature_spec;
+        if kept {
+            std::mem::swap(&mut next.pipeline, &mut self.pipeline);
+            std::mem::swap(&mut next.z_engine, &mut self.z_engine);
+            if next.model.alerting == self.model.alerting {
+                std::mem::swap(&mut next.smoother, &mut self.smoother);
+                std::mem::swap(&mut next.rate, &mut self.rate);
+            }
+        }
+        *self = next;
+        Ok(kept)
+    }
+
+    /// Forgets the per-key state of records from `partitions`
+    /// ([`FeaturePipeline::release_partitions`]), score smoothing included.
+    /// Returns the state entries released.
+    pub fn release_partitions(&mut self, partitions: &[i32]) -> usize {
+        let owners: Vec<Owner> = partitions.iter().map(|&p| owner_of(p)).collect();
+        let smoothed = self
+            .smoother
+            .as_mut()
+            .map_or(0, |s| s.slots.release(&owners));
+        self.pipeline.release_partitions(partitions) + smoothed
     }
 
     /// Backend name.
@@ -251,15 +322,38 @@ impl Detector {
 
     /// Scores a batch of records read with `pipeline().wanted()`.
     pub fn score(&mut self, columns: &Columns) -> Result<Scored, DetectError> {
-        let mut features = self.pipeline.compute(columns, self.z_engine.as_mut())?;
+        let features = self.pipeline.compute(columns, self.z_engine.as_mut())?;
+        self.judge(features.matrix, features.z, Some(columns))
+    }
+
+    /// Scores feature vectors computed elsewhere (row-major, `dims()` per
+    /// row): a request that sends features, or a shadow model judging the
+    /// live model's features. `columns` are the records they came from,
+    /// when there are any (per-key score smoothing needs their keys).
+    pub fn score_features(
+        &mut self,
+        matrix: Vec<f32>,
+        columns: Option<&Columns>,
+    ) -> Result<Scored, DetectError> {
+        self.judge(matrix, Vec::new(), columns)
+    }
+
+    /// Forest, risk, smoothing, threshold and rules over `matrix`.
+    fn judge(
+        &mut self,
+        matrix: Vec<f32>,
+        z: Vec<f32>,
+        columns: Option<&Columns>,
+    ) -> Result<Scored, DetectError> {
         let dims = self.pipeline.dims().max(1);
+        let rows = matrix.len() / dims;
         // The forest sees risk columns as a constant (trees never split on
         // one); each row's largest risk is kept aside to raise its score.
-        let risks: Vec<f32> = if self.risk_columns.is_empty() {
-            Vec::new()
+        let (risks, forest_rows) = if self.risk_columns.is_empty() {
+            (Vec::new(), None)
         } else {
-            features
-                .matrix
+            let mut seen = matrix.clone();
+            let risks = seen
                 .chunks_exact_mut(dims)
                 .map(|row| {
                     self.risk_columns.iter().fold(0f32, |r, &c| {
@@ -268,9 +362,10 @@ impl Detector {
                         r.max(v)
                     })
                 })
-                .collect()
+                .collect();
+            (risks, Some(seen))
         };
-        let rows = features.rows;
+        let seen = forest_rows.as_deref().unwrap_or(&matrix);
         let mut scores = vec![RowScore::default(); rows];
         let mut alerts = Vec::with_capacity(rows);
         // Segments end where the online forest may update, so each row is
@@ -282,7 +377,7 @@ impl Detector {
                 Forest::Fixed(_) => rows - row,
                 Forest::Online { forest, .. } => forest.rows_until_update().min(rows - row),
             };
-            let part = &features.matrix[row * dims..(row + n) * dims];
+            let part = &seen[row * dims..(row + n) * dims];
             let out = &mut scores[row..row + n];
             self.forest_part(part, out)?;
             if !risks.is_empty() {
@@ -314,7 +409,8 @@ impl Detector {
         Ok(Scored {
             scores,
             alerts,
-            z: features.z,
+            z,
+            matrix,
         })
     }
 
@@ -374,12 +470,18 @@ pub const DEFAULT_SAMPLE_SIZE: usize = 256;
 pub const DEFAULT_RATE_WINDOW: usize = 4096;
 
 impl Smoother {
-    /// Smooths `scores`, the scores of rows `first..` of `columns`.
-    fn apply(&mut self, columns: &Columns, first: usize, scores: &mut [RowScore]) {
+    /// Smooths `scores`, the scores of rows `first..` of `columns` (one
+    /// unkeyed stream without them).
+    fn apply(&mut self, columns: Option<&Columns>, first: usize, scores: &mut [RowScore]) {
         let unkeyed: KeyHash = crate::features::slots::key_hash("");
         for (i, s) in scores.iter_mut().enumerate() {
             let row = first + i;
-            let key = self.key.map_or(unkeyed, |c| columns.keys[c].hashes()[row]);
+            let key = match (self.key, columns) {
+                (Some(c), Some(columns)) => columns.keys[c].hashes()[row],
+                _ => unkeyed,
+            };
+            let partition = columns.and_then(|c| c.partition.get(row));
+            self.slots.set_owner(partition.map_or(0, |&p| owner_of(p)));
             let (slot, fresh) = self.slots.slot_hashed(0, key);
             let i = slot as usize;
             if i >= self.state.len() {

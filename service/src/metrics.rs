@@ -102,6 +102,9 @@ pub struct PipelineMetrics {
     /// Offset resets: a partition's offsets went back below what was
     /// committed, and its records were taken again.
     pub offset_resets: AtomicU64,
+    /// Per-key state entries released because their partitions went to
+    /// another consumer.
+    pub state_released: AtomicU64,
     /// The fullest per-key table's keys over its capacity, as `f64` bits.
     pub state_fill: AtomicU64,
     /// When the last batch finished, milliseconds since the epoch (0: none yet).
@@ -127,6 +130,7 @@ impl Default for PipelineMetrics {
             state_evictions: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             offset_resets: AtomicU64::new(0),
+            state_released: AtomicU64::new(0),
             state_fill: AtomicU64::new(0f64.to_bits()),
             last_batch_ms: AtomicI64::new(0),
             phase_micros: Default::default(),
@@ -189,7 +193,7 @@ impl Registry {
             "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
         );
         let pipelines = self.pipelines.lock().expect("metrics lock");
-        let counters: [(&str, &str, CounterOf); 8] = [
+        let counters: [(&str, &str, CounterOf); 9] = [
             ("isoflow_shadow_alerts_total", "counter", |m| {
                 m.shadow_alerts.load(Relaxed)
             }),
@@ -213,6 +217,9 @@ impl Registry {
             }),
             ("isoflow_offset_resets_total", "counter", |m| {
                 m.offset_resets.load(Relaxed)
+            }),
+            ("isoflow_state_released_total", "counter", |m| {
+                m.state_released.load(Relaxed)
             }),
         ];
         for (name, kind, get) in counters {

@@ -1099,7 +1099,12 @@ mod tests {
         m.version = 4;
         registry.apply(Event::Put(Arc::new(m.clone()))).unwrap();
         let metrics = Arc::new(crate::metrics::PipelineMetrics::default());
-        handles.add(PipelineHandle::new("fraud", "tx", metrics, m.clone()));
+        handles.add(PipelineHandle::new(
+            "fraud",
+            "tx",
+            metrics,
+            Arc::new(m.clone()),
+        ));
         let file = dir.path().join(format!("{}.isoflow", model_id(&m)));
         assert!(file.exists());
         let delete = Event::Delete {

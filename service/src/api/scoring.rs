@@ -1,20 +1,21 @@
 //! `ScoringService`: on-demand scores, alert streams and status.
 //!
-//! `Score` is stateless per request: records run through a fresh feature
-//! pipeline, so keyed features (rates, gaps, z-scores) see only the records
-//! of that request, in order — the request is its own little stream. The
-//! pipelines' per-key state is never touched by a query. Scoring runs on a
-//! blocking thread with the process's engine (the shared GPU context when
-//! there is one); prepared scorers are cached per model version.
+//! `Score` is stateless per request: records run through a fresh detector
+//! (the pipelines' scoring sequence), so keyed features (rates, gaps,
+//! z-scores) and score smoothing see only the records of that request, in
+//! order — the request is its own little stream. The pipelines' per-key
+//! state is never touched by a query. Scoring runs on a blocking thread with
+//! the process's engine (the shared GPU context when there is one);
+//! prepared scorers are cached per model version.
 
-use crate::features::FeaturePipeline;
+use crate::detector::{DetectError, Detector, DetectorOptions};
 use crate::forest::PackedForest;
 use crate::input::Columns;
 use crate::model::pb;
 use crate::pb::scoring_service_server::ScoringService;
 use crate::registry::{self, ModelRegistry};
 use crate::score::cpu::Attribution;
-use crate::score::{Engine, RowScore, Scorer};
+use crate::score::{Engine, ScoreError, Scorer};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -50,15 +51,14 @@ impl Prepared {
 }
 
 /// Scores one request against `prepared` on `engine`: JSON records through a
-/// fresh feature pipeline, or raw feature vectors as they are. Alerting
-/// records (every record with `explain_all`) get reasons and top features.
+/// fresh detector, or raw feature vectors as they are. Alerting records
+/// (every record with `explain_all`) get reasons and top features.
 pub fn score_request(
     prepared: &Prepared,
     engine: &Engine,
     request: &pb::ScoreRequest,
 ) -> Result<pb::ScoreResponse, Status> {
     let model = &prepared.model;
-    let spec = model.feature_spec.clone().unwrap_or_default();
     let records = request.records.len() + request.json_records.len();
     let raw = request.features.as_ref().filter(|f| !f.values.is_empty());
     if records > 0 && raw.is_some() {
@@ -66,9 +66,27 @@ pub fn score_request(
             "send JSON records or a feature matrix, not both",
         ));
     }
-    let mut pipeline = FeaturePipeline::new(&spec, records.max(1));
-    let internal = |e: crate::score::ScoreError| Status::internal(format!("scoring failed: {e}"));
-    let matrix: Vec<f32> = match raw {
+    let internal = |e: ScoreError| Status::internal(format!("scoring failed: {e}"));
+    let detect = |e: DetectError| match e {
+        DetectError::Score(ScoreError::Features(_)) | DetectError::Input(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        e => Status::internal(format!("scoring failed: {e}")),
+    };
+    let idle = prepared.idle.lock().expect("scorer pool lock").pop();
+    let scorer = match idle {
+        Some(s) => s,
+        None => engine
+            .scorer(prepared.attribution.forest())
+            .map_err(internal)?,
+    };
+    let options = DetectorOptions {
+        slot_capacity: records.max(1),
+        ..Default::default()
+    };
+    let mut detector = Detector::with_scorer(model.clone(), engine.clone(), &options, Some(scorer))
+        .map_err(detect)?;
+    let scored = match raw {
         Some(f) => {
             let dims = prepared.attribution.forest().dims;
             if f.dims as usize != dims || f.values.len() % dims != 0 {
@@ -86,10 +104,10 @@ pub fn score_request(
                     i / dims + 1
                 )));
             }
-            f.values.clone()
+            detector.score_features(f.values.clone(), None)
         }
         None => {
-            let wanted = pipeline.wanted().clone();
+            let wanted = detector.pipeline().wanted().clone();
             let mut columns = Columns::new(&wanted);
             // Without a time field, the request is "now" for every record.
             let now = std::time::SystemTime::now()
@@ -119,33 +137,12 @@ pub fn score_request(
                     .push_json(&wanted, value, i + 1, Some(now))
                     .map_err(|e| Status::invalid_argument(format!("records: {e}")))?;
             }
-            if records == 0 {
-                Vec::new()
-            } else {
-                let mut z_engine = engine.z_engine().map_err(internal)?;
-                pipeline
-                    .compute(&columns, z_engine.as_mut())
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
-                    .matrix
-            }
+            detector.score(&columns)
         }
-    };
-    let dims = prepared.attribution.forest().dims;
-    let rows = matrix.len() / dims.max(1);
-    let mut scores = vec![RowScore::default(); rows];
-    if rows > 0 {
-        let idle = prepared.idle.lock().expect("scorer pool lock").pop();
-        let mut scorer = match idle {
-            Some(s) => s,
-            None => engine
-                .scorer(prepared.attribution.forest())
-                .map_err(internal)?,
-        };
-        let scored = scorer.score(&matrix, &mut scores);
-        prepared.idle.lock().expect("scorer pool lock").push(scorer);
-        scored.map_err(internal)?;
     }
-    let alerts = crate::decision::decide(&scores, &matrix, model.threshold, pipeline.rules());
+    .map_err(detect)?;
+    let dims = prepared.attribution.forest().dims;
+    let (scores, alerts, matrix) = (&scored.scores, &scored.alerts, &scored.matrix);
     let explained = |row: usize| alerts[row] || request.explain_all;
     // Shares of every explained row in one call: sixteen rows per walk on
     // the vector walk.
@@ -158,7 +155,7 @@ pub fn score_request(
     let mut shares = shares.chunks_exact(dims.max(1));
     let results = scores
         .iter()
-        .zip(&alerts)
+        .zip(alerts)
         .enumerate()
         .map(|(row, (s, &alert))| {
             let mut r = pb::RecordScore {
@@ -168,7 +165,7 @@ pub fn score_request(
             };
             if explained(row) {
                 let features = &matrix[row * dims..(row + 1) * dims];
-                r.reasons = crate::alerts::reasons(model, &pipeline, s.score, features);
+                r.reasons = crate::alerts::reasons(model, detector.pipeline(), s.score, features);
                 let shares = shares.next().expect("one row of shares per explained row");
                 r.top_features = crate::alerts::top_shares(shares, 3)
                     .into_iter()
@@ -182,6 +179,9 @@ pub fn score_request(
             r
         })
         .collect();
+    if let Some(scorer) = detector.into_scorer() {
+        prepared.idle.lock().expect("scorer pool lock").push(scorer);
+    }
     Ok(pb::ScoreResponse {
         model: registry::model_id(model),
         backend: engine.name().to_owned(),

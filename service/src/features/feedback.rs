@@ -88,14 +88,15 @@ impl LabelRisk {
         }
     }
 
-    /// Keys that lost their state to make room.
-    pub fn evictions(&self) -> u64 {
-        self.slots.evictions()
+    /// The table this feature keeps its keys in (evictions, fill, owners).
+    pub fn table(&self) -> &SlotTable {
+        &self.slots
     }
 
-    /// Keys held as a share of capacity.
-    pub fn fill(&self) -> f64 {
-        self.slots.fill()
+    /// [`Self::table`], to set the owner of the keys looked up next or
+    /// release a partition's keys.
+    pub fn table_mut(&mut self) -> &mut SlotTable {
+        &mut self.slots
     }
 
     fn cell(&mut self, key: KeyHash) -> &mut [f64; 3] {

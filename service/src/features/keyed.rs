@@ -48,14 +48,15 @@ impl KeyedFeature {
         }
     }
 
-    /// Keys that lost their state to make room.
-    pub fn evictions(&self) -> u64 {
-        self.slots.evictions()
+    /// The table this feature keeps its keys in (evictions, fill, owners).
+    pub fn table(&self) -> &SlotTable {
+        &self.slots
     }
 
-    /// Keys held as a share of capacity ([`SlotTable::fill`]).
-    pub fn fill(&self) -> f64 {
-        self.slots.fill()
+    /// [`Self::table`], to set the owner of the keys looked up next or
+    /// release a partition's keys.
+    pub fn table_mut(&mut self) -> &mut SlotTable {
+        &mut self.slots
     }
 
     /// The feature value of a record of `key` at time `t`, updating the state.
@@ -188,6 +189,6 @@ mod tests {
         f.observe("a", 0.0, true);
         f.observe("b", 0.0, true);
         f.observe("c", 0.0, true);
-        assert_eq!(f.evictions(), 1);
+        assert_eq!(f.table().evictions(), 1);
     }
 }

@@ -18,7 +18,7 @@ use crate::score::ScoreError;
 use feedback::{Label, LabelQueue, LabelRisk};
 use history::{Direction, HistoryFeature, HistoryKind, WindowStat};
 use keyed::{KeyedFeature, KeyedKind};
-use slots::{combine, key_hash, KeyHash};
+use slots::{combine, key_hash, owner_of, KeyHash, Owner, SlotTable};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -399,31 +399,46 @@ impl FeaturePipeline {
         self.ops.len()
     }
 
+    /// Every table of per-key state.
+    fn tables(&self) -> impl Iterator<Item = &SlotTable> {
+        std::iter::once(self.slots.table())
+            .chain(self.keyed.iter().map(|k| k.feature.table()))
+            .chain(self.history.iter().map(|h| h.feature.table()))
+            .chain(self.risks.iter().map(|r| r.risk.table()))
+    }
+
+    /// [`Self::tables`], to change.
+    fn tables_mut(&mut self) -> impl Iterator<Item = &mut SlotTable> {
+        std::iter::once(self.slots.table_mut())
+            .chain(self.keyed.iter_mut().map(|k| k.feature.table_mut()))
+            .chain(self.history.iter_mut().map(|h| h.feature.table_mut()))
+            .chain(self.risks.iter_mut().map(|r| r.risk.table_mut()))
+    }
+
     /// Keys that lost their state slot so far, over all keyed features.
     pub fn evictions(&self) -> u64 {
-        self.slots.evictions()
-            + self
-                .keyed
-                .iter()
-                .map(|k| k.feature.evictions())
-                .sum::<u64>()
-            + self
-                .history
-                .iter()
-                .map(|h| h.feature.evictions())
-                .sum::<u64>()
-            + self.risks.iter().map(|r| r.risk.evictions()).sum::<u64>()
+        self.tables().map(SlotTable::evictions).sum()
     }
 
     /// The fullest per-key table's keys as a share of its capacity: at 1
     /// its features evict a key for each new one.
     pub fn state_fill(&self) -> f64 {
-        self.keyed
-            .iter()
-            .map(|k| k.feature.fill())
-            .chain(self.history.iter().map(|h| h.feature.fill()))
-            .chain(self.risks.iter().map(|r| r.risk.fill()))
-            .fold(self.slots.fill(), f64::max)
+        self.tables().map(SlotTable::fill).fold(0.0, f64::max)
+    }
+
+    /// Forgets the per-key state of records from `partitions` (a key
+    /// belongs to the partition whose record used it last), as when those
+    /// partitions move to another consumer: should one come back, its keys
+    /// start afresh instead of from state that missed what happened
+    /// meanwhile. Returns the state entries released, over all features.
+    pub fn release_partitions(&mut self, partitions: &[i32]) -> usize {
+        let owners: Vec<Owner> = partitions.iter().map(|&p| owner_of(p)).collect();
+        self.tables_mut().map(|t| t.release(&owners)).sum()
+    }
+
+    /// Makes the keys looked up next belong to `owner`, in every table.
+    fn set_owner(&mut self, owner: Owner) {
+        self.tables_mut().for_each(|t| t.set_owner(owner));
     }
 
     /// True when some feature needs event times ([`Columns::time`]).
@@ -453,6 +468,17 @@ impl FeaturePipeline {
             )));
         }
         let hash_of = |c: usize, row: usize| cols.keys[c].hashes()[row];
+        let owner = |row: usize| cols.partition.get(row).map_or(0, |&p| owner_of(p));
+        // Owners change rarely from one row to the next (records arrive in
+        // runs per partition): tables are told only when they do.
+        let mut owning = None;
+        let mut own = |pipeline: &mut Self, row: usize| {
+            let o = owner(row);
+            if owning != Some(o) {
+                owning = Some(o);
+                pipeline.set_owner(o);
+            }
+        };
         let unkeyed = key_hash("");
         let nz = self.z_features.len();
         let mut z = vec![0f32; rows * nz];
@@ -460,6 +486,7 @@ impl FeaturePipeline {
             self.entries.clear();
             self.entries.reserve(rows * nz);
             for row in 0..rows {
+                own(self, row);
                 for (index, zf) in self.z_features.iter().enumerate() {
                     if let (Some(k), true) = (zf.key, row + PREFETCH_AHEAD < rows) {
                         self.slots
@@ -499,6 +526,7 @@ impl FeaturePipeline {
             }));
         }
         for row in 0..rows {
+            own(self, row);
             for (index, k) in self.keyed.iter_mut().enumerate() {
                 if let Some(&ahead) = self.keyed_keys.get((row + PREFETCH_AHEAD) * nk + index) {
                     k.feature.prefetch(ahead);
@@ -515,6 +543,7 @@ impl FeaturePipeline {
         let mut risk_values = vec![0f32; rows * nr];
         if nh + nr > 0 {
             for row in 0..rows {
+                own(self, row);
                 let t = cols.time.get(row).copied().unwrap_or(0.0);
                 for (index, h) in self.history.iter_mut().enumerate() {
                     let key = h.key.map_or(unkeyed, |c| hash_of(c, row));
@@ -743,5 +772,58 @@ window_s = 300.0
         // One card holds one z slot; each amount is a new tuple.
         assert_eq!(fills, [0.25, 0.5, 0.75, 1.0, 1.0]);
         assert_eq!(features.evictions(), 1);
+    }
+
+    /// A partition given up and later back starts its keys afresh: its
+    /// device's gap reads 0, not the whole time it was away, and its z
+    /// baseline is new. Keys of the partition kept are untouched.
+    #[test]
+    fn released_partitions_start_their_keys_afresh() {
+        let spec = card_spec(
+            r#"
+[[feature]]
+name = "gap"
+kind = "key_gap"
+[[feature]]
+name = "amount_z"
+kind = "key_zscore"
+source = "amount"
+alpha = 0.1
+[[feature]]
+name = "prev"
+kind = "key_lag"
+source = "amount"
+lag = 1
+"#,
+        );
+        let mut features = FeaturePipeline::new(&spec, 64);
+        let batch = |features: &mut FeaturePipeline, rows: &[(&str, i32, f64)]| {
+            let mut cols = Columns::new(features.wanted());
+            for (i, &(card, partition, ts)) in rows.iter().enumerate() {
+                let record = serde_json::json!({"card": card, "amount": 10.0 + ts, "ts": ts});
+                cols.push_json(features.wanted(), &record, i + 1, None)
+                    .unwrap();
+                cols.partition.push(partition);
+            }
+            let out = features.compute(&cols, &mut CpuZEngine::default()).unwrap();
+            let dims = features.dims();
+            (0..rows.len())
+                .map(|r| out.matrix[r * dims..(r + 1) * dims].to_vec())
+                .collect::<Vec<_>>()
+        };
+        batch(
+            &mut features,
+            &[("a", 0, 0.0), ("b", 1, 0.0), ("a", 0, 1.0), ("b", 1, 1.0)],
+        );
+        // Three features keep state for each of the two cards.
+        assert_eq!(features.release_partitions(&[1]), 3);
+        assert_eq!(features.release_partitions(&[1]), 0);
+        let back = batch(&mut features, &[("a", 0, 1000.0), ("b", 1, 1000.0)]);
+        assert_eq!(back[0][0], 999.0, "kept partition's gap");
+        assert_eq!(back[1][0], 0.0, "released partition's gap starts afresh");
+        assert_eq!(back[0][2], 11.0, "kept partition's previous amount");
+        assert_eq!(back[1][2], 0.0, "released key has no previous amount");
+        assert!(back[1][1] == 0.0, "a new z baseline: {:?}", back[1]);
+        assert_eq!(features.evictions(), 0);
     }
 }

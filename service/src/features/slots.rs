@@ -5,14 +5,29 @@
 //! CLOCK hand evicts a key not used since its last sweep (amortised O(1)),
 //! the eviction is counted, and the slot is handed to the new key flagged as
 //! fresh so its owner resets the state.
+//!
+//! Each key also carries the input partition that last looked it up, so
+//! that the state of partitions a consumer gives up can be released
+//! ([`SlotTable::release`]) instead of lingering until they come back stale.
 
-/// A key as the table holds it: 96 bits of two independently, randomly
+/// A key as the table holds it: 80 bits of two independently, randomly
 /// seeded hashes of its text, combined with its namespace. Holding
 /// fingerprints instead of strings saves two allocations per new key and a
 /// pointer chase per lookup; two distinct keys share a fingerprint with
-/// probability 2⁻⁹⁶ per pair, and the per-process seeds keep input from
-/// steering them there. 96 bits leave room for the slot in a 16-byte bucket.
+/// probability 2⁻⁸⁰ per pair (about 4·10⁻¹³ over a million keys), and the
+/// per-process seeds keep input from steering them there. 80 bits leave
+/// room for the owner and the slot in a 16-byte bucket.
 type Fingerprint = u128;
+
+/// The input partition a key's state belongs to, as the table holds it:
+/// the partition number's low 16 bits (partitions 65,536 apart share an
+/// owner; records read from no partition have owner 0).
+pub type Owner = u16;
+
+/// The owner of records from `partition`.
+pub fn owner_of(partition: i32) -> Owner {
+    partition as u32 as Owner
+}
 
 /// The hash of a key's text, before its namespace is mixed in: computed
 /// once per distinct key of a batch, it serves every feature keyed by it.
@@ -45,10 +60,19 @@ fn namespace_mix(namespace: u32) -> u128 {
 }
 
 /// One entry of the table's index, 16 bytes, four to a cache line: the
-/// fingerprint in the high 96 bits; below it the CLOCK reference bit (the
-/// key was used since the hand last passed) and the key's slot plus one.
-/// An empty bucket is all zeros.
+/// fingerprint in the high 80 bits; below it the key's [`Owner`], the
+/// CLOCK reference bit (the key was used since the hand last passed) and
+/// the key's slot plus one. An empty bucket is all zeros. The owner sits in
+/// the bucket, not beside the state, so that keeping it costs no memory
+/// access a lookup does not already make.
 type Bucket = u128;
+
+/// Where a bucket's fingerprint starts.
+const FINGERPRINT_SHIFT: u32 = 48;
+/// Where a bucket's owner starts.
+const OWNER_SHIFT: u32 = 32;
+/// The bits of a bucket that hold its owner.
+const OWNER_BITS: u128 = 0xffff << OWNER_SHIFT;
 
 /// The bits of a bucket that hold its slot plus one (zero when empty).
 const SLOT_BITS: u128 = 0x7fff_ffff;
@@ -57,9 +81,12 @@ const REFERENCED: u128 = 0x8000_0000;
 /// The most slots a table can hold: the slot field's largest value, less one.
 pub const MAX_CAPACITY: usize = SLOT_BITS as usize - 1;
 
-/// The bucket holding `slot` for `fingerprint`, referenced.
-fn bucket(fingerprint: Fingerprint, slot: usize) -> Bucket {
-    (fingerprint << 32) | REFERENCED | (slot as u128 + 1)
+/// The bucket holding `slot` for `fingerprint` of `owner`, referenced.
+fn bucket(fingerprint: Fingerprint, owner: Owner, slot: usize) -> Bucket {
+    (fingerprint << FINGERPRINT_SHIFT)
+        | (u128::from(owner) << OWNER_SHIFT)
+        | REFERENCED
+        | (slot as u128 + 1)
 }
 
 /// The slot a bucket holds, if any.
@@ -71,7 +98,13 @@ fn slot_of(bucket: Bucket) -> Option<usize> {
 /// The fingerprint a bucket holds.
 #[inline]
 fn fingerprint_of(bucket: Bucket) -> Fingerprint {
-    bucket >> 32
+    bucket >> FINGERPRINT_SHIFT
+}
+
+/// The owner a bucket holds.
+#[inline]
+fn owner_in(bucket: Bucket) -> Owner {
+    ((bucket & OWNER_BITS) >> OWNER_SHIFT) as Owner
 }
 
 /// Buckets of a new table's index.
@@ -95,6 +128,10 @@ pub struct SlotTable {
     allocated: usize,
     hand: usize,
     evictions: u64,
+    /// Slots of released keys, handed out before new ones.
+    free: Vec<u32>,
+    /// The owner of the keys looked up from now on.
+    owner: Owner,
 }
 
 impl SlotTable {
@@ -107,6 +144,8 @@ impl SlotTable {
             allocated: 0,
             hand: 0,
             evictions: 0,
+            free: Vec::new(),
+            owner: 0,
         }
     }
 
@@ -118,6 +157,37 @@ impl SlotTable {
     /// True when no key holds a slot.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Makes the keys looked up from now on belong to `owner` (a key
+    /// belongs to the partition that last looked it up).
+    #[inline]
+    pub fn set_owner(&mut self, owner: Owner) {
+        self.owner = owner;
+    }
+
+    /// Forgets every key that belongs to one of `owners`, as if never
+    /// seen: their slots go to new keys, fresh. Returns how many keys went.
+    /// Takes one pass over the index; meant for rebalances, not records.
+    pub fn release(&mut self, owners: &[Owner]) -> usize {
+        if owners.is_empty() || self.len == 0 {
+            return 0;
+        }
+        let size = self.buckets.len();
+        let old = std::mem::replace(&mut self.buckets, std::iter::repeat_n(0, size).collect());
+        let mut released = 0;
+        for bucket in old.into_iter().filter(|&b| b != 0) {
+            if owners.contains(&owner_in(bucket)) {
+                let slot = slot_of(bucket).expect("a full bucket holds a slot");
+                self.free.push(slot as u32);
+                released += 1;
+            } else {
+                self.place(bucket);
+            }
+        }
+        self.len -= released;
+        self.hand = 0;
+        released
     }
 
     /// Slots handed out so far (state arrays need at least this many).
@@ -147,10 +217,12 @@ impl SlotTable {
         let at = self.probe(fingerprint);
         let found = &mut self.buckets[at];
         if let Some(slot) = slot_of(*found) {
-            *found |= REFERENCED;
+            *found = (*found & !OWNER_BITS) | (u128::from(self.owner) << OWNER_SHIFT) | REFERENCED;
             return (slot as u32, false);
         }
-        let slot = if self.allocated < self.capacity {
+        let slot = if let Some(slot) = self.free.pop() {
+            slot as usize
+        } else if self.allocated < self.capacity {
             self.allocated += 1;
             self.allocated - 1
         } else {
@@ -160,7 +232,7 @@ impl SlotTable {
             self.grow();
         }
         // An eviction or a growth moves buckets: probe again.
-        self.place(bucket(fingerprint, slot));
+        self.place(bucket(fingerprint, self.owner, slot));
         self.len += 1;
         (slot as u32, true)
     }
@@ -268,11 +340,11 @@ impl SlotTable {
     }
 }
 
-/// The fingerprint of `key` in `namespace`: the high 96 bits of the key's
+/// The fingerprint of `key` in `namespace`: the high 80 bits of the key's
 /// hash with the namespace mixed in.
 #[inline]
 fn fingerprint(namespace: u32, key: KeyHash) -> Fingerprint {
-    (key ^ namespace_mix(namespace)) >> 32
+    (key ^ namespace_mix(namespace)) >> FINGERPRINT_SHIFT
 }
 
 /// Where a fingerprint's probe starts, before masking: its low bits, which
@@ -325,6 +397,49 @@ mod tests {
         );
         assert!(!t.slot(0, "d").1, "key newer than the sweep kept its slot");
         assert_eq!(t.evictions(), 2);
+    }
+
+    /// A released partition's keys are gone (fresh on return, their slots
+    /// reused before any eviction); other partitions' keys stay, and a key
+    /// belongs to the partition that looked it up last.
+    #[test]
+    fn releasing_a_partition_forgets_its_keys_only() {
+        let mut t = SlotTable::new(6);
+        let mut slots = std::collections::HashMap::new();
+        for (partition, keys) in [(0, ["a", "b", "c"]), (1, ["d", "e", "f"])] {
+            t.set_owner(owner_of(partition));
+            for k in keys {
+                slots.insert(k, t.slot(0, k).0);
+            }
+        }
+        // "c" moves to partition 1, "d" to partition 0.
+        t.set_owner(owner_of(1));
+        t.slot(0, "c");
+        t.set_owner(owner_of(0));
+        t.slot(0, "d");
+        assert_eq!(t.release(&[owner_of(1)]), 3);
+        assert_eq!(t.len(), 3);
+        for k in ["a", "b", "d"] {
+            assert_eq!(t.lookup(0, k), Some(slots[k]), "{k} kept");
+        }
+        for k in ["c", "e", "f"] {
+            assert_eq!(t.lookup(0, k), None, "{k} released");
+        }
+        // The freed slots serve new keys, fresh, with no eviction.
+        let freed: std::collections::HashSet<u32> =
+            ["c", "e", "f"].iter().map(|k| slots[k]).collect();
+        let (slot, fresh) = t.slot(0, "e");
+        assert!(fresh && freed.contains(&slot));
+        for k in ["x", "y"] {
+            let (slot, fresh) = t.slot(0, k);
+            assert!(fresh && freed.contains(&slot), "{k}");
+        }
+        assert_eq!(t.evictions(), 0);
+        assert_eq!((t.len(), t.allocated()), (6, 6));
+        // Full again: the next new key evicts.
+        assert!(t.slot(0, "z").1);
+        assert_eq!(t.evictions(), 1);
+        assert_eq!(t.release(&[owner_of(7)]), 0);
     }
 
     /// Slots stay unique to their keys through growth and many evictions,

@@ -153,14 +153,15 @@ impl KeySlotTable {
         self.slots.allocated()
     }
 
-    /// Keys that lost their slot to make room.
-    pub fn evictions(&self) -> u64 {
-        self.slots.evictions()
+    /// The table this feature keeps its keys in (evictions, fill, owners).
+    pub fn table(&self) -> &SlotTable {
+        &self.slots
     }
 
-    /// Keys held as a share of capacity ([`SlotTable::fill`]).
-    pub fn fill(&self) -> f64 {
-        self.slots.fill()
+    /// [`Self::table`], to set the owner of the keys looked up next or
+    /// release a partition's keys.
+    pub fn table_mut(&mut self) -> &mut SlotTable {
+        &mut self.slots
     }
 
     /// Maps one record to an entry: its slot, reset flag and shifted value.
@@ -391,7 +392,7 @@ mod tests {
         let c = table.entry(0, "c", 4.0);
         assert!(c.slot == a.slot || c.slot == b.slot);
         assert_eq!(c.flags, FLAG_RESET);
-        assert_eq!(table.evictions(), 1);
+        assert_eq!(table.table().evictions(), 1);
         // Same key under another feature is another slot.
         let mut wide = KeySlotTable::new(8);
         assert_ne!(wide.entry(1, "a", 1.0).slot, wide.entry(0, "a", 1.0).slot);

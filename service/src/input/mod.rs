@@ -172,6 +172,11 @@ pub struct Columns {
     /// Event time per record (seconds) when [`Wanted::time`] is set or the
     /// caller supplies one (broker timestamps); otherwise empty.
     pub time: Vec<f64>,
+    /// The input partition of each row, when the rows come from a
+    /// partitioned topic; otherwise empty (every row then counts as
+    /// partition 0). Per-key state remembers it, so a partition's state can
+    /// be released when the partition moves to another consumer.
+    pub partition: Vec<i32>,
     scratch_numbers: Vec<f64>,
     scratch_keys: Vec<String>,
     scratch_text: String,
@@ -209,6 +214,7 @@ impl Columns {
         self.keys.resize_with(wanted.keys.len(), KeyColumn::default);
         self.keys.iter_mut().for_each(KeyColumn::clear);
         self.time.clear();
+        self.partition.clear();
     }
 
     /// Appends one JSON record as data row `row` (1-based, for messages).
@@ -264,6 +270,7 @@ impl Columns {
             out.append(column);
         }
         self.time.extend(other.time);
+        self.partition.extend(other.partition);
         self.rows += other.rows;
     }
 }

@@ -5,6 +5,7 @@ use super::commit::{Delivery, Output, Sent};
 use super::parse::ParsedBatch;
 use super::{PipelineContext, PipelineError, ScoringState, Shadow};
 use crate::alerts::{self, Source};
+use crate::detector::DetectError;
 use crate::dlq;
 use crate::input::Columns;
 use crate::kafka::{RecordBatch, RecordRef};
@@ -42,7 +43,7 @@ pub(super) async fn process(
     let mut state = state_slot
         .take()
         .expect("scoring state is returned after every batch");
-    let parsed = parsed.for_fields(state.features.wanted(), ctx.max_message_bytes);
+    let parsed = parsed.for_fields(state.detector.pipeline().wanted(), ctx.max_message_bytes);
     let ParsedBatch {
         records: batch,
         columns,
@@ -51,11 +52,12 @@ pub(super) async fn process(
         flushed_at: started,
         parse_time,
         next_offsets,
+        released,
         ..
     } = parsed;
-    let wanted = state.features.wanted().clone();
+    let wanted = state.detector.pipeline().wanted().clone();
     let key_field = state
-        .model
+        .model()
         .feature_spec
         .as_ref()
         .map(|s| s.key_field.clone())
@@ -65,7 +67,19 @@ pub(super) async fn process(
     // Score on a blocking thread: the GPU readback or the CPU loop must not
     // stall the runtime.
     let mut shadow = shadow_slot.take();
+    let metrics = ctx.metrics.clone();
+    let pipeline = name.clone();
     let (state_back, shadow_back, scored, columns) = tokio::task::spawn_blocking(move || {
+        if !released.is_empty() {
+            let keys = state.detector.release_partitions(&released);
+            metrics.state_released.fetch_add(keys as u64, Relaxed);
+            tracing::info!(
+                pipeline = %pipeline,
+                partitions = ?released,
+                keys,
+                "per-key state of partitions given up is released"
+            );
+        }
         let result = score(&mut state, shadow.as_mut(), &columns);
         (state, shadow, result, columns)
     })
@@ -77,7 +91,7 @@ pub(super) async fn process(
         Ok(s) => s,
         Err(source) => {
             *state_slot = Some(state);
-            return Err(PipelineError::Score {
+            return Err(PipelineError::Detect {
                 pipeline: name.clone(),
                 source,
             });
@@ -87,11 +101,11 @@ pub(super) async fn process(
     let scored_at = Instant::now();
     // Queue every output message; the committer awaits the deliveries.
     let dims = state.attribution.forest().dims;
-    let nz = state.features.z_names().len();
+    let nz = state.detector.pipeline().z_names().len();
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
     let mut alert_texts = Vec::new();
-    let live_id = crate::registry::model_id(&state.model);
+    let live_id = crate::registry::model_id(state.model());
     let key_column = wanted.keys.iter().position(|k| *k == key_field);
     let shadow_topic = ctx.config.shadow_scores_topic.as_str();
     let scores_topic = ctx.config.scores_topic.as_str();
@@ -129,8 +143,8 @@ pub(super) async fn process(
         if scored.alerts[row] {
             alert_count += 1;
             let alert = alerts::build(
-                &state.model,
-                &state.features,
+                state.model(),
+                state.detector.pipeline(),
                 &alerts::Scored {
                     source: source.clone(),
                     key: &key,
@@ -234,8 +248,8 @@ pub(super) async fn process(
         scored: accepted.len(),
         alerts: alert_count,
         shadow_alerts: scored.shadow_alerts,
-        evictions: state.features.evictions(),
-        state_fill: state.features.state_fill(),
+        evictions: state.detector.pipeline().evictions(),
+        state_fill: state.detector.pipeline().state_fill(),
         oldest_ms: batch.iter().filter_map(|r| r.timestamp_ms).min(),
         started,
         published_at,
@@ -250,45 +264,31 @@ fn score(
     state: &mut ScoringState,
     shadow: Option<&mut Shadow>,
     columns: &Columns,
-) -> Result<ScoredBatch, crate::score::ScoreError> {
-    let features = state.features.compute(columns, state.z_engine.as_mut())?;
-    let mut scores = vec![RowScore::default(); features.rows];
-    if features.rows > 0 {
-        state.scorer.score(&features.matrix, &mut scores)?;
-    }
-    let alerts = crate::decision::decide(
-        &scores,
-        &features.matrix,
-        state.model.threshold,
-        state.features.rules(),
-    );
+) -> Result<ScoredBatch, DetectError> {
+    let scored = state.detector.score(columns)?;
     let mut shadow_alerts = 0;
     let mut shadow_scored = None;
     if let Some(shadow) = shadow {
         // Activation refuses a shadow with another feature spec; one that
         // predates the live model's change scores nothing until replaced.
-        if shadow.model.feature_spec == state.model.feature_spec && features.rows > 0 {
-            let mut shadow_scores = vec![RowScore::default(); features.rows];
-            shadow.scorer.score(&features.matrix, &mut shadow_scores)?;
-            let decided = crate::decision::decide(
-                &shadow_scores,
-                &features.matrix,
-                shadow.model.threshold,
-                state.features.rules(),
-            );
-            shadow_alerts = decided.iter().filter(|&&a| a).count() as u64;
+        let model = shadow.detector.model().clone();
+        if model.feature_spec == state.model().feature_spec && !scored.scores.is_empty() {
+            let judged = shadow
+                .detector
+                .score_features(scored.matrix.clone(), Some(columns))?;
+            shadow_alerts = judged.alerts.iter().filter(|&&a| a).count() as u64;
             shadow_scored = Some((
-                crate::registry::model_id(&shadow.model),
-                shadow_scores,
-                decided,
+                crate::registry::model_id(&model),
+                judged.scores,
+                judged.alerts,
             ));
         }
     }
     Ok(ScoredBatch {
-        scores,
-        matrix: features.matrix,
-        z: features.z,
-        alerts,
+        scores: scored.scores,
+        matrix: scored.matrix,
+        z: scored.z,
+        alerts: scored.alerts,
         shadow_alerts,
         shadow: shadow_scored,
     })

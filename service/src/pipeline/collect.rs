@@ -159,6 +159,9 @@ struct Forming<'a> {
     /// read in one go are bounded so the batch overshoots by little).
     max_bytes: usize,
     record_bytes: usize,
+    /// Partitions whose per-key state goes before this batch's records
+    /// are scored: given up by a rebalance before the batch's first record.
+    release: Vec<i32>,
 }
 
 impl Forming<'_> {
@@ -218,6 +221,18 @@ impl Forming<'_> {
         if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + self.max_wait);
         }
+    }
+}
+
+/// Takes what the consumer's own queue returned: a message fetched before
+/// its partition was forwarded, or a client error.
+fn serve<M: Incoming>(forming: &mut Forming<'_>, polled: Option<rdkafka::error::KafkaResult<M>>) {
+    match polled {
+        Some(Ok(m)) => forming.take(&m),
+        Some(Err(e)) => {
+            tracing::warn!(pipeline = %forming.source.pipeline, error = %e, "consumer error; retrying")
+        }
+        None => {}
     }
 }
 
@@ -313,6 +328,11 @@ fn collect(
     let mut handed = Handed::default();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
+    // A rebalance that gave partitions up while a batch was being formed
+    // ends that batch, whose records came before it: the release goes with
+    // the next one, together with the message that poll returned.
+    let mut next_release = Vec::new();
+    let mut carried = None;
     loop {
         let (batch, spare) = match recycled.try_recv() {
             Ok((batch, columns)) => (batch, Some(columns)),
@@ -331,7 +351,11 @@ fn collect(
             max_wait,
             max_bytes,
             record_bytes: record_bytes_limit,
+            release: std::mem::take(&mut next_release),
         };
+        if let Some(polled) = carried.take() {
+            serve(&mut forming, polled);
+        }
         while !stop.load(Relaxed) && !forming.full() {
             let now = Instant::now();
             if forming.flush_at.is_some_and(|at| now >= at) {
@@ -339,13 +363,17 @@ fn collect(
             }
             // Rebalances, commit replies and client errors; a message here
             // was fetched before its partition was forwarded.
-            match consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => forming.take(&m),
-                Some(Err(e)) => {
-                    tracing::warn!(pipeline = %name, error = %e, "consumer error; retrying")
+            let polled = consumer.poll(Duration::ZERO);
+            let given_up = consumer.context().take_released();
+            if !given_up.is_empty() {
+                if forming.parsing.is_some() {
+                    next_release = given_up;
+                    carried = Some(polled);
+                    break;
                 }
-                None => {}
+                forming.release.extend(given_up);
             }
+            serve(&mut forming, polled);
             let wait = forming
                 .flush_at
                 .map_or(EVENT_POLL, |at| at.saturating_duration_since(now))
@@ -363,15 +391,23 @@ fn collect(
                 }
             });
         }
-        let Forming { batch, parsing, .. } = forming;
+        let Forming {
+            batch,
+            parsing,
+            release,
+            ..
+        } = forming;
         bytes_hint = batch.bytes();
         let stopping = stop.load(Relaxed);
         // Parsing starts with a batch's first record: none means no record.
         if let Some(parsing) = parsing {
-            let parsed = parsing.finish(batch, Instant::now());
+            let mut parsed = parsing.finish(batch, Instant::now());
+            parsed.released = release;
             if tx.blocking_send(parsed).is_err() {
                 return;
             }
+        } else {
+            next_release.splice(0..0, release);
         }
         if stopping {
             return;

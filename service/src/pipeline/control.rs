@@ -32,13 +32,13 @@ impl PipelineHandle {
         name: &str,
         input_topic: &str,
         metrics: Arc<PipelineMetrics>,
-        model: pb::Model,
+        model: Arc<pb::Model>,
     ) -> Self {
         Self {
             name: name.to_owned(),
             input_topic: input_topic.to_owned(),
             metrics,
-            live: watch::channel(Arc::new(model)).0,
+            live: watch::channel(model).0,
             shadow: watch::channel(None).0,
             alerts: broadcast::channel(ALERT_BUFFER).0,
         }
@@ -259,7 +259,7 @@ mod tests {
     fn watched_alerts_are_bounded_in_bytes() {
         let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud.isoflow");
         let model = crate::model::load(&file).unwrap();
-        let handle = PipelineHandle::new("fraud", "tx", Arc::default(), model);
+        let handle = PipelineHandle::new("fraud", "tx", Arc::default(), Arc::new(model));
         let mut watcher = handle.subscribe_alerts();
         let record = format!("{{\"memo\":\"{}\"}}", "x".repeat(60 << 10));
         let alert = format!("{{\"alert_id\":\"a1\",\"score\":0.9,\"record\":{record}}}");

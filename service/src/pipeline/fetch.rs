@@ -37,6 +37,39 @@ pub(crate) struct Forwarding {
     committed: Mutex<HashMap<i32, i64>>,
     /// Assignments so far: within one, a partition's offsets only go up.
     assignments: AtomicU64,
+    /// Partitions given up, whose per-key state is to be released.
+    ownership: Mutex<Ownership>,
+}
+
+/// What rebalances took away. A partition revoked and assigned again in
+/// the same rebalance (an eager rebalance revokes everything first) went to
+/// nobody else, so its state is still right; one not assigned again, or
+/// revoked because the assignment was lost (the session expired: another
+/// consumer may have read it meanwhile), is released.
+#[derive(Default)]
+struct Ownership {
+    /// Revoked by the rebalance under way.
+    revoked: Vec<i32>,
+    /// Given up, not yet taken by [`Forwarding::take_released`].
+    released: Vec<i32>,
+}
+
+impl Ownership {
+    /// `partitions` were revoked; `lost` when the assignment was lost.
+    fn revoke(&mut self, partitions: impl IntoIterator<Item = i32>, lost: bool) {
+        if lost {
+            self.released.extend(partitions);
+        } else {
+            self.revoked.extend(partitions);
+        }
+    }
+
+    /// `partitions` were assigned: what was revoked and is not among them
+    /// is given up.
+    fn assign(&mut self, partitions: &[i32]) {
+        let Self { revoked, released } = self;
+        released.extend(revoked.drain(..).filter(|p| !partitions.contains(p)));
+    }
 }
 
 impl Forwarding {
@@ -60,12 +93,29 @@ impl Forwarding {
     pub(super) fn assignments(&self) -> u64 {
         self.assignments.load(Ordering::Acquire)
     }
+
+    /// Partitions given up since last asked, whose per-key state is stale
+    /// from now on. Rebalances run inside the consumer's poll, so after a
+    /// poll this holds what that poll's rebalance gave up.
+    pub(super) fn take_released(&self) -> Vec<i32> {
+        std::mem::take(&mut self.ownership.lock().expect("ownership lock").released)
+    }
 }
 
 impl ClientContext for Forwarding {}
 
 impl ConsumerContext for Forwarding {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let revoked = partitions
+                .elements()
+                .iter()
+                .map(|p| p.partition())
+                .collect::<Vec<_>>();
+            let mut ownership = self.ownership.lock().expect("ownership lock");
+            ownership.revoke(revoked, consumer.assignment_lost());
+            return;
+        }
         // Before the assignment, so no fetch for these partitions starts
         // on the consumer's own queue.
         let Rebalance::Assign(partitions) = rebalance else {
@@ -95,8 +145,15 @@ impl ConsumerContext for Forwarding {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
+        if let Rebalance::Assign(partitions) = rebalance {
             self.assignments.fetch_add(1, Ordering::AcqRel);
+            let assigned: Vec<i32> = partitions
+                .elements()
+                .iter()
+                .map(|p| p.partition())
+                .collect();
+            let mut ownership = self.ownership.lock().expect("ownership lock");
+            ownership.assign(&assigned);
         }
     }
 }
@@ -257,5 +314,32 @@ impl Incoming for Fetched<'_> {
             list.push((name, value));
         }
         batch.keep_header_list(list);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ownership;
+
+    /// An eager rebalance revokes everything, then assigns: only what did
+    /// not come back is given up. A cooperative one revokes what moves and
+    /// assigns what is new. A lost assignment is given up whole.
+    #[test]
+    fn partitions_are_given_up_when_they_go_elsewhere() {
+        let mut o = Ownership::default();
+        o.revoke([0, 1, 2, 3], false);
+        assert!(o.released.is_empty(), "nothing until the assignment");
+        o.assign(&[0, 2]);
+        assert_eq!(std::mem::take(&mut o.released), [1, 3]);
+        o.revoke([0, 2], false);
+        o.assign(&[0, 2, 1]);
+        assert!(o.released.is_empty(), "kept through the rebalance");
+        o.revoke([2], false);
+        o.assign(&[]);
+        assert_eq!(std::mem::take(&mut o.released), [2]);
+        o.revoke([0, 1], true);
+        assert_eq!(std::mem::take(&mut o.released), [0, 1]);
+        o.assign(&[0, 1]);
+        assert!(o.released.is_empty() && o.revoked.is_empty());
     }
 }

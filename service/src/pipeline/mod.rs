@@ -21,15 +21,15 @@ mod parse;
 pub use control::{Handles, PipelineHandle, ServiceRuntime};
 
 use crate::config::{Config, PipelineConfig};
+use crate::detector::{DetectError, Detector, DetectorOptions};
 use crate::features::FeaturePipeline;
-use crate::features::ZEngine;
 use crate::forest::PackedForest;
 use crate::input::RowReader;
 use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
 use crate::score::cpu::Attribution;
-use crate::score::{Backend, Engine, ScoreError, Scorer};
+use crate::score::{Backend, Engine, ScoreError};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
@@ -58,6 +58,14 @@ pub enum PipelineError {
         pipeline: String,
         /// The scorer's error.
         source: ScoreError,
+    },
+    /// The detector of a model could not be built, or failed.
+    #[error("pipeline '{pipeline}': {source}")]
+    Detect {
+        /// Pipeline name.
+        pipeline: String,
+        /// The detector's error.
+        source: DetectError,
     },
     /// The broker did not acknowledge output; offsets were not committed, so
     /// the batch will be processed again on restart.
@@ -109,45 +117,56 @@ pub enum PipelineError {
 /// first record.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 
-/// Model, features and scorers of one pipeline; moved onto a blocking thread
-/// for each batch and back.
+/// The detector of one pipeline and what explains its alerts; moved onto a
+/// blocking thread for each batch and back.
 pub(crate) struct ScoringState {
-    pub(crate) model: pb::Model,
+    /// Features, forest, smoothing, threshold and rules: the scoring
+    /// sequence `isoflow score` and the gRPC `Score` call run too.
+    pub(crate) detector: Detector,
     /// Shares of the alerting rows' features, on the CPU whatever scores.
     pub(crate) attribution: Attribution,
-    pub(crate) features: FeaturePipeline,
-    pub(crate) scorer: Box<dyn Scorer>,
-    pub(crate) z_engine: Box<dyn ZEngine>,
 }
 
 impl ScoringState {
-    /// Swaps in a new live model. Per-key feature state survives when the
-    /// feature spec is unchanged; otherwise it starts afresh.
-    fn swap_model(
-        &mut self,
-        model: pb::Model,
+    /// The state of a pipeline scoring with `model`.
+    fn new(
+        model: Arc<pb::Model>,
         engine: &Engine,
         slot_capacity: usize,
-    ) -> Result<(), ScoreError> {
-        let forest =
-            PackedForest::from_model(&model).map_err(|e| ScoreError::Features(e.to_string()))?;
-        self.scorer = engine.scorer(&forest)?;
-        if model.feature_spec != self.model.feature_spec {
-            let spec = model.feature_spec.clone().unwrap_or_default();
-            self.features = FeaturePipeline::new(&spec, slot_capacity);
-            self.z_engine = engine.z_engine()?;
+    ) -> Result<Self, DetectError> {
+        let attribution = Attribution::new(PackedForest::from_model(&model)?);
+        let options = DetectorOptions {
+            slot_capacity,
+            ..Default::default()
+        };
+        Ok(Self {
+            detector: Detector::new(model, engine.clone(), &options)?,
+            attribution,
+        })
+    }
+
+    /// The model scoring now.
+    pub(crate) fn model(&self) -> &pb::Model {
+        self.detector.model()
+    }
+
+    /// Swaps in a new live model. Per-key state survives when the feature
+    /// spec is unchanged; otherwise it starts afresh.
+    fn swap_model(&mut self, model: Arc<pb::Model>) -> Result<(), DetectError> {
+        let attribution = Attribution::new(PackedForest::from_model(&model)?);
+        if !self.detector.swap_model(model)? {
+            let model = self.detector.model();
             tracing::warn!(model = %model.name, version = model.version, "feature spec changed: per-key state restarts");
         }
-        self.attribution = Attribution::new(forest);
-        self.model = model;
+        self.attribution = attribution;
         Ok(())
     }
 }
 
-/// A shadow model: scored on the live features, counted, never alerting.
+/// A shadow model: judges the live model's features, counted, never
+/// alerting.
 pub(crate) struct Shadow {
-    pub(crate) model: Arc<pb::Model>,
-    pub(crate) scorer: Box<dyn Scorer>,
+    pub(crate) detector: Detector,
 }
 
 /// Everything a pipeline task needs.
@@ -230,26 +249,11 @@ pub async fn run(
     let failed = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     for (p, model) in config.pipelines.iter().zip(states) {
-        let forest = PackedForest::from_model(&model).map_err(|source| PipelineError::Model {
-            pipeline: p.name.clone(),
-            source,
-        })?;
-        let spec = model.feature_spec.clone().unwrap_or_default();
-        let state = ScoringState {
-            features: FeaturePipeline::new(&spec, config.service.slot_capacity),
-            scorer: engine
-                .scorer(&forest)
-                .map_err(|source| PipelineError::Score {
-                    pipeline: p.name.clone(),
-                    source,
-                })?,
-            z_engine: engine.z_engine().map_err(|source| PipelineError::Score {
+        let state = ScoringState::new(Arc::new(model), &engine, config.service.slot_capacity)
+            .map_err(|source| PipelineError::Detect {
                 pipeline: p.name.clone(),
                 source,
-            })?,
-            attribution: Attribution::new(forest),
-            model,
-        };
+            })?;
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
         let consumer: fetch::PipelineConsumer = kafka::consumer_with_context(
@@ -267,7 +271,7 @@ pub async fn run(
             &p.name,
             &p.input_topic,
             metrics.clone(),
-            state.model.clone(),
+            state.detector.model().clone(),
         );
         handles.add(handle.clone());
         let ctx = PipelineContext {
@@ -281,7 +285,7 @@ pub async fn run(
             max_message_bytes: config.service.max_message_bytes,
             produce_limit,
         };
-        tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model.name, version = state.model.version, backend = engine.name(), "pipeline starting");
+        tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model().name, version = state.model().version, backend = engine.name(), "pipeline starting");
         let stop = failed.clone();
         tasks.spawn(async move {
             let consumer = Arc::new(consumer);
@@ -331,10 +335,15 @@ async fn run_pipeline(
     let mut shadow: Option<Shadow> = None;
     // Live models not yet active, in deployment order, with the fields each
     // reads.
-    let mut pending: Vec<(crate::input::Wanted, pb::Model)> = Vec::new();
+    let mut pending: Vec<(crate::input::Wanted, Arc<pb::Model>)> = Vec::new();
     let parser = parse::Parser {
         reader: Arc::new(RowReader::new(
-            state.as_ref().expect("state is home").features.wanted(),
+            state
+                .as_ref()
+                .expect("state is home")
+                .detector
+                .pipeline()
+                .wanted(),
         )),
         max_bytes: ctx.max_message_bytes,
     };
@@ -403,7 +412,7 @@ async fn run_pipeline(
         // parsed for.
         if live.has_changed().unwrap_or(false) {
             // The collecting thread follows the live model on its own.
-            let model = (*live.borrow_and_update().clone()).clone();
+            let model = live.borrow_and_update().clone();
             pending.push((FeaturePipeline::wanted_for(&model), model));
         }
         // The newest model this batch was parsed for goes live, and the ones
@@ -418,8 +427,8 @@ async fn run_pipeline(
                 .expect("drained at least one");
             let s = state.as_mut().expect("state is home between batches");
             let (name, version) = (model.name.clone(), model.version);
-            s.swap_model(model, &ctx.engine, ctx.slot_capacity)
-                .map_err(|source| PipelineError::Score {
+            s.swap_model(model)
+                .map_err(|source| PipelineError::Detect {
                     pipeline: ctx.config.name.clone(),
                     source,
                 })?;
@@ -429,21 +438,19 @@ async fn run_pipeline(
             let next = shadow_rx.borrow_and_update().clone();
             shadow = match next {
                 Some(model) => {
-                    let forest = PackedForest::from_model(&model).map_err(|source| {
-                        PipelineError::Model {
-                            pipeline: ctx.config.name.clone(),
-                            source,
-                        }
-                    })?;
-                    let scorer =
-                        ctx.engine
-                            .scorer(&forest)
-                            .map_err(|source| PipelineError::Score {
+                    let options = DetectorOptions {
+                        slot_capacity: ctx.slot_capacity,
+                        ..Default::default()
+                    };
+                    tracing::info!(pipeline = %ctx.config.name, model = %model.name, version = model.version, "shadow model set");
+                    let detector =
+                        Detector::new(model, ctx.engine.clone(), &options).map_err(|source| {
+                            PipelineError::Detect {
                                 pipeline: ctx.config.name.clone(),
                                 source,
-                            })?;
-                    tracing::info!(pipeline = %ctx.config.name, model = %model.name, version = model.version, "shadow model set");
-                    Some(Shadow { model, scorer })
+                            }
+                        })?;
+                    Some(Shadow { detector })
                 }
                 None => None,
             };

@@ -37,6 +37,9 @@ pub(super) struct ParsedBatch {
     /// When the batch was complete, and how long parsing took (estimated).
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
+    /// Partitions given up before these records came, whose per-key state
+    /// is released before they are scored.
+    pub(super) released: Vec<i32>,
 }
 
 impl Parser {
@@ -70,9 +73,10 @@ impl ParsedBatch {
             reader: Arc::new(RowReader::new(wanted)),
             max_bytes,
         };
-        let parse_time = self.parse_time;
+        let (parse_time, released) = (self.parse_time, self.released);
         let mut again = parse(&parser, self.records, self.flushed_at);
         again.parse_time += parse_time;
+        again.released = released;
         again
     }
 }
@@ -145,6 +149,7 @@ impl Parsing {
         match rejection {
             None => {
                 self.accepted.push(i);
+                self.columns.partition.push(record.partition);
                 false
             }
             Some(rejection) => {
@@ -167,6 +172,7 @@ impl Parsing {
             reader: self.reader,
             flushed_at,
             parse_time: self.spent,
+            released: Vec::new(),
         }
     }
 }
