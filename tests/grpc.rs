@@ -42,8 +42,33 @@ impl Replica {
         brokers: &str,
         (host, extra, token): (&str, &str, Option<&str>),
     ) -> Replica {
-        let port = util::free_port();
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.isoflow");
+        let pipeline = format!(
+            r#"
+[[pipeline]]
+name = "fraud"
+input_topic = "tx"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+shadow_scores_topic = "shadow-scores"
+batch_max_records = 500
+batch_max_ms = 50
+"#,
+            model.display()
+        );
+        Self::start_pipelines(dir, name, brokers, (host, extra, token), &pipeline)
+    }
+
+    /// [`Self::start_with`], running the `[[pipeline]]` tables `pipelines`.
+    fn start_pipelines(
+        dir: &Path,
+        name: &str,
+        brokers: &str,
+        (host, extra, token): (&str, &str, Option<&str>),
+        pipelines: &str,
+    ) -> Replica {
+        let port = util::free_port();
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
@@ -61,19 +86,8 @@ models_dir = "{}"
 registry_topic = "isoflow.models"
 max_request_bytes = 1048576
 {extra}
-
-[[pipeline]]
-name = "fraud"
-input_topic = "tx"
-model = "{}"
-alerts_topic = "alerts"
-dlq_topic = "dlq"
-shadow_scores_topic = "shadow-scores"
-batch_max_records = 500
-batch_max_ms = 50
-"#,
+{pipelines}"#,
                 dir.join(format!("{name}-models")).display(),
-                model.display()
             ),
         )
         .unwrap();
@@ -161,6 +175,11 @@ async fn put_fraud(models: &mut ModelServiceClient<Channel>) -> pb::PutModelResp
 }
 
 async fn status(client: &mut ScoringServiceClient<Channel>) -> pb::PipelineStatus {
+    status_of(client, "fraud").await
+}
+
+/// The status of pipeline `name`.
+async fn status_of(client: &mut ScoringServiceClient<Channel>, name: &str) -> pb::PipelineStatus {
     client
         .get_status(authed(pb::GetStatusRequest {}))
         .await
@@ -168,8 +187,8 @@ async fn status(client: &mut ScoringServiceClient<Channel>) -> pb::PipelineStatu
         .into_inner()
         .pipelines
         .into_iter()
-        .find(|p| p.name == "fraud")
-        .expect("pipeline fraud in status")
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("pipeline {name} in status"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -775,4 +794,139 @@ async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
     }
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
     assert!(log.contains("gRPC serves without a token"), "{log}");
+}
+
+/// One detector behind every door: the same records scored by a pipeline
+/// (its scores topic), by the gRPC `Score` call and by `isoflow score` get
+/// the same score and decision, record for record. The model is a trained
+/// `metrics` preset, whose per-key score smoothing and keyed features make
+/// any path that skips a step of the sequence differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_score_and_the_cli_give_the_same_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = util::Broker::memory();
+    let brokers = broker.addr();
+    isoflow::kafka::create_topics(&brokers, &["readings", "alerts", "dlq", "scores"], 1)
+        .await
+        .unwrap();
+    // Two devices; device b runs hot for a while.
+    let reading = |i: usize| {
+        let device = if i % 2 == 0 { "a" } else { "b" };
+        let hot = device == "b" && (700..760).contains(&i);
+        let value = if hot { 31.5 } else { 20.0 } + (i * 7 % 13) as f64 * 0.25;
+        (device, i as f64 * 5.0, value)
+    };
+    let csv = |range: std::ops::Range<usize>| {
+        let mut text = String::from("device,ts,value\n");
+        for (device, ts, value) in range.map(reading) {
+            text += &format!("{device},{ts},{value}\n");
+        }
+        text
+    };
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    std::fs::write(&train, csv(0..600)).unwrap();
+    std::fs::write(&test, csv(600..1000)).unwrap();
+    let model = dir.path().join("metrics.isoflow");
+    #[rustfmt::skip]
+    util::ok("isoflow-train", &["fit", "--preset", "metrics", "--key", "device", "--time", "ts",
+        "--fields", "value", "--input", train.to_str().unwrap(), "--out", model.to_str().unwrap(),
+        "--name", "metrics"]);
+    let offline = dir.path().join("offline.csv");
+    #[rustfmt::skip]
+    util::ok("isoflow", &["score", "--model", model.to_str().unwrap(), "--input",
+        test.to_str().unwrap(), "--output", offline.to_str().unwrap(), "--backend", "cpu"]);
+    let offline: Vec<(f32, bool)> = std::fs::read_to_string(&offline)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            let score = f.next().unwrap().parse().unwrap();
+            (score, f.next().unwrap() == "1")
+        })
+        .collect();
+    assert_eq!(offline.len(), 400);
+    assert!(offline.iter().any(|s| s.1), "the hot spell alerts");
+
+    let pipeline = format!(
+        r#"
+[[pipeline]]
+name = "metrics"
+input_topic = "readings"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+scores_topic = "scores"
+batch_max_records = 64
+batch_max_ms = 20
+"#,
+        model.display()
+    );
+    let replica = Replica::start_pipelines(
+        dir.path(),
+        "a",
+        &brokers,
+        ("127.0.0.1", "", Some(TOKEN)),
+        &pipeline,
+    );
+    let records: Vec<String> = (600..1000)
+        .map(reading)
+        .map(|(device, ts, value)| format!(r#"{{"device":"{device}","ts":{ts},"value":{value}}}"#))
+        .collect();
+    let producer = isoflow::kafka::producer(&brokers, &Default::default()).unwrap();
+    for record in &records {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to("readings").payload(record),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    let mut scoring = ScoringServiceClient::new(channel(&replica.address).await);
+    wait_for("every record scored", Duration::from_secs(60), || {
+        let mut c = scoring.clone();
+        async move { status_of(&mut c, "metrics").await.scored >= 400 }
+    })
+    .await;
+    let mut piped = vec![None; 400];
+    for r in
+        isoflow::kafka::read_topic(&brokers, "scores", usize::MAX, Duration::from_secs(3)).unwrap()
+    {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
+        piped[offset] = Some((
+            v["score"].as_f64().unwrap() as f32,
+            v["alert"].as_bool().unwrap(),
+        ));
+    }
+    let piped: Vec<(f32, bool)> = piped.into_iter().map(|s| s.expect("scored")).collect();
+
+    let response = scoring
+        .score(authed(pb::ScoreRequest {
+            pipeline: "metrics".into(),
+            json_records: records,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let served: Vec<(f32, bool)> = response
+        .results
+        .iter()
+        .map(|r| (r.score, r.alert))
+        .collect();
+    let first_difference =
+        |a: &[(f32, bool)], b: &[(f32, bool)]| a.iter().zip(b).position(|(x, y)| x != y);
+    assert_eq!(
+        first_difference(&piped, &offline),
+        None,
+        "pipeline and isoflow score differ"
+    );
+    assert_eq!(
+        first_difference(&served, &offline),
+        None,
+        "Score and isoflow score differ"
+    );
+    assert_eq!(served.len(), 400);
 }
