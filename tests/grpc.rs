@@ -811,7 +811,7 @@ async fn the_pipeline_score_and_the_cli_give_the_same_scores() {
         .unwrap();
     // Two devices; device b runs hot for a while.
     let reading = |i: usize| {
-        let device = if i % 2 == 0 { "a" } else { "b" };
+        let device = if i.is_multiple_of(2) { "a" } else { "b" };
         let hot = device == "b" && (700..760).contains(&i);
         let value = if hot { 31.5 } else { 20.0 } + (i * 7 % 13) as f64 * 0.25;
         (device, i as f64 * 5.0, value)
