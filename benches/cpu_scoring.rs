@@ -1,6 +1,10 @@
 //! CPU scoring throughput: 1M rows × 16 dims, 100 trees, ψ = 256 (shrink the
 //! rows with `ISOFLOW_BENCH_ROWS`). Reports rows/s via `Throughput::Elements`.
 
+/// The allocator the `isoflow` binaries run with, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use isoflow::score::{
     cpu::{Attribution, CpuScorer},

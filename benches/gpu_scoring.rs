@@ -11,6 +11,10 @@
 //! shrinks the batch (CI, software adapters). Without a GPU adapter only the
 //! CPU is measured and the reason is printed.
 
+/// The allocator the `isoflow` binaries run with, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use isoflow::bench::random_model;
 use isoflow::forest::PackedForest;

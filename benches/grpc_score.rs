@@ -5,6 +5,10 @@
 //! `cargo bench --bench grpc_score`; `ISOFLOW_BENCH_QUICK=1` shrinks the
 //! number of calls.
 
+/// The allocator the `isoflow` binaries run with, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use isoflow::pb;
 use isoflow::pb::scoring_service_client::ScoringServiceClient;
 use std::sync::Arc;
@@ -55,8 +59,8 @@ async fn run(quick: bool) {
                 .unwrap()
         }
     });
-    let records: Vec<Vec<u8>> = isoflow::gen::generate(&isoflow::gen::GenOptions {
-        scenario: isoflow::gen::Scenario::Fraud,
+    let records: Vec<Vec<u8>> = isoflow::synthetic::generate(&isoflow::synthetic::GenOptions {
+        scenario: isoflow::synthetic::Scenario::Fraud,
         count: 10_000,
         seed: 3,
         corrupt_rate: 0.0,

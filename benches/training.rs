@@ -2,6 +2,10 @@
 //! rows with `ISOFLOW_BENCH_ROWS`). Measures forest growth on data already in
 //! memory, which is what `isoflow-train fit` reports as fit time.
 
+/// The allocator the `isoflow` binaries run with, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use isoflow_suite::{bench_rows, synthetic_rows};
 use isoflow_train::iforest::IsolationForestParams;

@@ -309,7 +309,7 @@ fn bad_arguments_say_what_was_expected() {
         &["run", "--brokers", "127.0.0.1:1", "--input-topic", "tx"],
     );
     assert!(
-        err.contains("also needs --model, --alerts-topic and --dlq-topic"),
+        err.contains("also needs --model (or --preset), --alerts-topic and --dlq-topic"),
         "{err}"
     );
     #[rustfmt::skip]

@@ -1082,16 +1082,10 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
     config.kafka.group_id = "swap".into();
     config.service.backend = "cpu".into();
     config.pipelines.push(isoflow::config::PipelineConfig {
-        name: "swap".into(),
-        input_topic: INPUT.into(),
-        model: models[0].clone(),
-        alerts_topic: "alerts".into(),
-        dlq_topic: "dlq".into(),
         scores_topic: "scores".into(),
-        shadow_scores_topic: String::new(),
         batch_max_records: 64,
         batch_max_ms: 20,
-        batch_max_bytes: isoflow::config::DEFAULT_BATCH_MAX_BYTES,
+        ..isoflow::config::PipelineConfig::new("swap", INPUT, models[0].clone(), ("alerts", "dlq"))
     });
     let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
     let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
@@ -1176,16 +1170,24 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
 /// Produces one JSON record per `(device, partition, ts)` to `topic`,
 /// each to its partition, keyed by its device.
 fn produce_readings(addr: &str, topic: &str, readings: &[(&str, i32, f64)]) {
+    let records = readings.iter().map(|&(device, partition, ts)| {
+        let value = format!(r#"{{"device":"{device}","ts":{ts},"value":1.0}}"#);
+        (device.to_owned(), partition, value)
+    });
+    produce_to(addr, topic, records);
+}
+
+/// Produces `(key, partition, value)` records to `topic`, in order.
+fn produce_to(addr: &str, topic: &str, records: impl IntoIterator<Item = (String, i32, String)>) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let producer: FutureProducer = isoflow::kafka::producer(addr, &Default::default()).unwrap();
-        for &(device, partition, ts) in readings {
-            let value = format!(r#"{{"device":"{device}","ts":{ts},"value":1.0}}"#);
+        for (key, partition, value) in records {
             producer
                 .send(
                     FutureRecord::to(topic)
-                        .key(device)
+                        .key(&key)
                         .partition(partition)
                         .payload(&value),
                     Duration::from_secs(10),
@@ -1351,4 +1353,161 @@ batch_max_ms = 20
         first.log_text()
     );
     assert!(terminate(&mut first, Duration::from_secs(30)).success());
+}
+
+/// Source offset → (score, alert) of every message on a scores topic.
+fn scores_by_offset(addr: &str, topic: &str, n: usize) -> Vec<(f32, bool)> {
+    let mut by_offset = vec![None; n];
+    for r in read_at_least(addr, topic, n) {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
+        by_offset[offset] = Some((
+            v["score"].as_f64().unwrap() as f32,
+            v["alert"].as_bool().unwrap(),
+        ));
+    }
+    by_offset
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.unwrap_or_else(|| panic!("offset {i} of {topic} not scored")))
+        .collect()
+}
+
+/// `score,alert` per row of an `isoflow score` output file.
+fn scores_of_file(path: &Path) -> Vec<(f32, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            let score = f.next().unwrap().parse().unwrap();
+            (score, f.next().unwrap() == "1")
+        })
+        .collect()
+}
+
+/// Pipelines that keep learning — a preset's cold start and a trained model
+/// with `learn` — score a stream exactly as `isoflow score --learn` does
+/// offline, record for record, though the service cuts it into other
+/// batches: the online forest regrows on a row schedule of its own.
+#[test]
+fn learning_pipelines_score_as_isoflow_score_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    for topic in [
+        "readings",
+        "alerts-cold",
+        "alerts-trained",
+        "dlq",
+        "scores-cold",
+        "scores-trained",
+    ] {
+        broker.create_topic(topic, 1);
+    }
+    let line = |i: usize| {
+        let device = if i.is_multiple_of(2) { "a" } else { "b" };
+        let burst = device == "a" && (1500..1540).contains(&i);
+        let value = if burst { 44.0 } else { 10.0 } + (i * 7 % 11) as f64 * 0.1;
+        format!(
+            r#"{{"device":"{device}","ts":{},"value":{value}}}"#,
+            i as f64
+        )
+    };
+    let n = 2000;
+    let stream = dir.path().join("stream.jsonl");
+    std::fs::write(&stream, (0..n).map(|i| line(i) + "\n").collect::<String>()).unwrap();
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        (0..600).map(|i| line(i + 5000) + "\n").collect::<String>(),
+    )
+    .unwrap();
+    let model = dir.path().join("trained.isoflow");
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--preset", "metrics", "--key", "device", "--time", "ts",
+        "--fields", "value", "--input", train.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    let offline = |args: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let mut all = vec!["score", "--input", stream.to_str().unwrap()];
+        all.extend(args);
+        all.extend([
+            "--learn",
+            "--seed",
+            "7",
+            "--backend",
+            "cpu",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        ok("isoflow", &all);
+        scores_of_file(&out)
+    };
+    #[rustfmt::skip]
+    let cold = offline(&["--preset", "metrics", "--key", "device", "--time", "ts", "--fields", "value"], "cold.csv");
+    let trained = offline(&["--model", model.to_str().unwrap()], "trained.csv");
+    assert!(cold[1500..1560].iter().any(|s| s.1), "the burst alerts");
+
+    let config = dir.path().join("isoflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "{addr}"
+group_id = "learn"
+
+[[pipeline]]
+name = "cold"
+input_topic = "readings"
+preset = "metrics"
+key = ["device"]
+time = "ts"
+fields = ["value"]
+learn = true
+seed = 7
+alerts_topic = "alerts-cold"
+dlq_topic = "dlq"
+scores_topic = "scores-cold"
+batch_max_records = 97
+batch_max_ms = 20
+
+[[pipeline]]
+name = "trained"
+input_topic = "readings"
+model = "{}"
+learn = true
+seed = 7
+alerts_topic = "alerts-trained"
+dlq_topic = "dlq"
+scores_topic = "scores-trained"
+batch_max_records = 64
+batch_max_ms = 20
+"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    let mut service = Service::start(&config);
+    produce_to(
+        &addr,
+        "readings",
+        (0..n).map(|i| (String::new(), 0, line(i))),
+    );
+    let first_difference = |a: &[(f32, bool)], b: &[(f32, bool)]| {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).position(|(x, y)| x != y)
+    };
+    let served = scores_by_offset(&addr, "scores-cold", n);
+    assert_eq!(first_difference(&served, &cold), None, "cold start");
+    let served = scores_by_offset(&addr, "scores-trained", n);
+    assert_eq!(
+        first_difference(&served, &trained),
+        None,
+        "trained, learning"
+    );
+    let alerts = read_all(&addr, "alerts-cold");
+    assert!(!alerts.is_empty());
+    assert!(terminate(&mut service, Duration::from_secs(30)).success());
 }

@@ -199,17 +199,17 @@ pub fn inspect(path: &std::path::Path) -> Result<String, CommandError> {
 
 /// Writes a generated stream as JSON lines (and the truth file).
 pub fn gen_to_file(
-    opts: &crate::gen::GenOptions,
+    opts: &crate::synthetic::GenOptions,
     path: &std::path::Path,
     truth: Option<&std::path::Path>,
 ) -> Result<String, GenCommandError> {
-    let records = crate::gen::generate(opts)?;
+    let records = crate::synthetic::generate(opts)?;
     let io = |source, path: &std::path::Path| GenCommandError::Io {
         path: path.display().to_string(),
         source,
     };
     let mut out = std::io::BufWriter::new(output::create(path).map_err(|e| io(e, path))?);
-    crate::gen::write_jsonl(&mut out, &records).map_err(|e| io(e, path))?;
+    crate::synthetic::write_jsonl(&mut out, &records).map_err(|e| io(e, path))?;
     out.flush().map_err(|e| io(e, path))?;
     write_truth(&records, truth)?;
     Ok(format!(
@@ -224,16 +224,16 @@ pub fn gen_to_file(
 /// with its id in the `isoflow.record.id` header; `mixed` goes to
 /// `TOPIC.<kind>` per scenario. Topics are created when missing.
 pub async fn gen_to_kafka(
-    opts: &crate::gen::GenOptions,
+    opts: &crate::synthetic::GenOptions,
     brokers: &str,
     topic: &str,
     partitions: i32,
     rate: f64,
     truth: Option<&std::path::Path>,
 ) -> Result<String, GenCommandError> {
-    let records = crate::gen::generate(opts)?;
-    let topic_of = |s: crate::gen::Scenario| {
-        if opts.scenario == crate::gen::Scenario::Mixed {
+    let records = crate::synthetic::generate(opts)?;
+    let topic_of = |s: crate::synthetic::Scenario| {
+        if opts.scenario == crate::synthetic::Scenario::Mixed {
             format!("{topic}.{}", s.topic_suffix())
         } else {
             topic.to_owned()
@@ -263,9 +263,9 @@ pub async fn gen_to_kafka(
 /// With `sent` (one cell per record), notes when each record was handed to
 /// the producer.
 pub async fn produce(
-    records: &[crate::gen::GeneratedRecord],
+    records: &[crate::synthetic::GeneratedRecord],
     brokers: &str,
-    topic_of: &(dyn Fn(crate::gen::Scenario) -> String + Sync),
+    topic_of: &(dyn Fn(crate::synthetic::Scenario) -> String + Sync),
     rate: f64,
     sent: Option<&[std::sync::OnceLock<std::time::Instant>]>,
 ) -> Result<(), GenCommandError> {
@@ -371,7 +371,7 @@ fn check_delivery(
 }
 
 fn write_truth(
-    records: &[crate::gen::GeneratedRecord],
+    records: &[crate::synthetic::GeneratedRecord],
     truth: Option<&std::path::Path>,
 ) -> Result<(), GenCommandError> {
     if let Some(path) = truth {
@@ -380,7 +380,7 @@ fn write_truth(
             source,
         };
         let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        crate::gen::write_truth(&mut out, records).map_err(io)?;
+        crate::synthetic::write_truth(&mut out, records).map_err(io)?;
         out.flush().map_err(io)?;
     }
     Ok(())
@@ -391,7 +391,7 @@ fn write_truth(
 pub enum GenCommandError {
     /// Bad generator options.
     #[error(transparent)]
-    Gen(#[from] crate::gen::GenError),
+    Gen(#[from] crate::synthetic::GenError),
     /// Kafka failure.
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaError),

@@ -196,7 +196,8 @@ pub struct PipelineConfig {
     pub name: String,
     /// Topic of JSON records to score.
     pub input_topic: String,
-    /// Model file.
+    /// Model file, or a registry name; empty with `preset`.
+    #[serde(default)]
     pub model: PathBuf,
     /// Topic alerts are published to.
     pub alerts_topic: String,
@@ -219,6 +220,72 @@ pub struct PipelineConfig {
     /// `batch_max_bytes / service.max_message_bytes` records).
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
+    /// Keep learning from the stream: the online forest regrows trees from
+    /// recent rows, each record scored before it is learnt (as
+    /// `isoflow score --learn`).
+    #[serde(default)]
+    pub learn: bool,
+    /// Seed of the trees grown while learning (default: the model's
+    /// training seed; 0 for a preset's cold start).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// No model: start cold with this preset's features (`metrics`,
+    /// `transactions`) and learn from the stream; needs `learn`, `key` and
+    /// `fields`.
+    #[serde(default)]
+    pub preset: String,
+    /// With `preset`: key fields, the first being the entity.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// With `preset`: the event-time field (epoch seconds); empty: the
+    /// broker timestamp.
+    #[serde(default)]
+    pub time: String,
+    /// With `preset`: the numeric fields to learn from.
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+impl PipelineConfig {
+    /// Pipeline `name` scoring `input_topic` with `model` into
+    /// `alerts_topic` and `dlq_topic`, everything else at its default.
+    pub fn new(
+        name: &str,
+        input_topic: &str,
+        model: PathBuf,
+        (alerts_topic, dlq_topic): (&str, &str),
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            input_topic: input_topic.to_owned(),
+            model,
+            alerts_topic: alerts_topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            scores_topic: String::new(),
+            shadow_scores_topic: String::new(),
+            batch_max_records: default_batch_max_records(),
+            batch_max_ms: default_batch_max_ms(),
+            batch_max_bytes: default_batch_max_bytes(),
+            learn: false,
+            seed: None,
+            preset: String::new(),
+            key: Vec::new(),
+            time: String::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// The preset of a cold start, if the pipeline has one.
+    pub fn preset(&self) -> Result<Option<crate::preset::Preset>, ConfigError> {
+        if self.preset.is_empty() {
+            return Ok(None);
+        }
+        let preset = self
+            .preset
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("pipeline '{}': preset: {e}", self.name)))?;
+        Ok(Some(preset))
+    }
 }
 
 /// Most records a batch may hold (`batch_max_records`).
@@ -328,6 +395,26 @@ pub struct PipelineFlags {
     /// Milliseconds a partial batch waits (batch_max_ms; default 100).
     #[arg(long, env = "ISOFLOW_LINGER_MS")]
     pub linger_ms: Option<u64>,
+    /// Keep learning from the stream (learn): the online forest regrows
+    /// trees from recent rows, each record scored before it is learnt.
+    #[arg(long)]
+    pub learn: bool,
+    /// Seed of the trees grown while learning (seed; default: the model's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No model: start cold with this preset (metrics, transactions) and
+    /// learn (preset; needs --learn, --key and --fields).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// With --preset: key fields, the first being the entity.
+    #[arg(long, value_delimiter = ',')]
+    pub key: Vec<String>,
+    /// With --preset: event-time field (epoch seconds).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// With --preset: numeric fields.
+    #[arg(long, value_delimiter = ',')]
+    pub fields: Vec<String>,
 }
 
 impl PipelineFlags {
@@ -340,6 +427,12 @@ impl PipelineFlags {
             && self.shadow_scores_topic.is_none()
             && self.batch_size.is_none()
             && self.linger_ms.is_none()
+            && !self.learn
+            && self.seed.is_none()
+            && self.preset.is_none()
+            && self.key.is_empty()
+            && self.time.is_none()
+            && self.fields.is_empty()
     }
 
     /// Sets the fields given on `p`.
@@ -353,6 +446,12 @@ impl PipelineFlags {
             shadow_scores_topic,
             batch_size,
             linger_ms,
+            learn,
+            seed,
+            preset,
+            key,
+            time,
+            fields,
         } = self;
         for (value, field) in [
             (input_topic, &mut p.input_topic),
@@ -360,6 +459,8 @@ impl PipelineFlags {
             (dlq_topic, &mut p.dlq_topic),
             (scores_topic, &mut p.scores_topic),
             (shadow_scores_topic, &mut p.shadow_scores_topic),
+            (preset, &mut p.preset),
+            (time, &mut p.time),
         ] {
             if let Some(v) = value {
                 *field = v;
@@ -373,6 +474,15 @@ impl PipelineFlags {
         }
         if let Some(ms) = linger_ms {
             p.batch_max_ms = ms;
+        }
+        p.learn |= learn;
+        if seed.is_some() {
+            p.seed = seed;
+        }
+        for (value, field) in [(key, &mut p.key), (fields, &mut p.fields)] {
+            if !value.is_empty() {
+                *field = value;
+            }
         }
     }
 }
@@ -442,29 +552,22 @@ impl Config {
         match at {
             Some(i) => flags.set(&mut self.pipelines[i]),
             None => {
+                let model = flags
+                    .model
+                    .clone()
+                    .or(flags.preset.as_ref().map(|_| PathBuf::new()));
                 let (Some(topic), Some(model), Some(alerts), Some(dlq)) = (
                     flags.input_topic.clone(),
-                    flags.model.clone(),
+                    model,
                     flags.alerts_topic.clone(),
                     flags.dlq_topic.clone(),
                 ) else {
                     return bad(format!(
-                        "--input-topic {}: a new pipeline also needs --model, --alerts-topic and --dlq-topic",
+                        "--input-topic {}: a new pipeline also needs --model (or --preset), --alerts-topic and --dlq-topic",
                         flags.input_topic.as_deref().unwrap_or_default()
                     ));
                 };
-                let mut p = PipelineConfig {
-                    name: topic.clone(),
-                    input_topic: topic,
-                    model,
-                    alerts_topic: alerts,
-                    dlq_topic: dlq,
-                    scores_topic: String::new(),
-                    shadow_scores_topic: String::new(),
-                    batch_max_records: default_batch_max_records(),
-                    batch_max_ms: default_batch_max_ms(),
-                    batch_max_bytes: default_batch_max_bytes(),
-                };
+                let mut p = PipelineConfig::new(&topic, &topic, model, (&alerts, &dlq));
                 flags.set(&mut p);
                 self.pipelines.push(p);
             }
@@ -591,6 +694,30 @@ impl Config {
                     ));
                 }
             }
+            let named = !p.model.as_os_str().is_empty();
+            match p.preset()? {
+                None if !named => {
+                    return bad(format!(
+                        "pipeline '{}': no model: set model (a file or registry name), or preset with learn",
+                        p.name
+                    ))
+                }
+                None => {}
+                Some(_) if named => {
+                    return bad(format!(
+                        "pipeline '{}': model and preset both set: a preset is the cold start without a model",
+                        p.name
+                    ))
+                }
+                Some(_) if !p.learn || p.key.is_empty() || p.fields.is_empty() => {
+                    return bad(format!(
+                        "pipeline '{}': preset '{}' starts cold and needs learn = true, key and fields \
+                         (the service cannot look at a first record for its fields before it starts)",
+                        p.name, p.preset
+                    ))
+                }
+                Some(_) => {}
+            }
             if self.grpc.registry_topic == p.input_topic && !self.grpc.listen.is_empty() {
                 return bad(format!(
                     "pipeline '{}': input_topic '{}' is the model registry topic",
@@ -702,7 +829,7 @@ dlq_topic = "dlq"
             .unwrap_err();
         assert!(
             err.to_string()
-                .contains("--model, --alerts-topic and --dlq-topic"),
+                .contains("--model (or --preset), --alerts-topic and --dlq-topic"),
             "{err}"
         );
         let err = Config::default()
@@ -809,5 +936,36 @@ dlq_topic = "dlq"
                 .contains("drain_timeout_s 0: expected 1 to 3600"),
             "{err}"
         );
+    }
+
+    /// A cold start names its preset, learns, and says what to read; it
+    /// cannot also have a model, and a pipeline needs one or the other.
+    #[test]
+    fn a_preset_pipeline_learns_and_names_its_fields() {
+        let model = "model = \"models/fraud.isoflow\"";
+        let cold = "preset = \"metrics\"\nkey = [\"device\"]\nfields = [\"value\"]\nlearn = true";
+        let c = Config::parse(&GOOD.replace(model, cold), "t.toml").unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(p.preset().unwrap(), Some(crate::preset::Preset::Metrics));
+        assert!(p.learn && p.model.as_os_str().is_empty());
+        for (to, says) in [
+            ("", "no model: set model"),
+            (
+                "preset = \"metrics\"\nkey = [\"device\"]\nfields = [\"value\"]",
+                "needs learn = true, key and fields",
+            ),
+            (
+                "preset = \"metrics\"\nkey = [\"device\"]\nlearn = true",
+                "needs learn = true, key and fields",
+            ),
+            (
+                "preset = \"trades\"\nlearn = true",
+                "preset: unknown preset 'trades'",
+            ),
+            (&format!("{model}\n{cold}"), "model and preset both set"),
+        ] {
+            let err = Config::parse(&GOOD.replace(model, to), "t.toml").unwrap_err();
+            assert!(err.to_string().contains(says), "{to}: {err}");
+        }
     }
 }

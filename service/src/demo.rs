@@ -6,8 +6,8 @@
 //! precision/recall per anomaly type against the generator's truth.
 
 use crate::config::{Config, KafkaConfig, PipelineConfig, ServiceConfig};
-use crate::gen::{self, GenOptions, Scenario};
 use crate::metrics::Registry;
+use crate::synthetic::{self, GenOptions, Scenario};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -67,7 +67,7 @@ pub enum DemoError {
     Gen(#[from] crate::commands::GenCommandError),
     /// Bad generator options.
     #[error(transparent)]
-    GenOptions(#[from] gen::GenError),
+    GenOptions(#[from] synthetic::GenError),
     /// The service failed.
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
@@ -100,7 +100,7 @@ pub async fn run(
     opts: DemoOptions,
     handles: Arc<crate::pipeline::Handles>,
 ) -> Result<(), DemoError> {
-    let records = gen::generate(&GenOptions {
+    let records = synthetic::generate(&GenOptions {
         scenario: Scenario::Mixed,
         count: opts.count,
         seed: opts.seed,
@@ -158,16 +158,9 @@ pub async fn run(
         let path = dir.join(format!("{name}.isoflow"));
         std::fs::write(&path, bytes)?;
         pipelines.push(PipelineConfig {
-            name: name.to_owned(),
-            input_topic: topic_of(scenario),
-            model: path,
-            alerts_topic: ALERTS.into(),
-            dlq_topic: DLQ.into(),
-            scores_topic: String::new(),
-            shadow_scores_topic: String::new(),
             batch_max_records: 2048,
             batch_max_ms: 50,
-            batch_max_bytes: crate::config::DEFAULT_BATCH_MAX_BYTES,
+            ..PipelineConfig::new(name, &topic_of(scenario), path, (ALERTS, DLQ))
         });
     }
     let config = Config {
@@ -376,7 +369,7 @@ async fn read_dlq_ids(brokers: &str, expected: usize) -> std::collections::HashS
 }
 
 fn report(
-    records: &[gen::GeneratedRecord],
+    records: &[synthetic::GeneratedRecord],
     tally: &AlertTally,
     dlq_ids: &std::collections::HashSet<String>,
 ) {

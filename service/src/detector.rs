@@ -262,6 +262,15 @@ impl Detector {
         &self.model
     }
 
+    /// A learning forest as it is now, and how many times it was regrown;
+    /// `None` for a fixed forest, or before a cold start's first trees.
+    pub fn learnt_forest(&self) -> Option<(&PackedForest, u64)> {
+        match &self.forest {
+            Forest::Online { forest, .. } => forest.forest().map(|f| (f, forest.updates())),
+            Forest::Fixed(_) => None,
+        }
+    }
+
     /// The fixed forest's scorer, for a later [`Self::with_scorer`]; `None`
     /// for a learning forest.
     pub fn into_scorer(self) -> Option<Box<dyn Scorer>> {

@@ -25,13 +25,7 @@
 //! - [`api`]: the gRPC API (tonic; handlers stay thin) over the [`registry`]:
 //!   versioned models whose source of truth is a compacted Kafka topic
 //!   replayed by every replica; [`pb`] holds all generated code.
-//! - [`gen`]: labelled synthetic scenarios; [`demo`]: everything in one process.
-
-/// Scoring requests and Kafka batches allocate and free many short-lived
-/// buffers across threads; mimalloc's per-thread heaps keep that off the
-/// critical path where the system allocator trims and re-faults pages.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! - [`synthetic`]: labelled synthetic scenarios; [`demo`]: everything in one process.
 
 pub mod alerts;
 pub mod api;
@@ -44,7 +38,6 @@ pub mod detector;
 pub mod dlq;
 pub mod features;
 pub mod forest;
-pub mod gen;
 pub mod gpu;
 pub mod grow;
 pub mod input;
@@ -53,6 +46,7 @@ pub mod learn;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod synthetic;
 
 /// Generated protobuf types and gRPC stubs of `proto/isoflow/v1/`: the
 /// model file format and the API, in one module.

@@ -4,9 +4,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isoflow::bench::{self, BenchBackend, BenchOptions};
 use isoflow::commands::{self, ScoreOptions};
-use isoflow::gen::Scenario;
 use isoflow::score::Backend;
+use isoflow::synthetic::Scenario;
 use std::path::PathBuf;
+
+/// Scoring requests and Kafka batches allocate and free many short-lived
+/// buffers across threads; mimalloc's per-thread heaps keep that off the
+/// critical path where the system allocator trims and re-faults pages.
+/// Chosen here, by the program, not by the library it links.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// GPU-accelerated anomaly detection: isolation forests and per-key z-scores.
 #[derive(Parser)]
@@ -119,7 +126,7 @@ enum Command {
         brokers: Option<String>,
         /// The one pipeline the flags describe.
         #[command(flatten)]
-        pipeline: isoflow::config::PipelineFlags,
+        pipeline: Box<isoflow::config::PipelineFlags>,
         /// Consumer group prefix (kafka.group_id).
         #[arg(long, env = "ISOFLOW_GROUP")]
         group: Option<String>,
@@ -408,7 +415,7 @@ fn run() -> anyhow::Result<()> {
                 metrics_listen: metrics,
                 grpc_listen: grpc,
                 grpc_token,
-                pipeline,
+                pipeline: *pipeline,
             })?;
             let runtime = isoflow::pipeline::ServiceRuntime::new()?;
             runtime.block_on(async {
@@ -430,7 +437,7 @@ fn run() -> anyhow::Result<()> {
             partitions,
             out,
         } => {
-            let opts = isoflow::gen::GenOptions {
+            let opts = isoflow::synthetic::GenOptions {
                 scenario,
                 count,
                 seed,

@@ -6,9 +6,9 @@
 
 use crate::commands::GenCommandError;
 use crate::config::{Config, PipelineConfig};
-use crate::gen::{GenOptions, Scenario};
 use crate::kafka::{self, KafkaError};
 use crate::metrics::Registry;
+use crate::synthetic::{GenOptions, Scenario};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::collections::HashMap;
@@ -193,7 +193,7 @@ pub async fn run(
 
     // One stream for both phases, so event time only moves forward.
     let latency_records = (options.rate * options.seconds).round().max(1.0) as usize;
-    let stream = crate::gen::generate(&GenOptions {
+    let stream = crate::synthetic::generate(&GenOptions {
         scenario: Scenario::Fraud,
         count: options.records + latency_records,
         seed: 0,
@@ -223,16 +223,14 @@ pub async fn run(
     config.kafka.group_id = format!("isoflow-bench-{stamp}");
     config.service.backend = options.backend.clone();
     config.pipelines.push(PipelineConfig {
-        name: "bench".into(),
-        input_topic: topic.clone(),
-        model: options.model.clone(),
-        alerts_topic: alerts_topic.clone(),
-        dlq_topic: dlq_topic.clone(),
-        scores_topic: String::new(),
-        shadow_scores_topic: String::new(),
         batch_max_records: options.batch_size,
         batch_max_ms: options.linger_ms,
-        batch_max_bytes: crate::config::DEFAULT_BATCH_MAX_BYTES,
+        ..PipelineConfig::new(
+            "bench",
+            &topic,
+            options.model.clone(),
+            (&alerts_topic, &dlq_topic),
+        )
     });
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(crate::pipeline::run(

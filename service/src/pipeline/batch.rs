@@ -100,7 +100,7 @@ pub(super) async fn process(
 
     let scored_at = Instant::now();
     // Queue every output message; the committer awaits the deliveries.
-    let dims = state.attribution.forest().dims;
+    let dims = state.detector.pipeline().dims();
     let nz = state.detector.pipeline().z_names().len();
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
@@ -117,7 +117,10 @@ pub(super) async fn process(
         .flat_map(|r| &scored.matrix[r * dims..(r + 1) * dims])
         .copied()
         .collect();
-    let shares = state.attribution.rows(&alerting_rows);
+    let shares = match state.attribution() {
+        Some(attribution) => attribution.rows(&alerting_rows),
+        None => vec![0.0; alerting_rows.len()],
+    };
     let mut shares = shares.chunks_exact(dims.max(1));
     // Every message is built first and queued after, in one burst: queued
     // within a fraction of a millisecond, a batch's messages leave in one

@@ -123,26 +123,47 @@ pub(crate) struct ScoringState {
     /// Features, forest, smoothing, threshold and rules: the scoring
     /// sequence `isoflow score` and the gRPC `Score` call run too.
     pub(crate) detector: Detector,
-    /// Shares of the alerting rows' features, on the CPU whatever scores.
-    pub(crate) attribution: Attribution,
+    /// Shares of the alerting rows' features, on the CPU whatever scores;
+    /// none before a cold start's first trees.
+    attribution: Option<Attribution>,
+    /// The learning forest's regrowths when `attribution` was built.
+    attributed: Option<u64>,
 }
 
 impl ScoringState {
-    /// The state of a pipeline scoring with `model`.
+    /// The state of a pipeline scoring with `model` as `options` say.
     fn new(
         model: Arc<pb::Model>,
         engine: &Engine,
-        slot_capacity: usize,
+        options: &DetectorOptions,
     ) -> Result<Self, DetectError> {
-        let attribution = Attribution::new(PackedForest::from_model(&model)?);
-        let options = DetectorOptions {
-            slot_capacity,
-            ..Default::default()
-        };
+        let attribution = Self::fixed_attribution(&model)?;
         Ok(Self {
-            detector: Detector::new(model, engine.clone(), &options)?,
+            detector: Detector::new(model, engine.clone(), options)?,
             attribution,
+            attributed: None,
         })
+    }
+
+    /// The attribution walk of a model's trained forest, if it has one.
+    fn fixed_attribution(model: &pb::Model) -> Result<Option<Attribution>, DetectError> {
+        let trained = model.forest.as_ref().is_some_and(|f| !f.trees.is_empty());
+        Ok(match trained {
+            true => Some(Attribution::new(PackedForest::from_model(model)?)),
+            false => None,
+        })
+    }
+
+    /// The attribution of the forest as it is now: a learning forest's
+    /// alerts are explained by the trees at the end of their batch.
+    pub(crate) fn attribution(&mut self) -> Option<&Attribution> {
+        if let Some((forest, updates)) = self.detector.learnt_forest() {
+            if self.attributed != Some(updates) {
+                self.attribution = Some(Attribution::new(forest.clone()));
+                self.attributed = Some(updates);
+            }
+        }
+        self.attribution.as_ref()
     }
 
     /// The model scoring now.
@@ -153,12 +174,13 @@ impl ScoringState {
     /// Swaps in a new live model. Per-key state survives when the feature
     /// spec is unchanged; otherwise it starts afresh.
     fn swap_model(&mut self, model: Arc<pb::Model>) -> Result<(), DetectError> {
-        let attribution = Attribution::new(PackedForest::from_model(&model)?);
+        let attribution = Self::fixed_attribution(&model)?;
         if !self.detector.swap_model(model)? {
             let model = self.detector.model();
             tracing::warn!(model = %model.name, version = model.version, "feature spec changed: per-key state restarts");
         }
         self.attribution = attribution;
+        self.attributed = None;
         Ok(())
     }
 }
@@ -201,12 +223,19 @@ pub async fn run(
         .map_err(crate::config::ConfigError::Invalid)?;
     let mut states = Vec::new();
     for p in &config.pipelines {
-        let model = crate::registry::resolve_model(&p.model, &config.grpc.models_dir).map_err(
-            |source| PipelineError::Model {
-                pipeline: p.name.clone(),
-                source,
-            },
-        )?;
+        let model = match p.preset()? {
+            Some(preset) => preset
+                .cold_model(&p.key, &p.time, &p.fields, p.seed.unwrap_or(0))
+                .map_err(|e| {
+                    crate::config::ConfigError::Invalid(format!("pipeline '{}': {e}", p.name))
+                })?,
+            None => crate::registry::resolve_model(&p.model, &config.grpc.models_dir).map_err(
+                |source| PipelineError::Model {
+                    pipeline: p.name.clone(),
+                    source,
+                },
+            )?,
+        };
         states.push(model);
     }
     let engine = tokio::task::spawn_blocking(move || Engine::select(backend))
@@ -249,11 +278,17 @@ pub async fn run(
     let failed = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     for (p, model) in config.pipelines.iter().zip(states) {
-        let state = ScoringState::new(Arc::new(model), &engine, config.service.slot_capacity)
-            .map_err(|source| PipelineError::Detect {
+        let options = DetectorOptions {
+            learn: p.learn,
+            seed: p.seed,
+            slot_capacity: config.service.slot_capacity,
+        };
+        let state = ScoringState::new(Arc::new(model), &engine, &options).map_err(|source| {
+            PipelineError::Detect {
                 pipeline: p.name.clone(),
                 source,
-            })?;
+            }
+        })?;
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
         let consumer: fetch::PipelineConsumer = kafka::consumer_with_context(
@@ -285,7 +320,7 @@ pub async fn run(
             max_message_bytes: config.service.max_message_bytes,
             produce_limit,
         };
-        tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model().name, version = state.model().version, backend = engine.name(), "pipeline starting");
+        tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model().name, version = state.model().version, learn = p.learn, backend = engine.name(), "pipeline starting");
         let stop = failed.clone();
         tasks.spawn(async move {
             let consumer = Arc::new(consumer);
