@@ -1511,3 +1511,145 @@ batch_max_ms = 20
     assert!(!alerts.is_empty());
     assert!(terminate(&mut service, Duration::from_secs(30)).success());
 }
+
+/// A feedback topic gives the service the labels `isoflow score --feedback`
+/// reads from a file: read from its start before the first record, its
+/// labels raise the risk of labelled cards and terminals exactly as
+/// offline, record for record. Without them the scores differ.
+#[test]
+fn a_feedback_topic_scores_as_isoflow_score_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::memory();
+    let addr = broker.addr();
+    for topic in ["payments", "labels", "alerts", "dlq", "scores"] {
+        broker.create_topic(topic, 1);
+    }
+    // Cards 0..40 on terminals 0..15; cards 3 and 7 are stolen from the
+    // middle of the stream on, mostly on terminal 5.
+    let payment = |i: usize| {
+        let card = i * 7 % 40;
+        let stolen = (card == 3 || card == 7) && i >= 1000;
+        let terminal = if stolen && !i.is_multiple_of(3) {
+            5
+        } else {
+            i * 11 % 15
+        };
+        let amount = if stolen {
+            180.0 + (i % 9) as f64
+        } else {
+            20.0 + (i * 13 % 50) as f64
+        };
+        let ts = 1_700_000_000.0 + i as f64 * 600.0;
+        (card, terminal, amount, ts, stolen)
+    };
+    let line = |(card, terminal, amount, ts, _): (usize, usize, f64, f64, bool)| {
+        format!(r#"{{"card":"c{card}","terminal":"t{terminal}","amount":{amount},"ts":{ts}}}"#)
+    };
+    let n = 2400;
+    let stream = dir.path().join("stream.jsonl");
+    std::fs::write(
+        &stream,
+        (0..n).map(|i| line(payment(i)) + "\n").collect::<String>(),
+    )
+    .unwrap();
+    // Labels of the stream's records, known a day after each payment.
+    let labels: Vec<String> = (0..n)
+        .map(payment)
+        .filter(|p| p.4 || p.0.is_multiple_of(5))
+        .map(|p| {
+            let record = line(p);
+            let known = p.3 + 86_400.0;
+            format!(
+                r#"{},"label":{},"label_ts":{known}}}"#,
+                &record[..record.len() - 1],
+                u8::from(p.4)
+            )
+        })
+        .collect();
+    let feedback = dir.path().join("labels.jsonl");
+    std::fs::write(
+        &feedback,
+        labels.iter().map(|l| l.clone() + "\n").collect::<String>(),
+    )
+    .unwrap();
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(
+        &train,
+        (0..800)
+            .map(|i| line(payment(i)) + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let model = dir.path().join("payments.isoflow");
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--preset", "transactions", "--key", "card,terminal", "--time", "ts",
+        "--fields", "amount", "--input", train.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    let offline = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        #[rustfmt::skip]
+        let mut args = vec!["score", "--model", model.to_str().unwrap(), "--input", stream.to_str().unwrap(),
+            "--backend", "cpu", "--output", out.to_str().unwrap()];
+        args.extend(extra);
+        ok("isoflow", &args);
+        scores_of_file(&out)
+    };
+    let with_labels = offline(&["--feedback", feedback.to_str().unwrap()], "labelled.csv");
+    let without = offline(&[], "unlabelled.csv");
+    assert_ne!(with_labels, without, "the labels change scores");
+
+    let count = labels.len() as f64;
+    // One record on the topic that is no label: counted, logged, left out.
+    let bad = std::iter::once(r#"{"card":"c1","label":1}"#.to_owned());
+    produce_to(
+        &addr,
+        "labels",
+        labels.into_iter().chain(bad).map(|l| (String::new(), 0, l)),
+    );
+    let mut service = Service::start_with(
+        &[
+            "--brokers",
+            &addr,
+            "--input-topic",
+            "payments",
+            "--model",
+            model.to_str().unwrap(),
+            "--alerts-topic",
+            "alerts",
+            "--dlq-topic",
+            "dlq",
+            "--scores-topic",
+            "scores",
+            "--feedback-topic",
+            "labels",
+            "--batch-size",
+            "128",
+            "--linger-ms",
+            "20",
+        ],
+        &dir.path().join("service"),
+    );
+    produce_to(
+        &addr,
+        "payments",
+        (0..n).map(|i| (String::new(), 0, line(payment(i)))),
+    );
+    let served = scores_by_offset(&addr, "scores", n);
+    let first = served.iter().zip(&with_labels).position(|(a, b)| a != b);
+    assert_eq!(
+        first,
+        None,
+        "service and isoflow score --feedback differ: {}",
+        service.log_text()
+    );
+    assert!(
+        service.log_text().contains("feedback topic read"),
+        "{}",
+        service.log_text()
+    );
+    assert_eq!(service.metric("isoflow_feedback_labels_total"), count);
+    assert_eq!(service.metric("isoflow_feedback_refused_total"), 1.0);
+    assert!(service
+        .log_text()
+        .contains("feedback record is not a label"));
+    assert!(terminate(&mut service, Duration::from_secs(30)).success());
+}

@@ -209,6 +209,11 @@ pub struct PipelineConfig {
     /// Optional topic with one message per record scored by the shadow model.
     #[serde(default)]
     pub shadow_scores_topic: String,
+    /// Optional topic of confirmed labels (the original record plus
+    /// `label` and `label_ts`) for the model's `key_label_risk` features:
+    /// read from its start at every start-up, then as labels come.
+    #[serde(default)]
+    pub feedback_topic: String,
     /// Flush a batch at this many records...
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
@@ -263,6 +268,7 @@ impl PipelineConfig {
             dlq_topic: dlq_topic.to_owned(),
             scores_topic: String::new(),
             shadow_scores_topic: String::new(),
+            feedback_topic: String::new(),
             batch_max_records: default_batch_max_records(),
             batch_max_ms: default_batch_max_ms(),
             batch_max_bytes: default_batch_max_bytes(),
@@ -389,6 +395,10 @@ pub struct PipelineFlags {
     /// Optional topic with one message per record the shadow model scores.
     #[arg(long, env = "ISOFLOW_SHADOW_SCORES_TOPIC")]
     pub shadow_scores_topic: Option<String>,
+    /// Optional topic of confirmed labels (records plus `label` and
+    /// `label_ts`) for the model's label-risk features (feedback_topic).
+    #[arg(long, env = "ISOFLOW_FEEDBACK_TOPIC")]
+    pub feedback_topic: Option<String>,
     /// Records per batch at most (batch_max_records; default 4096).
     #[arg(long, env = "ISOFLOW_BATCH_SIZE")]
     pub batch_size: Option<usize>,
@@ -425,6 +435,7 @@ impl PipelineFlags {
             && self.dlq_topic.is_none()
             && self.scores_topic.is_none()
             && self.shadow_scores_topic.is_none()
+            && self.feedback_topic.is_none()
             && self.batch_size.is_none()
             && self.linger_ms.is_none()
             && !self.learn
@@ -444,6 +455,7 @@ impl PipelineFlags {
             dlq_topic,
             scores_topic,
             shadow_scores_topic,
+            feedback_topic,
             batch_size,
             linger_ms,
             learn,
@@ -459,6 +471,7 @@ impl PipelineFlags {
             (dlq_topic, &mut p.dlq_topic),
             (scores_topic, &mut p.scores_topic),
             (shadow_scores_topic, &mut p.shadow_scores_topic),
+            (feedback_topic, &mut p.feedback_topic),
             (preset, &mut p.preset),
             (time, &mut p.time),
         ] {
@@ -666,6 +679,9 @@ impl Config {
                 ("dlq_topic", &p.dlq_topic),
                 ("scores_topic", &p.scores_topic),
                 ("shadow_scores_topic", &p.shadow_scores_topic),
+                // Not written, but read as labels: one of the pipeline's
+                // own topics it must not be.
+                ("feedback_topic", &p.feedback_topic),
             ];
             for (field, topic) in [("input_topic", &p.input_topic)]
                 .iter()

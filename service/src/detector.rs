@@ -324,9 +324,19 @@ impl Detector {
     pub fn load_feedback(&mut self, path: &str) -> Result<(), DetectError> {
         let wanted = self.pipeline.feedback_wanted();
         let columns = crate::input::read_path(path, &wanted)?;
-        let labels = self.pipeline.labels_from(&columns);
-        self.pipeline.add_labels(labels);
+        self.add_feedback(&columns);
         Ok(())
+    }
+
+    /// Queues the labels of feedback records read with
+    /// `pipeline().feedback_wanted()` (a file, or a feedback topic as it
+    /// comes); each applies from the first record at or after its
+    /// `label_ts`. Returns how many were queued.
+    pub fn add_feedback(&mut self, columns: &Columns) -> usize {
+        let labels = self.pipeline.labels_from(columns);
+        let queued = labels.len();
+        self.pipeline.add_labels(labels);
+        queued
     }
 
     /// Scores a batch of records read with `pipeline().wanted()`.

@@ -537,6 +537,39 @@ fn copy_into(bytes: &mut Vec<u8>, part: &[u8]) -> std::ops::Range<usize> {
     start..bytes.len()
 }
 
+/// A consumer of every partition of `topic` from its first record, in no
+/// group and committing nothing: no group join, no rebalance wait. For
+/// reading a topic whole: the model registry, label feedback, tools.
+/// `settings` adjust the client's configuration.
+pub fn consumer_from_start(
+    cluster: &Cluster,
+    topic: &str,
+    settings: &[(&str, &str)],
+) -> Result<BaseConsumer, KafkaError> {
+    static READERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let reader = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = cluster.client_config();
+    // librdkafka wants a group id even for a consumer that never joins.
+    c.set(
+        "group.id",
+        format!("isoflow-reader-{}-{reader}", std::process::id()),
+    )
+    .set("enable.auto.commit", "false");
+    for (key, value) in settings {
+        c.set(*key, *value);
+    }
+    let consumer: BaseConsumer = c.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// Reads a topic from the beginning until `max` messages or until no message
 /// arrives for `idle` (end of topic), without committing anything.
 pub fn read_topic(
@@ -546,19 +579,7 @@ pub fn read_topic(
     idle: Duration,
 ) -> Result<Vec<Record>, KafkaError> {
     check_topics(brokers, &[topic], Duration::from_secs(10))?;
-    let mut c = client_config(brokers, &BTreeMap::new());
-    c.set("group.id", format!("isoflow-reader-{}", std::process::id()))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = c.create()?;
-    // Assign every partition from the start: no group join, no rebalance wait.
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    let consumer = consumer_from_start(&Cluster::plain(brokers), topic, &[])?;
     let mut out = Vec::new();
     let mut last = std::time::Instant::now();
     while out.len() < max && last.elapsed() < idle {

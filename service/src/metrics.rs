@@ -105,6 +105,10 @@ pub struct PipelineMetrics {
     /// Per-key state entries released because their partitions went to
     /// another consumer.
     pub state_released: AtomicU64,
+    /// Labels taken from the feedback topic.
+    pub feedback_labels: AtomicU64,
+    /// Feedback records that were not labels (not JSON, a field missing).
+    pub feedback_refused: AtomicU64,
     /// The fullest per-key table's keys over its capacity, as `f64` bits.
     pub state_fill: AtomicU64,
     /// When the last batch finished, milliseconds since the epoch (0: none yet).
@@ -131,6 +135,8 @@ impl Default for PipelineMetrics {
             redelivered: AtomicU64::new(0),
             offset_resets: AtomicU64::new(0),
             state_released: AtomicU64::new(0),
+            feedback_labels: AtomicU64::new(0),
+            feedback_refused: AtomicU64::new(0),
             state_fill: AtomicU64::new(0f64.to_bits()),
             last_batch_ms: AtomicI64::new(0),
             phase_micros: Default::default(),
@@ -193,7 +199,7 @@ impl Registry {
             "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
         );
         let pipelines = self.pipelines.lock().expect("metrics lock");
-        let counters: [(&str, &str, CounterOf); 9] = [
+        let counters: [(&str, &str, CounterOf); 11] = [
             ("isoflow_shadow_alerts_total", "counter", |m| {
                 m.shadow_alerts.load(Relaxed)
             }),
@@ -220,6 +226,12 @@ impl Registry {
             }),
             ("isoflow_state_released_total", "counter", |m| {
                 m.state_released.load(Relaxed)
+            }),
+            ("isoflow_feedback_labels_total", "counter", |m| {
+                m.feedback_labels.load(Relaxed)
+            }),
+            ("isoflow_feedback_refused_total", "counter", |m| {
+                m.feedback_refused.load(Relaxed)
             }),
         ];
         for (name, kind, get) in counters {

@@ -856,27 +856,9 @@ impl ModelRegistry {
         cluster: &kafka::Cluster,
         topic: &str,
     ) -> Result<BaseConsumer, RegistryError> {
-        let mut c = cluster.client_config();
-        c.set(
-            "group.id",
-            format!("isoflow-registry-{}-{}", std::process::id(), now_ms()),
-        )
-        .set("enable.auto.commit", "false")
         // Replicas must see a change within a second.
-        .set("fetch.wait.max.ms", "50");
-        let consumer: BaseConsumer = c.create().map_err(KafkaError::from)?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(KafkaError::from)?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-                    .map_err(KafkaError::from)?;
-            }
-        }
-        consumer.assign(&tpl).map_err(KafkaError::from)?;
-        Ok(consumer)
+        let settings = [("fetch.wait.max.ms", "50")];
+        Ok(kafka::consumer_from_start(cluster, topic, &settings)?)
     }
 }
 

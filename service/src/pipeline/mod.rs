@@ -15,6 +15,7 @@ mod batch;
 mod collect;
 mod commit;
 mod control;
+mod feedback;
 mod fetch;
 mod parse;
 
@@ -254,7 +255,7 @@ pub async fn run(
             p.alerts_topic.clone(),
             p.dlq_topic.clone(),
         ]);
-        for optional in [&p.scores_topic, &p.shadow_scores_topic] {
+        for optional in [&p.scores_topic, &p.shadow_scores_topic, &p.feedback_topic] {
             if !optional.is_empty() {
                 topics.push(optional.clone());
             }
@@ -289,6 +290,17 @@ pub async fn run(
                 source,
             }
         })?;
+        let feedback = match p.feedback_topic.as_str() {
+            "" => None,
+            _ if !state.detector.pipeline().uses_feedback() => {
+                return Err(crate::config::ConfigError::Invalid(format!(
+                    "pipeline '{}': feedback_topic '{}': the model has no key_label_risk feature to use it",
+                    p.name, p.feedback_topic
+                ))
+                .into())
+            }
+            topic => Some(feedback::FeedbackTopic::open(&config.kafka.cluster(), topic, &p.name)?),
+        };
         // One group per pipeline: a replica joining for one topic must not
         // pause every other pipeline with a group-wide rebalance.
         let consumer: fetch::PipelineConsumer = kafka::consumer_with_context(
@@ -330,7 +342,7 @@ pub async fn run(
                 ctx.metrics.clone(),
                 probe_stop.clone(),
             ));
-            let result = run_pipeline(ctx, &consumer, state, stop.clone(), drain).await;
+            let result = run_pipeline(ctx, &consumer, (state, feedback), stop.clone(), drain).await;
             probe_stop.cancel();
             let _ = probe.await;
             if result.is_err() {
@@ -360,7 +372,7 @@ pub async fn run(
 async fn run_pipeline(
     ctx: PipelineContext,
     consumer: &Arc<fetch::PipelineConsumer>,
-    state: ScoringState,
+    (state, mut feedback): (ScoringState, Option<feedback::FeedbackTopic>),
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), PipelineError> {
@@ -396,6 +408,28 @@ async fn run_pipeline(
     }
     if waited.elapsed() > Duration::from_millis(1) {
         tracing::info!(pipeline = %ctx.config.name, waited_ms = waited.elapsed().as_millis() as u64, "registry replayed; taking records");
+    }
+    // Labels the topic holds now come first: a restart scores with the
+    // label risk they give, as the run before it did.
+    if let Some(topic) = feedback.take() {
+        let s = state.as_mut().expect("state is home");
+        let wanted = s.detector.pipeline().feedback_wanted();
+        let metrics = ctx.metrics.clone();
+        let (topic, caught_up) = tokio::task::spawn_blocking(move || {
+            let mut topic = topic;
+            let caught = topic.catch_up(&wanted, &metrics, REPLAY_LIMIT);
+            (topic, caught)
+        })
+        .await
+        .expect("reading labels does not panic");
+        let (labels, whole) = caught_up?;
+        let queued = s.detector.add_feedback(&labels);
+        if whole {
+            tracing::info!(pipeline = %ctx.config.name, labels = queued, "feedback topic read; taking records");
+        } else {
+            tracing::warn!(pipeline = %ctx.config.name, labels = queued, limit_s = REPLAY_LIMIT.as_secs(), "feedback topic not read to its end in time; later labels apply as they come");
+        }
+        feedback = Some(topic);
     }
     let mut collector = collect::Collector::spawn(
         &ctx.config.name,
@@ -489,6 +523,13 @@ async fn run_pipeline(
                 }
                 None => None,
             };
+        }
+        if let Some(topic) = feedback.as_mut() {
+            let s = state.as_mut().expect("state is home between batches");
+            let labels = topic.take(&s.detector.pipeline().feedback_wanted(), &ctx.metrics);
+            if labels.rows > 0 {
+                s.detector.add_feedback(&labels);
+            }
         }
         let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b, c| {
             collector.recycle(b, c)
