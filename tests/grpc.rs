@@ -835,16 +835,7 @@ async fn the_pipeline_score_and_the_cli_give_the_same_scores() {
     #[rustfmt::skip]
     util::ok("isoflow", &["score", "--model", model.to_str().unwrap(), "--input",
         test.to_str().unwrap(), "--output", offline.to_str().unwrap(), "--backend", "cpu"]);
-    let offline: Vec<(f32, bool)> = std::fs::read_to_string(&offline)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut f = l.split(',');
-            let score = f.next().unwrap().parse().unwrap();
-            (score, f.next().unwrap() == "1")
-        })
-        .collect();
+    let offline = util::scores_of_file(&offline);
     assert_eq!(offline.len(), 400);
     assert!(offline.iter().any(|s| s.1), "the hot spell alerts");
 

@@ -9,7 +9,7 @@ use isoflow::kafka::{read_topic, Record};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
-use util::{bin, ok, wait_for, Broker, Service};
+use util::{bin, ok, scores_of_file, wait_for, Broker, Service};
 
 const INPUT: &str = "transactions";
 
@@ -1370,20 +1370,6 @@ fn scores_by_offset(addr: &str, topic: &str, n: usize) -> Vec<(f32, bool)> {
         .into_iter()
         .enumerate()
         .map(|(i, s)| s.unwrap_or_else(|| panic!("offset {i} of {topic} not scored")))
-        .collect()
-}
-
-/// `score,alert` per row of an `isoflow score` output file.
-fn scores_of_file(path: &Path) -> Vec<(f32, bool)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut f = l.split(',');
-            let score = f.next().unwrap().parse().unwrap();
-            (score, f.next().unwrap() == "1")
-        })
         .collect()
 }
 

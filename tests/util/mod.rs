@@ -111,6 +111,21 @@ pub fn parse_scores(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
     (header, rows)
 }
 
+/// `(score, alert)` per row of an `isoflow score` output file, exactly as
+/// written (the shortest text that reads back as the same `f32`).
+pub fn scores_of_file(path: &std::path::Path) -> Vec<(f32, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            let score = f.next().unwrap().parse().unwrap();
+            (score, f.next().unwrap() == "1")
+        })
+        .collect()
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
