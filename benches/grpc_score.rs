@@ -54,7 +54,7 @@ async fn run(quick: bool) {
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            isoflow::api::serve(&config, registry, isoflow::score::Engine::Cpu, shutdown)
+            isoflow::api::serve(&config, registry, isoflow::engine::Engine::Cpu, shutdown)
                 .await
                 .unwrap()
         }

@@ -3,6 +3,7 @@
 //! Without an adapter these tests fail with the NoAdapter message: a missing
 //! driver must not pass silently as "skipped".
 
+use isoflow::engine::Engine;
 use isoflow::features::spec::fields_spec;
 use isoflow::features::zscore::{KeySlotTable, ZEntry, ZParams, FLAG_RESET, Z_INFINITE};
 use isoflow::features::{CpuZEngine, ZEngine};
@@ -11,7 +12,7 @@ use isoflow::gpu::iforest::{Walk, IMPLICIT_MAX_DEPTH, IMPLICIT_MAX_DIMS};
 use isoflow::gpu::{list_adapters, GpuContext, GpuScorer, GpuZEngine};
 use isoflow::model::pb;
 use isoflow::score::cpu::CpuScorer;
-use isoflow::score::{Engine, RowScore, ScoreError, Scorer};
+use isoflow::score::{RowScore, ScoreError, Scorer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};

@@ -171,7 +171,7 @@ pub fn build<'a>(model: &'a pb::Model, pipeline: &'a FeaturePipeline, s: &Scored
         alert_id: alert_id(&s.source, model),
         key: s.key,
         event_time: s.event_time,
-        model: crate::registry::model_id(model),
+        model: crate::model::reference::model_id(model),
         score: round4(s.score),
         forest_score: s.score,
         threshold: model.threshold,

@@ -1,10 +1,11 @@
 //! The work behind the CLI commands; `main` only parses flags and calls these.
 
 use crate::detector::{DetectError, Detector, DetectorOptions};
+use crate::engine::{Backend, Engine};
 use crate::features::DEFAULT_SLOT_CAPACITY;
 use crate::model::{self, ModelError};
 use crate::preset::{Preset, PresetError};
-use crate::score::{Backend, Engine, ScoreError};
+use crate::score::ScoreError;
 use crate::{input, output};
 use std::io::Write;
 use std::path::PathBuf;

@@ -617,7 +617,7 @@ impl Config {
         if self
             .service
             .backend
-            .parse::<crate::score::Backend>()
+            .parse::<crate::engine::Backend>()
             .is_err()
         {
             return bad(format!(

@@ -11,13 +11,14 @@
 //! the smoothed score and threshold include nothing later.
 
 use crate::decision;
+use crate::engine::Engine;
 use crate::features::slots::{owner_of, KeyHash, Owner, SlotTable};
 use crate::features::{FeaturePipeline, ZEngine};
 use crate::forest::PackedForest;
 use crate::input::Columns;
 use crate::learn::{LearnSettings, OnlineForest};
 use crate::model::{pb, ModelError};
-use crate::score::{Engine, RowScore, ScoreError, Scorer};
+use crate::score::{RowScore, ScoreError, Scorer};
 
 /// Scores, decisions and z-scores of a batch of records.
 #[derive(Clone, Debug, Default)]

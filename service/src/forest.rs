@@ -229,9 +229,9 @@ pub fn normalize_shares(credit: &mut [f32], dims: usize) {
     }
 }
 
-/// Deepest forest laid out as an [`ImplicitForest`]: memory grows as
-/// 2^depth per tree, so deeper forests keep the linked layout.
-pub const IMPLICIT_MAX_DEPTH: u32 = 12;
+/// Deepest forest laid out as an [`ImplicitForest`] (a limit of the
+/// model format, which validation checks against).
+pub use crate::model::IMPLICIT_MAX_DEPTH;
 
 /// An internal node of an [`ImplicitForest`]: `x[feature] <= threshold`
 /// goes to child `2i+1`, anything else (greater, or NaN) to `2i+2`.

@@ -36,6 +36,7 @@ pub mod decision;
 pub mod demo;
 pub mod detector;
 pub mod dlq;
+pub mod engine;
 pub mod features;
 pub mod forest;
 pub mod gpu;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isoflow::bench::{self, BenchBackend, BenchOptions};
 use isoflow::commands::{self, ScoreOptions};
-use isoflow::score::Backend;
+use isoflow::engine::Backend;
 use isoflow::synthetic::Scenario;
 use std::path::PathBuf;
 

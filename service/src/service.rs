@@ -123,7 +123,7 @@ async fn serve_api(
     }
     models.follow(stop.clone()).await?;
     handles.mark_replayed();
-    let engine = handles.engine().unwrap_or(crate::score::Engine::Cpu);
+    let engine = handles.engine().unwrap_or(crate::engine::Engine::Cpu);
     crate::api::serve(grpc, models, engine, stop).await?;
     Ok(())
 }

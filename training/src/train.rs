@@ -5,11 +5,11 @@ use crate::eval::{self, Evaluation};
 use crate::iforest::{IsolationForest, IsolationForestParams};
 use crate::{report, TrainError};
 use isoflow::detector::{Detector, DetectorOptions};
+use isoflow::engine::Engine;
 use isoflow::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
 use isoflow::input::{self, Wanted};
 use isoflow::model::{self, pb};
 use isoflow::preset::Preset;
-use isoflow::score::Engine;
 use std::path::PathBuf;
 
 /// Options of `fit`.

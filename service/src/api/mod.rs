@@ -18,10 +18,10 @@ pub use models::ModelApi;
 pub use scoring::ScoringApi;
 
 use crate::config::GrpcConfig;
+use crate::engine::Engine;
 use crate::pb::model_service_server::ModelServiceServer;
 use crate::pb::scoring_service_server::ScoringServiceServer;
 use crate::registry::{ModelRegistry, RegistryError};
-use crate::score::Engine;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;

@@ -9,13 +9,14 @@
 //! prepared scorers are cached per model version.
 
 use crate::detector::{DetectError, Detector, DetectorOptions};
+use crate::engine::Engine;
 use crate::forest::PackedForest;
 use crate::input::Columns;
 use crate::model::pb;
 use crate::pb::scoring_service_server::ScoringService;
 use crate::registry::{self, ModelRegistry};
 use crate::score::cpu::Attribution;
-use crate::score::{Engine, ScoreError, Scorer};
+use crate::score::{ScoreError, Scorer};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -464,7 +465,7 @@ fn to_alert(pipeline: &str, text: &str) -> pb::Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::Backend;
+    use crate::engine::Backend;
 
     /// Explained rows, alerting or not, get the top features of their own
     /// attribution, named, with their values, largest share first.

@@ -13,8 +13,7 @@ use super::slots::{KeyHash, SlotTable};
 /// the forest needs finite columns, and past it every split isolates alike.
 pub const DEVIATION_LIMIT: f64 = 1000.0;
 
-/// The most records back a lag feature may look.
-pub const MAX_LAG: u32 = 16;
+pub use crate::model::MAX_LAG;
 
 /// Which side of a deviation counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

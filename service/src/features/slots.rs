@@ -29,29 +29,7 @@ pub fn owner_of(partition: i32) -> Owner {
     partition as u32 as Owner
 }
 
-/// The hash of a key's text, before its namespace is mixed in: computed
-/// once per distinct key of a batch, it serves every feature keyed by it.
-pub type KeyHash = u128;
-
-/// Seeds of [`key_hash`], one pair per process.
-static SEEDS: std::sync::LazyLock<[foldhash::fast::RandomState; 2]> =
-    std::sync::LazyLock::new(Default::default);
-
-/// The hash of `key` that [`SlotTable::slot_hashed`] takes.
-pub fn key_hash(key: &str) -> KeyHash {
-    use std::hash::BuildHasher;
-    let [a, b] = SEEDS.each_ref().map(|seed| seed.hash_one(key));
-    (u128::from(a) << 64) | u128::from(b)
-}
-
-/// The hash of a tuple from the hashes of its parts, order-sensitive:
-/// distinct tuples of distinct parts collide with probability 2⁻¹²⁸.
-pub fn combine(tuple: KeyHash, part: KeyHash) -> KeyHash {
-    tuple
-        .wrapping_mul(0xd605_bbb5_8c8a_bbe5_2545_f491_4f6c_dd1d)
-        .wrapping_add(part)
-        .rotate_left(47)
-}
+pub use crate::input::key::{combine, key_hash, KeyHash};
 
 /// A distinct odd multiple per namespace: XOR-ing it in keeps one key's
 /// fingerprints apart across namespaces.

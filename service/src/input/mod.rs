@@ -6,11 +6,12 @@
 //! someone holding a 600K-row file.
 
 mod flat;
+pub mod key;
 mod row;
 
 pub use row::{key_of, RowError, RowReader};
 
-use crate::features::slots::{key_hash, KeyHash};
+use key::{key_hash, KeyHash};
 use std::io::{BufRead, Read};
 
 /// Why input could not be read.

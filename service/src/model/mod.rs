@@ -5,10 +5,12 @@
 //! range or an unbounded depth could hang a GPU kernel, so it is refused here
 //! with a message that names the tree and node at fault.
 
+pub mod reference;
 mod validate;
 
 pub use validate::{
-    validate, validate_spec, ModelError, MAX_EXPANDED_LEAVES, MAX_NODES, MAX_TREES, MAX_TREE_DEPTH,
+    validate, validate_spec, ModelError, IMPLICIT_MAX_DEPTH, MAX_EXPANDED_LEAVES, MAX_LAG,
+    MAX_NODES, MAX_TREES, MAX_TREE_DEPTH,
 };
 
 use prost::Message;

@@ -15,13 +15,21 @@ pub const MAX_TREES: usize = 10_000;
 pub const MAX_NODES: usize = 1 << 22;
 
 /// Most leaves the complete-tree layout of a forest may take, summed over its
-/// trees: a forest no deeper than [`crate::forest::IMPLICIT_MAX_DEPTH`] is
+/// trees: a forest no deeper than [`IMPLICIT_MAX_DEPTH`] is
 /// expanded to complete trees for scoring (2^depth leaves and 2^depth − 1
 /// splits a tree, about 13 bytes a leaf, once for the scorer and once for
 /// attribution). 2²² leaves bound each copy to about 55 MB, whatever the
 /// file's size: a few kilobytes of chain trees would otherwise expand to
 /// gigabytes.
 pub const MAX_EXPANDED_LEAVES: usize = 1 << 22;
+
+/// Deepest forest laid out as complete trees for scoring (the implicit
+/// layout): memory grows as 2^depth per tree, so deeper forests keep the
+/// linked layout.
+pub const IMPLICIT_MAX_DEPTH: u32 = 12;
+
+/// The most records back a lag feature may look.
+pub const MAX_LAG: u32 = 16;
 
 /// Why a model was refused.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +125,7 @@ pub fn validate(model: &pb::Model) -> Result<(), ModelError> {
         deepest = deepest.max(depth);
         expanded = expanded.saturating_add(1usize << depth.min(usize::BITS as usize - 2));
     }
-    if deepest <= crate::forest::IMPLICIT_MAX_DEPTH as usize && expanded > MAX_EXPANDED_LEAVES {
+    if deepest <= IMPLICIT_MAX_DEPTH as usize && expanded > MAX_EXPANDED_LEAVES {
         return Err(invalid(format!(
             "forest would expand to {expanded} leaves as complete trees for scoring; \
              the limit is {MAX_EXPANDED_LEAVES} (fewer or shallower trees)"
@@ -201,12 +209,10 @@ pub fn validate_spec(spec: &pb::FeatureSpec) -> Result<(), ModelError> {
             }
             Some(Kind::KeyLag(l)) => {
                 check_source(&f.name, &l.source)?;
-                if l.lag == 0 || l.lag > crate::features::history::MAX_LAG {
+                if l.lag == 0 || l.lag > MAX_LAG {
                     return Err(invalid(format!(
                         "key_lag feature '{}': lag {} must be 1 to {}",
-                        f.name,
-                        l.lag,
-                        crate::features::history::MAX_LAG
+                        f.name, l.lag, MAX_LAG
                     )));
                 }
             }

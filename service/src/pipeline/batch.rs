@@ -105,7 +105,7 @@ pub(super) async fn process(
     let mut deliveries = Vec::new();
     let mut alert_count = 0u64;
     let mut alert_texts = Vec::new();
-    let live_id = crate::registry::model_id(state.model());
+    let live_id = crate::model::reference::model_id(state.model());
     let key_column = wanted.keys.iter().position(|k| *k == key_field);
     let shadow_topic = ctx.config.shadow_scores_topic.as_str();
     let scores_topic = ctx.config.scores_topic.as_str();
@@ -281,7 +281,7 @@ fn score(
                 .score_features(scored.matrix.clone(), Some(columns))?;
             shadow_alerts = judged.alerts.iter().filter(|&&a| a).count() as u64;
             shadow_scored = Some((
-                crate::registry::model_id(&model),
+                crate::model::reference::model_id(&model),
                 judged.scores,
                 judged.alerts,
             ));

@@ -3,10 +3,10 @@
 //! state kept when the feature spec is unchanged), and watch alerts.
 
 use super::PipelineError;
+use crate::engine::Engine;
 use crate::forest::PackedForest;
 use crate::metrics::PipelineMetrics;
 use crate::model::pb;
-use crate::score::Engine;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 

@@ -23,6 +23,7 @@ pub use control::{Handles, PipelineHandle, ServiceRuntime};
 
 use crate::config::{Config, PipelineConfig};
 use crate::detector::{DetectError, Detector, DetectorOptions};
+use crate::engine::{Backend, Engine};
 use crate::features::FeaturePipeline;
 use crate::forest::PackedForest;
 use crate::input::RowReader;
@@ -30,7 +31,7 @@ use crate::kafka::{self, KafkaError};
 use crate::metrics::{PipelineMetrics, Registry};
 use crate::model::{pb, ModelError};
 use crate::score::cpu::Attribution;
-use crate::score::{Backend, Engine, ScoreError};
+use crate::score::ScoreError;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
@@ -230,12 +231,11 @@ pub async fn run(
                 .map_err(|e| {
                     crate::config::ConfigError::Invalid(format!("pipeline '{}': {e}", p.name))
                 })?,
-            None => crate::registry::resolve_model(&p.model, &config.grpc.models_dir).map_err(
-                |source| PipelineError::Model {
+            None => crate::model::reference::resolve_model(&p.model, &config.grpc.models_dir)
+                .map_err(|source| PipelineError::Model {
                     pipeline: p.name.clone(),
                     source,
-                },
-            )?,
+                })?,
         };
         states.push(model);
     }
