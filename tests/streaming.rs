@@ -1087,7 +1087,7 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
         batch_max_ms: 20,
         ..isoflow::config::PipelineConfig::new("swap", INPUT, models[0].clone(), ("alerts", "dlq"))
     });
-    let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
+    let registry = std::sync::Arc::new(isoflow::metrics::Metrics::default());
     let handles = std::sync::Arc::new(isoflow::pipeline::Handles::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(isoflow::pipeline::run(

@@ -6,7 +6,7 @@ use crate::features::DEFAULT_SLOT_CAPACITY;
 use crate::model::{self, ModelError};
 use crate::preset::{Preset, PresetError};
 use crate::score::ScoreError;
-use crate::{input, output};
+use crate::{input, scores_csv};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -166,9 +166,9 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
         path: opts.output.clone(),
         source,
     };
-    let sink = output::create(opts.output.as_ref()).map_err(write_err)?;
+    let sink = scores_csv::create(opts.output.as_ref()).map_err(write_err)?;
     let mut sink = std::io::BufWriter::with_capacity(1 << 20, sink);
-    output::write_scores(
+    scores_csv::write_scores(
         &mut sink,
         &scored.scores,
         &scored.alerts,
@@ -209,7 +209,7 @@ pub fn gen_to_file(
         path: path.display().to_string(),
         source,
     };
-    let mut out = std::io::BufWriter::new(output::create(path).map_err(|e| io(e, path))?);
+    let mut out = std::io::BufWriter::new(scores_csv::create(path).map_err(|e| io(e, path))?);
     crate::synthetic::write_jsonl(&mut out, &records).map_err(|e| io(e, path))?;
     out.flush().map_err(|e| io(e, path))?;
     write_truth(&records, truth)?;

@@ -6,7 +6,7 @@
 //! precision/recall per anomaly type against the generator's truth.
 
 use crate::config::{Config, KafkaConfig, PipelineConfig, ServiceConfig};
-use crate::metrics::Registry;
+use crate::metrics::Metrics;
 use crate::synthetic::{self, GenOptions, Scenario};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -182,12 +182,12 @@ pub async fn run(
         pipelines,
     };
 
-    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     crate::service::cancel_on_signals(shutdown.clone());
     let service = tokio::spawn(crate::service::run(
         config,
-        registry.clone(),
+        metrics.clone(),
         handles,
         shutdown.clone(),
     ));
@@ -203,10 +203,10 @@ pub async fn run(
             EMBEDDED_AHEAD
         };
         let chunk = (ahead / 2).clamp(1, records.len().max(1));
-        let (registry, stop) = (registry.clone(), shutdown.clone());
+        let (metrics, stop) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             for (i, part) in records.chunks(chunk).enumerate() {
-                while (i * chunk).saturating_sub(progress(&registry).0 as usize) > ahead - chunk {
+                while (i * chunk).saturating_sub(progress(&metrics).0 as usize) > ahead - chunk {
                     if stop.is_cancelled() {
                         return Ok(());
                     }
@@ -232,7 +232,7 @@ pub async fn run(
     let total = records.len() as u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (done, dlq) = progress(&registry);
+        let (done, dlq) = progress(&metrics);
         let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
         if done != last.1 {
             moved = Instant::now();
@@ -249,7 +249,7 @@ pub async fn run(
         println!(
             "[{:>3}s] {done}/{total} records ({rate:.0}/s)  dlq {dlq}  backend {}  alerts by type: {}",
             started.elapsed().as_secs(),
-            registry.backend.lock().expect("metrics lock"),
+            metrics.backend.lock().expect("metrics lock"),
             if kinds.is_empty() { "-".into() } else { kinds }
         );
         if done >= total || service.is_finished() || shutdown.is_cancelled() {
@@ -270,12 +270,12 @@ pub async fn run(
     // Let the alert watcher catch up with every alert published (a replayed
     // alert is counted once, hence the time limit), then stop everything.
     let caught_up = Instant::now();
-    while tally.lock().expect("tally lock").alerted_ids.len() < published_alerts(&registry)
+    while tally.lock().expect("tally lock").alerted_ids.len() < published_alerts(&metrics)
         && caught_up.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dead_lettered = progress(&registry).1 as usize;
+    let dead_lettered = progress(&metrics).1 as usize;
     shutdown.cancel();
     service.await.expect("service task")?;
     producing.await.expect("producer task")?;
@@ -286,15 +286,15 @@ pub async fn run(
     Ok(())
 }
 
-fn progress(registry: &Registry) -> (u64, u64) {
-    let pipelines = registry.pipelines.lock().expect("metrics lock");
+fn progress(metrics: &Metrics) -> (u64, u64) {
+    let pipelines = metrics.pipelines.lock().expect("metrics lock");
     let scored: u64 = pipelines.iter().map(|(_, m)| m.scored.load(Relaxed)).sum();
     let dlq: u64 = pipelines.iter().map(|(_, m)| m.dlq_total()).sum();
     (scored + dlq, dlq)
 }
 
-fn published_alerts(registry: &Registry) -> usize {
-    let pipelines = registry.pipelines.lock().expect("metrics lock");
+fn published_alerts(metrics: &Metrics) -> usize {
+    let pipelines = metrics.pipelines.lock().expect("metrics lock");
     pipelines
         .iter()
         .map(|(_, m)| m.alerts.load(Relaxed) as usize)

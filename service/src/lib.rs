@@ -12,16 +12,19 @@
 //! - [`score`]: the [`score::Scorer`] trait; `cpu` is the reference twin.
 //! - [`gpu`]: the wgpu context, kernels and buffers — the only module that
 //!   knows about the GPU.
+//! - [`engine`]: which of the two scores and keeps z-state, chosen above
+//!   both (no module imports one that imports it back: `tests/layout.rs`).
 //! - [`detector`]: the one scoring sequence (features, forest, smoothing,
 //!   threshold, rules); [`learn`] keeps a forest learning from the stream,
 //!   growing trees with [`grow`]; [`preset`] picks features and settings
 //!   for a kind of stream.
-//! - [`decision`], [`output`]: alert rule and the `score,alert` CSV.
+//! - [`decision`], [`scores_csv`]: alert rule and the `score,alert` CSV.
 //! - [`commands`]: the work behind each CLI command; [`bench`](mod@bench) measures
 //!   scoring, [`pipeline_bench`] the streaming service against a broker.
 //! - [`pipeline`]: the streaming service — Kafka batches in, alerts/DLQ out,
 //!   offsets committed only after the broker acknowledged the output
-//!   ([`kafka`], [`alerts`], [`dlq`], [`metrics`], [`config`]).
+//!   ([`kafka`], [`alerts`], [`dlq`], [`metrics`], [`config`]); it scores
+//!   through the [`detector`], as `isoflow score` and the gRPC API do.
 //! - [`api`]: the gRPC API (tonic; handlers stay thin) over the [`registry`]:
 //!   versioned models whose source of truth is a compacted Kafka topic
 //!   replayed by every replica; [`pb`] holds all generated code.
@@ -46,7 +49,7 @@ pub mod kafka;
 pub mod learn;
 pub mod metrics;
 pub mod model;
-pub mod output;
+pub mod scores_csv;
 pub mod synthetic;
 
 /// Generated protobuf types and gRPC stubs of `proto/isoflow/v1/`: the

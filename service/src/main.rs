@@ -421,8 +421,8 @@ fn run() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 isoflow::service::cancel_on_signals(shutdown.clone());
-                let registry = std::sync::Arc::new(isoflow::metrics::Registry::default());
-                isoflow::service::run(config, registry, runtime.handles(), shutdown).await
+                let metrics = std::sync::Arc::new(isoflow::metrics::Metrics::default());
+                isoflow::service::run(config, metrics, runtime.handles(), shutdown).await
             })?;
         }
         Command::Gen {

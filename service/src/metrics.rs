@@ -170,14 +170,14 @@ type HistogramOf = fn(&PipelineMetrics) -> &Histogram;
 
 /// All metrics of the process.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct Metrics {
     /// Backend in use ("cpu" / "gpu").
     pub backend: Mutex<String>,
     /// Per pipeline, in configuration order.
     pub pipelines: Mutex<Vec<(String, Arc<PipelineMetrics>)>>,
 }
 
-impl Registry {
+impl Metrics {
     /// The metrics of pipeline `name`, registered on first use (so an
     /// observer may ask before the pipeline starts).
     pub fn pipeline(&self, name: &str) -> Arc<PipelineMetrics> {
@@ -325,15 +325,15 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// most [`MAX_CONNECTIONS`] open and [`IO_TIMEOUT`] per read and write.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    serve_within(listener, registry, shutdown, (MAX_CONNECTIONS, IO_TIMEOUT)).await
+    serve_within(listener, metrics, shutdown, (MAX_CONNECTIONS, IO_TIMEOUT)).await
 }
 
 async fn serve_within(
     listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     (max_connections, io_timeout): (usize, Duration),
 ) {
@@ -356,7 +356,7 @@ async fn serve_within(
             drop(stream);
             continue;
         };
-        let registry = registry.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut buf = [0u8; 2048];
@@ -367,7 +367,7 @@ async fn serve_within(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
-                "/metrics" => ("200 OK", registry.render()),
+                "/metrics" => ("200 OK", metrics.render()),
                 "/health" => ("200 OK", "ok\n".to_owned()),
                 _ => ("404 Not Found", "try /metrics or /health\n".to_owned()),
             };
@@ -396,12 +396,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let stop = CancellationToken::new();
         let limits = (2, Duration::from_millis(300));
-        let served = serve_within(
-            listener,
-            Arc::new(Registry::default()),
-            stop.clone(),
-            limits,
-        );
+        let served = serve_within(listener, Arc::new(Metrics::default()), stop.clone(), limits);
         runtime.spawn(served);
         let connect = || {
             let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -430,7 +425,7 @@ mod tests {
 
     #[test]
     fn renders_counters_and_histograms() {
-        let r = Registry::default();
+        let r = Metrics::default();
         *r.backend.lock().unwrap() = "cpu".into();
         let m = r.pipeline("fraud");
         m.records_in.fetch_add(10, Relaxed);

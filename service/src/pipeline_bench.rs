@@ -7,7 +7,7 @@
 use crate::commands::GenCommandError;
 use crate::config::{Config, PipelineConfig};
 use crate::kafka::{self, KafkaError};
-use crate::metrics::Registry;
+use crate::metrics::Metrics;
 use crate::synthetic::{GenOptions, Scenario};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -217,7 +217,7 @@ pub async fn run(
     .await?;
 
     // The pipeline, in this process, reading the same topic from the start.
-    let registry = Arc::new(Registry::default());
+    let process_metrics = Arc::new(Metrics::default());
     let mut config = Config::default();
     config.kafka.brokers = options.brokers.clone();
     config.kafka.group_id = format!("isoflow-bench-{stamp}");
@@ -235,11 +235,11 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(crate::pipeline::run(
         config,
-        registry.clone(),
+        process_metrics.clone(),
         handles,
         shutdown.clone(),
     ));
-    let metrics = registry.pipeline("bench");
+    let metrics = process_metrics.pipeline("bench");
     let accounted =
         || metrics.scored.load(std::sync::atomic::Ordering::Relaxed) + metrics.dlq_total();
     let limit = Duration::from_secs(120);

@@ -170,7 +170,7 @@ pub async fn score(
             ),
             isoflow::input::Format::Csv => csv_as_json(reader)?,
         };
-    let sink = isoflow::output::create(output.as_ref())
+    let sink = isoflow::scores_csv::create(output.as_ref())
         .with_context(|| format!("cannot write {output}"))?;
     let mut sink = std::io::BufWriter::new(sink);
     writeln!(sink, "score,alert")?;

@@ -3,7 +3,7 @@
 //! registry and the gRPC API.
 
 use crate::config::Config;
-use crate::metrics::{self, Registry};
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, PipelineError};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ pub enum ServiceError {
 /// serves the gRPC API once the pipelines have started.
 pub async fn run(
     config: Config,
-    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     handles: Arc<pipeline::Handles>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
@@ -66,7 +66,7 @@ pub async fn run(
         tracing::info!(address = %config.service.metrics_listen, "serving /metrics");
         tokio::spawn(metrics::serve(
             listener,
-            registry.clone(),
+            metrics.clone(),
             metrics_stop.clone(),
         ));
     }
@@ -77,7 +77,7 @@ pub async fn run(
     if !grpc.listen.is_empty() && !grpc.registry_topic.is_empty() {
         handles.expect_replay();
     }
-    let running = pipeline::run(config, registry, handles.clone(), stop.clone());
+    let running = pipeline::run(config, metrics, handles.clone(), stop.clone());
     let pipelines_done = async {
         let result = running.await;
         // Pipelines gone (done or failed): the API has nothing left to serve.

@@ -28,7 +28,7 @@ use crate::features::FeaturePipeline;
 use crate::forest::PackedForest;
 use crate::input::RowReader;
 use crate::kafka::{self, KafkaError};
-use crate::metrics::{PipelineMetrics, Registry};
+use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::{pb, ModelError};
 use crate::score::cpu::Attribution;
 use crate::score::ScoreError;
@@ -213,7 +213,7 @@ pub(crate) struct PipelineContext {
 /// finishes the batch in hand, publishes, commits) or one of them fails.
 pub async fn run(
     config: Config,
-    registry: Arc<Registry>,
+    process_metrics: Arc<Metrics>,
     handles: Arc<Handles>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
@@ -246,7 +246,7 @@ pub async fn run(
             pipeline: "*".into(),
             source,
         })?;
-    *registry.backend.lock().expect("metrics lock") = engine.name().to_owned();
+    *process_metrics.backend.lock().expect("metrics lock") = engine.name().to_owned();
     handles.set_engine(engine.clone());
     let mut topics: Vec<String> = Vec::new();
     for p in &config.pipelines {
@@ -313,7 +313,7 @@ pub async fn run(
         consumer
             .subscribe(&[p.input_topic.as_str()])
             .map_err(KafkaError::from)?;
-        let metrics = registry.pipeline(&p.name);
+        let metrics = process_metrics.pipeline(&p.name);
         let handle = PipelineHandle::new(
             &p.name,
             &p.input_topic,
