@@ -303,6 +303,20 @@ impl Detector {
         Ok(kept)
     }
 
+    /// Keys that lost their state slot so far: the features' and the
+    /// score smoother's.
+    pub fn evictions(&self) -> u64 {
+        let smoothed = self.smoother.as_ref().map_or(0, |s| s.slots.evictions());
+        self.pipeline.evictions() + smoothed
+    }
+
+    /// The fullest per-key table's keys as a share of its capacity, the
+    /// score smoother's table included.
+    pub fn state_fill(&self) -> f64 {
+        let smoothed = self.smoother.as_ref().map_or(0.0, |s| s.slots.fill());
+        self.pipeline.state_fill().max(smoothed)
+    }
+
     /// Forgets the per-key state of records from `partitions`
     /// ([`FeaturePipeline::release_partitions`]), score smoothing included.
     /// Returns the state entries released.
@@ -592,6 +606,29 @@ mod tests {
             !whole.alerts[..1024].iter().any(|&a| a),
             "no alert before the tracked threshold has scores"
         );
+    }
+
+    /// The smoother keeps a key table of its own: its evictions and fill
+    /// are the detector's too, so the operator's gauges see them.
+    #[test]
+    fn the_score_smoothers_keys_count_in_the_state_gauges() {
+        let keys = ["device".to_owned()];
+        let model = Preset::Metrics
+            .cold_model(&keys, "ts", &["value".to_owned()], 5)
+            .unwrap();
+        let options = DetectorOptions {
+            learn: true,
+            seed: None,
+            slot_capacity: 2,
+        };
+        let mut d = Detector::new(model, Engine::Cpu, &options).unwrap();
+        let records: Vec<serde_json::Value> = (0..30)
+            .map(|i| serde_json::json!({"device": format!("d{}", i % 3), "ts": i as f64, "value": 1.0}))
+            .collect();
+        score(&mut d, &records);
+        let features = d.pipeline().evictions();
+        assert!(d.evictions() > features, "{} vs {features}", d.evictions());
+        assert_eq!(d.state_fill(), 1.0);
     }
 
     #[test]
