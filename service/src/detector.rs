@@ -263,6 +263,11 @@ impl Detector {
         &self.model
     }
 
+    /// How this detector runs.
+    pub fn options(&self) -> &DetectorOptions {
+        &self.options
+    }
+
     /// A learning forest as it is now, and how many times it was regrown;
     /// `None` for a fixed forest, or before a cold start's first trees.
     pub fn learnt_forest(&self) -> Option<(&PackedForest, u64)> {
@@ -281,15 +286,17 @@ impl Detector {
         }
     }
 
-    /// Scores with `model` from now on. Per-key state (features and score
-    /// smoothing) carries over when the feature spec (and for smoothing, the
-    /// alerting settings) is unchanged; otherwise it starts afresh. Returns
-    /// whether the features' state was kept.
+    /// Scores with `model` from now on (with `scorer` already built for its
+    /// forest, as [`Self::with_scorer`] takes one). Per-key state (features
+    /// and score smoothing) carries over when the feature spec (and for
+    /// smoothing, the alerting settings) is unchanged; otherwise it starts
+    /// afresh. Returns whether the features' state was kept.
     pub fn swap_model(
         &mut self,
         model: impl Into<std::sync::Arc<pb::Model>>,
+        scorer: Option<Box<dyn Scorer>>,
     ) -> Result<bool, DetectError> {
-        let mut next = Self::new(model, self.engine.clone(), &self.options)?;
+        let mut next = Self::with_scorer(model, self.engine.clone(), &self.options, scorer)?;
         let kept = next.model.feature_spec == self.model.feature_spec;
         if kept {
             std::mem::swap(&mut next.pipeline, &mut self.pipeline);

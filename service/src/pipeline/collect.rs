@@ -407,7 +407,9 @@ fn collect(
                 return;
             }
         } else {
-            next_release.splice(0..0, release);
+            // No record came, so no rebalance ended the batch early and
+            // nothing waits in `next_release`: the release waits instead.
+            next_release = release;
         }
         if stopping {
             return;

@@ -31,7 +31,7 @@ use crate::kafka::{self, KafkaError};
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::{pb, ModelError};
 use crate::score::cpu::Attribution;
-use crate::score::ScoreError;
+use crate::score::{ScoreError, Scorer};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
@@ -119,6 +119,10 @@ pub enum PipelineError {
 /// first record.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 
+/// A trained forest's fixed scorer and attribution walk (see
+/// [`ScoringState::packed`]).
+type Packed = (Option<Box<dyn Scorer>>, Option<Attribution>);
+
 /// The detector of one pipeline and what explains its alerts; moved onto a
 /// blocking thread for each batch and back.
 pub(crate) struct ScoringState {
@@ -139,21 +143,31 @@ impl ScoringState {
         engine: &Engine,
         options: &DetectorOptions,
     ) -> Result<Self, DetectError> {
-        let attribution = Self::fixed_attribution(&model)?;
+        let (scorer, attribution) = Self::packed(&model, engine, options)?;
         Ok(Self {
-            detector: Detector::new(model, engine.clone(), options)?,
+            detector: Detector::with_scorer(model, engine.clone(), options, scorer)?,
             attribution,
             attributed: None,
         })
     }
 
-    /// The attribution walk of a model's trained forest, if it has one.
-    fn fixed_attribution(model: &pb::Model) -> Result<Option<Attribution>, DetectError> {
-        let trained = model.forest.as_ref().is_some_and(|f| !f.trees.is_empty());
-        Ok(match trained {
-            true => Some(Attribution::new(PackedForest::from_model(model)?)),
-            false => None,
-        })
+    /// A model's trained forest, packed once for both of its uses: the
+    /// fixed scorer (none when the forest learns, which builds its own) and
+    /// the attribution walk. Neither when there is no trained forest.
+    fn packed(
+        model: &pb::Model,
+        engine: &Engine,
+        options: &DetectorOptions,
+    ) -> Result<Packed, DetectError> {
+        if model.forest.as_ref().is_none_or(|f| f.trees.is_empty()) {
+            return Ok((None, None));
+        }
+        let forest = PackedForest::from_model(model)?;
+        let scorer = match options.learn {
+            true => None,
+            false => Some(engine.scorer(&forest)?),
+        };
+        Ok((scorer, Some(Attribution::new(forest))))
     }
 
     /// The attribution of the forest as it is now: a learning forest's
@@ -175,9 +189,9 @@ impl ScoringState {
 
     /// Swaps in a new live model. Per-key state survives when the feature
     /// spec is unchanged; otherwise it starts afresh.
-    fn swap_model(&mut self, model: Arc<pb::Model>) -> Result<(), DetectError> {
-        let attribution = Self::fixed_attribution(&model)?;
-        if !self.detector.swap_model(model)? {
+    fn swap_model(&mut self, model: Arc<pb::Model>, engine: &Engine) -> Result<(), DetectError> {
+        let (scorer, attribution) = Self::packed(&model, engine, self.detector.options())?;
+        if !self.detector.swap_model(model, scorer)? {
             let model = self.detector.model();
             tracing::warn!(model = %model.name, version = model.version, "feature spec changed: per-key state restarts");
         }
@@ -496,7 +510,7 @@ async fn run_pipeline(
                 .expect("drained at least one");
             let s = state.as_mut().expect("state is home between batches");
             let (name, version) = (model.name.clone(), model.version);
-            s.swap_model(model)
+            s.swap_model(model, &ctx.engine)
                 .map_err(|source| PipelineError::Detect {
                     pipeline: ctx.config.name.clone(),
                     source,
