@@ -537,6 +537,45 @@ fn copy_into(bytes: &mut Vec<u8>, part: &[u8]) -> std::ops::Range<usize> {
     start..bytes.len()
 }
 
+/// Where each non-empty partition of a topic ended when asked: a reader
+/// from the start has read what the topic held then once every partition
+/// is [`Self::passed`] (the model registry's replay, label feedback).
+#[derive(Debug)]
+pub struct TopicEnds(BTreeMap<i32, i64>);
+
+impl TopicEnds {
+    /// The ends of `topic`'s partitions as `consumer` sees them now. A
+    /// partition whose end cannot be read counts as empty.
+    pub fn of(consumer: &BaseConsumer, topic: &str) -> Result<Self, KafkaError> {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let ends = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .filter_map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .ok()
+                    .filter(|(low, high)| high > low)
+                    .map(|(_, high)| (p, high))
+            })
+            .collect();
+        Ok(Self(ends))
+    }
+
+    /// Notes that the record at `offset` of `partition` was read.
+    pub fn passed(&mut self, partition: i32, offset: i64) {
+        if self.0.get(&partition).is_some_and(|&end| offset + 1 >= end) {
+            self.0.remove(&partition);
+        }
+    }
+
+    /// Whether every partition was read to its end.
+    pub fn reached(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A consumer of every partition of `topic` from its first record, in no
 /// group and committing nothing: no group join, no rebalance wait. For
 /// reading a topic whole: the model registry, label feedback, tools.

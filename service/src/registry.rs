@@ -39,7 +39,7 @@
 use crate::kafka::{self, KafkaError};
 use crate::model::{self, pb, ModelError};
 use crate::pipeline::{Handles, PipelineHandle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
@@ -722,28 +722,17 @@ impl ModelRegistry {
             }
         };
         // Replay: read until every partition reaches the end it had at start.
-        let mut ends = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-            Ok(md) => md
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .filter_map(|p| {
-                    consumer
-                        .fetch_watermarks(topic, p, Duration::from_secs(10))
-                        .ok()
-                        .filter(|(low, high)| high > low)
-                        .map(|(_, high)| (p, high))
-                })
-                .collect::<BTreeMap<i32, i64>>(),
+        let mut ends = match kafka::TopicEnds::of(&consumer, topic) {
+            Ok(ends) => ends,
             Err(e) => {
-                let _ = ready.send(Err(KafkaError::from(e).into()));
+                let _ = ready.send(Err(e.into()));
                 return;
             }
         };
         let mut ready = Some(ready);
         let mut replayed = 0usize;
         while !shutdown.is_cancelled() {
-            if ends.is_empty() {
+            if ends.reached() {
                 if let Some(r) = ready.take() {
                     self.forget_unconfirmed();
                     tracing::info!(
@@ -757,11 +746,7 @@ impl ModelRegistry {
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    if let Some(&end) = ends.get(&m.partition()) {
-                        if m.offset() + 1 >= end {
-                            ends.remove(&m.partition());
-                        }
-                    }
+                    ends.passed(m.partition(), m.offset());
                     replayed += 1;
                     let event = Event::decode(m.key().unwrap_or_default(), m.payload());
                     match event

@@ -12,7 +12,7 @@
 use crate::input::{Columns, Wanted};
 use crate::kafka::{Cluster, KafkaError};
 use crate::metrics::PipelineMetrics;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -53,36 +53,21 @@ impl FeedbackTopic {
         limit: Duration,
     ) -> Result<(Columns, bool), KafkaError> {
         let deadline = std::time::Instant::now() + limit;
-        let mut ends = std::collections::HashMap::new();
-        for p in self.consumer.assignment()?.elements() {
-            let (low, high) = self.consumer.fetch_watermarks(
-                &self.topic,
-                p.partition(),
-                Duration::from_secs(10),
-            )?;
-            if high > low {
-                ends.insert(p.partition(), high);
-            }
-        }
+        let mut ends = crate::kafka::TopicEnds::of(&self.consumer, &self.topic)?;
         let mut columns = Columns::new(wanted);
-        while !ends.is_empty() && std::time::Instant::now() < deadline {
+        while !ends.reached() && std::time::Instant::now() < deadline {
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
                     self.push(&mut columns, wanted, metrics, &m);
-                    if ends
-                        .get(&m.partition())
-                        .is_some_and(|&end| m.offset() + 1 >= end)
-                    {
-                        ends.remove(&m.partition());
-                    }
+                    ends.passed(m.partition(), m.offset());
                 }
                 Some(Err(e)) => {
                     tracing::warn!(pipeline = %self.pipeline, topic = %self.topic, error = %e, "feedback consumer error; retrying")
                 }
             }
         }
-        Ok((columns, ends.is_empty()))
+        Ok((columns, ends.reached()))
     }
 
     /// The feedback records that arrived since last asked, read for
