@@ -880,18 +880,9 @@ batch_max_ms = 20
         async move { status_of(&mut c, "metrics").await.scored >= 400 }
     })
     .await;
-    let mut piped = vec![None; 400];
-    for r in
-        isoflow::kafka::read_topic(&brokers, "scores", usize::MAX, Duration::from_secs(3)).unwrap()
-    {
-        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
-        piped[offset] = Some((
-            v["score"].as_f64().unwrap() as f32,
-            v["alert"].as_bool().unwrap(),
-        ));
-    }
-    let piped: Vec<(f32, bool)> = piped.into_iter().map(|s| s.expect("scored")).collect();
+    let scores =
+        isoflow::kafka::read_topic(&brokers, "scores", usize::MAX, Duration::from_secs(3)).unwrap();
+    let piped = util::scores_by_offset(&scores, 400);
 
     let response = scoring
         .score(authed(pb::ScoreRequest {

@@ -1355,22 +1355,10 @@ batch_max_ms = 20
     assert!(terminate(&mut first, Duration::from_secs(30)).success());
 }
 
-/// Source offset → (score, alert) of every message on a scores topic.
+/// `(score, alert)` by source offset on scores topic `topic`, once it
+/// covers offsets `0..n`.
 fn scores_by_offset(addr: &str, topic: &str, n: usize) -> Vec<(f32, bool)> {
-    let mut by_offset = vec![None; n];
-    for r in read_at_least(addr, topic, n) {
-        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
-        by_offset[offset] = Some((
-            v["score"].as_f64().unwrap() as f32,
-            v["alert"].as_bool().unwrap(),
-        ));
-    }
-    by_offset
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| s.unwrap_or_else(|| panic!("offset {i} of {topic} not scored")))
-        .collect()
+    util::scores_by_offset(&read_at_least(addr, topic, n), n)
 }
 
 /// Pipelines that keep learning — a preset's cold start and a trained model

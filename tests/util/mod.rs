@@ -126,6 +126,26 @@ pub fn scores_of_file(path: &std::path::Path) -> Vec<(f32, bool)> {
         .collect()
 }
 
+/// `(score, alert)` by source offset of the messages of a one-partition
+/// input's scores topic, which must cover offsets `0..n` (replays may
+/// repeat some).
+pub fn scores_by_offset(scores: &[isoflow::kafka::Record], n: usize) -> Vec<(f32, bool)> {
+    let mut by_offset = vec![None; n];
+    for r in scores {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
+        by_offset[offset] = Some((
+            v["score"].as_f64().unwrap() as f32,
+            v["alert"].as_bool().unwrap(),
+        ));
+    }
+    by_offset
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.unwrap_or_else(|| panic!("offset {i} not scored")))
+        .collect()
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
