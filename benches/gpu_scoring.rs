@@ -16,9 +16,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use isoflow::bench::random_model;
 use isoflow::forest::PackedForest;
 use isoflow::gpu::{GpuContext, GpuScorer, GpuTimings};
+use isoflow::random::random_model;
 use isoflow::score::cpu::CpuScorer;
 use isoflow::score::{RowScore, Scorer};
 use rand::{Rng, SeedableRng};

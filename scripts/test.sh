@@ -44,6 +44,9 @@ export ISOFLOW_REQUIRE_PYTHON_GRPC=1
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# Alone, the detector crate builds without its `gpu` feature (a workspace
+# build turns it on for the service), and the trainer builds on that.
+cargo clippy --release -p isoflow-core -p isoflow-train --all-targets -- -D warnings
 # The end-to-end tests run the `isoflow` and `isoflow-train` binaries of the
 # other workspace crates; cargo builds a package's binaries only for that
 # package's own tests, so build them all first.

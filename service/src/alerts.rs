@@ -5,7 +5,7 @@
 //! can drop duplicates after an at-least-once replay.
 
 use crate::features::FeaturePipeline;
-use crate::model::pb;
+use crate::pb;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;

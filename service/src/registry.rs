@@ -37,7 +37,8 @@
 //! version after them.
 
 use crate::kafka::{self, KafkaError};
-use crate::model::{self, pb, ModelError};
+use crate::model::{self, ModelError};
+use crate::pb;
 use crate::pipeline::{Handles, PipelineHandle};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;

@@ -2,9 +2,9 @@
 //! a feature spec with the service's own feature pipeline.
 
 use crate::TrainError;
-use isoflow::features::{CpuZEngine, FeaturePipeline, DEFAULT_SLOT_CAPACITY};
-use isoflow::input::{self, Wanted};
-use isoflow::model::pb;
+use isoflow_core::features::{CpuZEngine, FeaturePipeline, DEFAULT_SLOT_CAPACITY};
+use isoflow_core::input::{self, Wanted};
+use isoflow_core::model::pb;
 
 /// A training matrix.
 #[derive(Clone, Debug)]
@@ -125,7 +125,7 @@ pub fn load_numeric_csv(
         }
     }
     Ok(TrainingData {
-        spec: isoflow::features::spec::fields_spec(&names),
+        spec: isoflow_core::features::spec::fields_spec(&names),
         matrix,
         rows,
         labels,

@@ -11,10 +11,10 @@
 //! every f32 input the same way the f64 comparison would.
 
 use crate::TrainError;
-use isoflow::forest::PackedForest;
-use isoflow::grow;
-use isoflow::model::pb;
-use isoflow::score::{cpu::CpuScorer, RowScore, Scorer};
+use isoflow_core::forest::PackedForest;
+use isoflow_core::grow;
+use isoflow_core::model::pb;
+use isoflow_core::score::{cpu::CpuScorer, RowScore, Scorer};
 use linfa::dataset::{DatasetBase, Records};
 use linfa::traits::{Fit, PredictInplace};
 use ndarray::{Array1, Array2, ArrayView2};
@@ -79,7 +79,7 @@ impl IsolationForestParams {
                 self.sample_size
             )));
         }
-        use isoflow::model::{MAX_EXPANDED_LEAVES, MAX_TREES};
+        use isoflow_core::model::{MAX_EXPANDED_LEAVES, MAX_TREES};
         if self.trees > MAX_TREES {
             return Err(TrainError::Params(format!(
                 "--trees {}: a model holds at most {MAX_TREES} trees",
@@ -89,7 +89,8 @@ impl IsolationForestParams {
         // Trees grow to depth ⌈log₂ ψ⌉; those no deeper than the complete
         // layout's limit are expanded for scoring, which bounds their number.
         let depth = self.sample_size.next_power_of_two().trailing_zeros();
-        if depth <= isoflow::forest::IMPLICIT_MAX_DEPTH && self.trees << depth > MAX_EXPANDED_LEAVES
+        if depth <= isoflow_core::forest::IMPLICIT_MAX_DEPTH
+            && self.trees << depth > MAX_EXPANDED_LEAVES
         {
             return Err(TrainError::Params(format!(
                 "--trees {} with --sample-size {}: trees of depth up to {depth} expand to \
@@ -159,7 +160,7 @@ impl IsolationForestParams {
 fn placeholder_model(forest: &pb::Forest, dims: usize) -> pb::Model {
     let names: Vec<String> = (0..dims).map(|i| format!("f{i}")).collect();
     pb::Model {
-        feature_spec: Some(isoflow::features::spec::fields_spec(&names)),
+        feature_spec: Some(isoflow_core::features::spec::fields_spec(&names)),
         forest: Some(forest.clone()),
         ..Default::default()
     }

@@ -9,6 +9,7 @@
 //!   contamination threshold.
 //! - [`report`]: `report.json` and PNG plots.
 //! - [`streams`]: a stream's detection figures against a truth file.
+//! - [`topic`]: `fit --brokers/--topic`, a topic's history copied to a file.
 //! - [`train`]: the whole `fit` command as a library call.
 
 pub mod data;
@@ -16,6 +17,7 @@ pub mod eval;
 pub mod iforest;
 pub mod report;
 pub mod streams;
+pub mod topic;
 pub mod train;
 
 /// Why training or evaluation failed.
@@ -29,19 +31,19 @@ pub enum TrainError {
     Data(String),
     /// Input could not be read.
     #[error(transparent)]
-    Input(#[from] isoflow::input::InputError),
+    Input(#[from] isoflow_core::input::InputError),
     /// Feature spec refused.
     #[error(transparent)]
-    Spec(#[from] isoflow::features::spec::SpecError),
+    Spec(#[from] isoflow_core::features::spec::SpecError),
     /// Model refused or unwritable.
     #[error(transparent)]
-    Model(#[from] isoflow::model::ModelError),
+    Model(#[from] isoflow_core::model::ModelError),
     /// Scoring failed.
     #[error(transparent)]
-    Score(#[from] isoflow::score::ScoreError),
+    Score(#[from] isoflow_core::score::ScoreError),
     /// The detector could not be built or could not score.
     #[error(transparent)]
-    Detect(#[from] isoflow::detector::DetectError),
+    Detect(#[from] isoflow_core::detector::DetectError),
     /// Report could not be written.
     #[error("report: {0}")]
     Report(String),

@@ -65,7 +65,7 @@ enum Command {
         /// Pick the features and settings for a kind of stream: metrics or
         /// transactions (needs --key; JSON lines input).
         #[arg(long, requires = "key")]
-        preset: Option<isoflow::preset::Preset>,
+        preset: Option<isoflow_core::preset::Preset>,
         /// With --preset: key fields, the first being the entity.
         #[arg(long, value_delimiter = ',')]
         key: Vec<String>,
@@ -157,8 +157,9 @@ fn main() -> anyhow::Result<()> {
                 (Some(input), _, _) => input,
                 (None, Some(brokers), Some(topic)) => {
                     source = Some(format!("kafka://{brokers}/{topic}"));
-                    let n = train::fetch_topic(&brokers, &topic, max_records, &history)
-                        .context("reading the training topic")?;
+                    let n =
+                        isoflow_train::topic::copy_topic(&brokers, &topic, max_records, &history)
+                            .context("reading the training topic")?;
                     println!("read {n} records from {topic}");
                     history.display().to_string()
                 }
@@ -203,11 +204,14 @@ fn main() -> anyhow::Result<()> {
                 m.version,
                 trees,
                 m.forest.as_ref().map_or(0, |f| f.sample_size),
-                isoflow::model::feature_names(m).len(),
+                isoflow_core::model::feature_names(m).len(),
                 t.rows,
                 outcome.fit_seconds
             );
-            println!("features: {}", isoflow::model::feature_names(m).join(","));
+            println!(
+                "features: {}",
+                isoflow_core::model::feature_names(m).join(",")
+            );
             if !outcome.rejected.is_empty() {
                 println!(
                     "set aside {} unreadable records (the service would dead-letter them), e.g. {}",

@@ -4,12 +4,12 @@ use crate::data::{self, TrainingData};
 use crate::eval::{self, Evaluation};
 use crate::iforest::{IsolationForest, IsolationForestParams};
 use crate::{report, TrainError};
-use isoflow::detector::{Detector, DetectorOptions};
-use isoflow::engine::Engine;
-use isoflow::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
-use isoflow::input::{self, Wanted};
-use isoflow::model::{self, pb};
-use isoflow::preset::Preset;
+use isoflow_core::detector::{Detector, DetectorOptions};
+use isoflow_core::engine::Engine;
+use isoflow_core::features::{FeaturePipeline, DEFAULT_SLOT_CAPACITY};
+use isoflow_core::input::{self, Wanted};
+use isoflow_core::model::{self, pb};
+use isoflow_core::preset::Preset;
 use std::path::PathBuf;
 
 /// Options of `fit`.
@@ -85,7 +85,7 @@ pub fn load(opts: &FitOptions) -> Result<TrainingData, TrainError> {
     }
     match &opts.features {
         Some(spec_path) => {
-            let spec = isoflow::features::spec::SpecFile::read(spec_path)?.to_proto()?;
+            let spec = isoflow_core::features::spec::SpecFile::read(spec_path)?.to_proto()?;
             data::load_with_spec(&opts.input, spec, "label")
         }
         None => data::load_numeric_csv(&opts.input, &opts.ignore, "label"),
@@ -224,7 +224,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
     };
     model::save(&model, &opts.out)?;
     if let Some(path) = &opts.spec_out {
-        std::fs::write(path, isoflow::features::spec::to_toml(&data.spec))
+        std::fs::write(path, isoflow_core::features::spec::to_toml(&data.spec))
             .map_err(|e| TrainError::Data(format!("cannot write {}: {e}", path.display())))?;
     }
     let report_files = match &opts.report {
@@ -377,35 +377,4 @@ fn read_lenient(path: &str, wanted: &Wanted) -> Result<input::Columns, TrainErro
     } else {
         Ok(input::read_path(path, wanted)?)
     }
-}
-
-/// Copies up to `max` records of `topic` (from the beginning) to `path` as
-/// JSON lines, one message value per line; returns how many were read.
-pub fn fetch_topic(
-    brokers: &str,
-    topic: &str,
-    max: usize,
-    path: &std::path::Path,
-) -> Result<usize, TrainError> {
-    use std::io::Write;
-    let records =
-        isoflow::kafka::read_topic(brokers, topic, max, std::time::Duration::from_secs(5))
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-    let io = |e: std::io::Error| TrainError::Data(format!("cannot write {}: {e}", path.display()));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    for r in &records {
-        // A value with a raw newline is malformed JSON anyway; keeping it on
-        // one line lets the reader set it aside like the service would.
-        let value: Vec<u8> = r
-            .value
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|&b| if b == b'\n' { b' ' } else { b })
-            .collect();
-        out.write_all(&value).map_err(io)?;
-        out.write_all(b"\n").map_err(io)?;
-    }
-    out.flush().map_err(io)?;
-    Ok(records.len())
 }

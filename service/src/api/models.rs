@@ -1,7 +1,8 @@
 //! `ModelService`: put, list, get, activate and delete registry models.
 
 use super::status_of;
-use crate::model::{self, pb};
+use crate::model;
+use crate::pb;
 use crate::pb::model_service_server::ModelService;
 use crate::registry::{self, Mode, ModelRegistry};
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use crate::detector::{DetectError, Detector, DetectorOptions};
 use crate::engine::Engine;
 use crate::forest::PackedForest;
 use crate::input::Columns;
-use crate::model::pb;
+use crate::pb;
 use crate::pb::scoring_service_server::ScoringService;
 use crate::registry::{self, ModelRegistry};
 use crate::score::cpu::Attribution;

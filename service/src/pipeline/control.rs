@@ -6,7 +6,7 @@ use super::PipelineError;
 use crate::engine::Engine;
 use crate::forest::PackedForest;
 use crate::metrics::PipelineMetrics;
-use crate::model::pb;
+use crate::pb;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 

@@ -567,7 +567,7 @@ impl Scorer for GpuScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::random_model;
+    use crate::random::random_model;
 
     /// The implicit buffers hold every tree of the layout, in tree order.
     #[test]

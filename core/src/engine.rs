@@ -38,6 +38,7 @@ pub enum Engine {
     /// CPU twins.
     Cpu,
     /// A shared wgpu context.
+    #[cfg(feature = "gpu")]
     Gpu(std::sync::Arc<crate::gpu::GpuContext>),
 }
 
@@ -47,7 +48,19 @@ impl Engine {
     /// also passes over a software adapter (lavapipe, llvmpipe, WARP): the
     /// CPU scorer is an order of magnitude faster than a GPU emulated on
     /// the same cores; `gpu` still takes one.
+    ///
+    /// Built without the `gpu` feature, `gpu` is refused with a message
+    /// saying so and `auto` is the CPU.
     pub fn select(backend: Backend) -> Result<Engine, ScoreError> {
+        #[cfg(not(feature = "gpu"))]
+        return match backend {
+            Backend::Gpu => Err(ScoreError::NoAdapter(
+                "this build has no GPU backend (built without the `gpu` feature): use --backend cpu"
+                    .into(),
+            )),
+            Backend::Cpu | Backend::Auto => Ok(Engine::Cpu),
+        };
+        #[cfg(feature = "gpu")]
         match backend {
             Backend::Cpu => Ok(Engine::Cpu),
             Backend::Gpu => Ok(Engine::Gpu(crate::gpu::GpuContext::new()?)),
@@ -72,6 +85,7 @@ impl Engine {
     pub fn scorer(&self, forest: &PackedForest) -> Result<Box<dyn Scorer>, ScoreError> {
         match self {
             Engine::Cpu => Ok(Box::new(CpuScorer::new(forest.clone()))),
+            #[cfg(feature = "gpu")]
             Engine::Gpu(ctx) => Ok(Box::new(crate::gpu::GpuScorer::new(ctx.clone(), forest)?)),
         }
     }
@@ -80,6 +94,7 @@ impl Engine {
     pub fn z_engine(&self) -> Result<Box<dyn crate::features::ZEngine>, ScoreError> {
         match self {
             Engine::Cpu => Ok(Box::<crate::features::CpuZEngine>::default()),
+            #[cfg(feature = "gpu")]
             Engine::Gpu(ctx) => Ok(Box::new(crate::gpu::GpuZEngine::new(ctx.clone())?)),
         }
     }
@@ -88,6 +103,7 @@ impl Engine {
     pub fn name(&self) -> &'static str {
         match self {
             Engine::Cpu => "cpu",
+            #[cfg(feature = "gpu")]
             Engine::Gpu(_) => "gpu",
         }
     }
