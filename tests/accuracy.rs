@@ -5,7 +5,7 @@
 //! (`tests/data/tabular`) always run; all eighteen of `../shared/data` run
 //! when it is beside the clone. `ACC_SEEDS` sets our seed count.
 
-mod util;
+use crate::util;
 
 use isoflow_train::data::load_numeric_csv;
 use isoflow_train::eval::roc_auc;

@@ -1,7 +1,7 @@
 //! CLI contracts of `isoflow` and `isoflow-train`: the exact command forms
 //! and output formats that users, scripts and benchmarks depend on.
 
-mod util;
+use crate::util;
 
 use util::{data, fails, ok, parse_scores, score_args};
 

@@ -4,7 +4,7 @@
 //! Scored offline with `isoflow score`; `tests/streaming.rs` shows the
 //! service's online scores equal these.
 
-mod util;
+use crate::util;
 
 use std::collections::BTreeMap;
 use util::{ok, score_args};

@@ -3,7 +3,7 @@
 //! (away from the threshold). Runs on whatever adapter is present (Mesa
 //! lavapipe in CI); no adapter is a failure, not a skip.
 
-mod util;
+use crate::util;
 
 use util::{data, ok, parse_scores, score_args};
 

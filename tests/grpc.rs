@@ -10,7 +10,7 @@
 //! so, when `python3 -c "import grpc, grpc_tools"` fails; set
 //! `ISOFLOW_REQUIRE_PYTHON_GRPC=1` to make that a failure).
 
-mod util;
+use crate::util;
 
 use isoflow::pb;
 use isoflow::pb::model_service_client::ModelServiceClient;

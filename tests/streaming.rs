@@ -3,7 +3,7 @@
 //! recovery and a broker outage with fault injection on librdkafka's mock
 //! cluster; start-up errors.
 
-mod util;
+use crate::util;
 
 use isoflow::kafka::{read_topic, Record};
 use std::collections::{HashMap, HashSet};

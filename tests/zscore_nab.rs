@@ -7,7 +7,7 @@
 //! value (in f64), so |z_f32 − z_f64| ≤ 1e-4·max(1, |z_f64|) (measured:
 //! 2.0e-5 on CPU and lavapipe); an infinite reference z must be infinite here too.
 
-mod util;
+use crate::util;
 
 use std::path::{Path, PathBuf};
 use util::{data, ok, parse_scores, score_args};

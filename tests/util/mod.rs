@@ -1,8 +1,6 @@
 //! Shared helpers for the end-to-end tests: locating the built binaries and
 //! the test data, running commands.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
