@@ -41,22 +41,23 @@ async fn run(quick: bool) {
     .await
     .unwrap();
     registry.seed(&model);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = isoflow::config::GrpcConfig {
-        listen: format!("127.0.0.1:{port}"),
-        ..Default::default()
-    };
+    // Bound here, then served: the port is ours before the client needs it.
+    let listener = isoflow::api::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = isoflow::config::GrpcConfig::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            isoflow::api::serve(&config, registry, isoflow::engine::Engine::Cpu, shutdown)
-                .await
-                .unwrap()
+            isoflow::api::serve(
+                listener,
+                &config,
+                registry,
+                isoflow::engine::Engine::Cpu,
+                shutdown,
+            )
+            .await
+            .unwrap()
         }
     });
     let records: Vec<Vec<u8>> = isoflow::synthetic::generate(&isoflow::synthetic::GenOptions {

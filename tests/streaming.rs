@@ -586,7 +586,7 @@ group_id = "props"
 "bootstrap.servers" = "{addr}"
 
 [grpc]
-listen = "127.0.0.1:{}"
+listen = "127.0.0.1:0"
 models_dir = "{}"
 
 [[pipeline]]
@@ -597,7 +597,6 @@ alerts_topic = "alerts"
 dlq_topic = "dlq"
 scores_topic = "scores"
 "#,
-            util::free_port(),
             dir.path().join("models").display(),
             model.display()
         ),

@@ -63,13 +63,21 @@ pub async fn run(
                     config.service.metrics_listen
                 )))
             })?;
-        tracing::info!(address = %config.service.metrics_listen, "serving /metrics");
+        // The bound address, not the configured one: with port 0 the log
+        // is where a supervisor learns which port was taken.
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "serving /metrics");
+        }
         tokio::spawn(metrics::serve(
             listener,
             metrics.clone(),
             metrics_stop.clone(),
         ));
     }
+    let api_listener = match config.grpc.listen.as_str() {
+        "" => None,
+        listen => Some(crate::api::bind(listen).await?),
+    };
     let grpc = config.grpc.clone();
     let cluster = config.kafka.cluster();
     let pipelines = config.pipelines.len();
@@ -85,14 +93,14 @@ pub async fn run(
         result
     };
     let api = async {
-        if grpc.listen.is_empty() {
+        let Some(listener) = api_listener else {
             return Ok(());
-        }
+        };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = handles.wait_started(pipelines) => {}
         }
-        let result = serve_api(&grpc, &cluster, handles.clone(), stop.clone()).await;
+        let result = serve_api(listener, &grpc, &cluster, handles.clone(), stop.clone()).await;
         if result.is_err() {
             stop.cancel();
         }
@@ -104,8 +112,9 @@ pub async fn run(
     api_result
 }
 
-/// Opens the registry, replays it, and serves gRPC until `stop`.
+/// Opens the registry, replays it, and serves gRPC on `listener` until `stop`.
 async fn serve_api(
+    listener: tokio::net::TcpListener,
     grpc: &crate::config::GrpcConfig,
     cluster: &crate::kafka::Cluster,
     handles: Arc<pipeline::Handles>,
@@ -124,6 +133,6 @@ async fn serve_api(
     models.follow(stop.clone()).await?;
     handles.mark_replayed();
     let engine = handles.engine().unwrap_or(crate::engine::Engine::Cpu);
-    crate::api::serve(grpc, models, engine, stop).await?;
+    crate::api::serve(listener, grpc, models, engine, stop).await?;
     Ok(())
 }

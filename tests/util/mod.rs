@@ -144,7 +144,17 @@ pub fn scores_by_offset(scores: &[isoflow::kafka::Record], n: usize) -> Vec<(f32
         .collect()
 }
 
-/// A free TCP port on loopback.
+/// The port of the address logged on the first line with `message` (the
+/// service logs what it bound, e.g. `serving gRPC address=127.0.0.1:4242`).
+pub fn bound_port(log: &str, message: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+    address.rsplit(':').next()?.parse().ok()
+}
+
+/// A TCP port on loopback that nothing listened on when asked: for a broker
+/// process, which must be told its port before it starts, and for an
+/// address where no broker is.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -460,32 +470,29 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut()
 pub struct Service {
     /// The process.
     pub child: std::process::Child,
-    /// Port of `/metrics`.
-    pub metrics_port: u16,
+    /// Port of `/metrics`, once the log has said which it bound.
+    metrics_port: std::sync::OnceLock<u16>,
     /// Where its stderr goes.
     pub log: PathBuf,
 }
 
 impl Service {
-    /// Starts `isoflow run --config CONFIG` with metrics on a free port.
+    /// Starts `isoflow run --config CONFIG` with metrics on a port of its own.
     pub fn start(config: &std::path::Path) -> Service {
         Self::start_with(&["--config", config.to_str().unwrap()], config)
     }
 
-    /// Starts `isoflow run ARGS --metrics <free port> --backend cpu`; its
-    /// log goes next to `near`.
+    /// Starts `isoflow run ARGS --metrics 127.0.0.1:0 --backend cpu`; its
+    /// log goes next to `near`. The service binds a port of the system's
+    /// choosing and logs it, so no port is probed for and then raced for.
     pub fn start_with(args: &[&str], near: &std::path::Path) -> Service {
-        let metrics_port = free_port();
-        let log = near.with_extension(format!("{metrics_port}.log"));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = near.with_extension(format!("{}-{n}.log", std::process::id()));
         let child = Command::new(bin("isoflow"))
             .arg("run")
             .args(args)
-            .args([
-                "--metrics",
-                &format!("127.0.0.1:{metrics_port}"),
-                "--backend",
-                "cpu",
-            ])
+            .args(["--metrics", "127.0.0.1:0", "--backend", "cpu"])
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -493,15 +500,27 @@ impl Service {
             .expect("start isoflow run");
         Service {
             child,
-            metrics_port,
+            metrics_port: std::sync::OnceLock::new(),
             log,
         }
+    }
+
+    /// The `/metrics` port, once the service has logged it.
+    fn metrics_port(&self) -> Option<u16> {
+        if let Some(port) = self.metrics_port.get() {
+            return Some(*port);
+        }
+        let port = bound_port(&self.log_text(), "serving /metrics")?;
+        Some(*self.metrics_port.get_or_init(|| port))
     }
 
     /// Sum of a metric over its label sets (0 when absent or unreachable).
     pub fn metric(&self, name: &str) -> f64 {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+        let Some(port) = self.metrics_port() else {
+            return 0.0;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return 0.0;
         };
         let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");

@@ -1,9 +1,11 @@
 //! `fit --brokers B --topic T`: a topic's history copied to a JSON-lines file,
 //! which training then reads like any other input.
 //!
-//! The copy reads every partition from its first record up to the end it had
-//! when the copy started (its high watermark), so it stops exactly at the
-//! end rather than after a quiet spell, and commits nothing.
+//! The copy reads every partition from its first record at least up to the
+//! end it had when the copy started (its high watermark), then on until a
+//! second passes without a record: some brokers under-report the watermark
+//! (tansu's memory engine), and a quiet spell alone would stop a copy short
+//! on a slow broker. It commits nothing.
 
 use crate::TrainError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the copy may go without a record before it gives up on the rest.
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a copy past every watermark waits for records beyond them.
+const PAST_END_QUIET: Duration = Duration::from_secs(1);
 
 /// Copies up to `max` records of `topic` (from the beginning of each
 /// partition) to `path` as JSON lines, one message value per line; returns how
@@ -59,20 +63,24 @@ pub fn copy_topic(
             .map_err(kafka)?;
         if high > low {
             ends.insert(p, high);
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(kafka)?;
         }
+        // Every partition, even one that reads empty: a watermark may be low.
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka)?;
     }
     let io = |e: std::io::Error| TrainError::Data(format!("cannot write {}: {e}", path.display()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut copied = 0;
-    if !ends.is_empty() {
-        consumer.assign(&assignment).map_err(kafka)?;
-    }
+    consumer.assign(&assignment).map_err(kafka)?;
     let mut last = Instant::now();
-    while copied < max && !ends.is_empty() {
+    let mut reading = true;
+    while copied < max && reading {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            if ends.is_empty() {
+                reading = last.elapsed() < PAST_END_QUIET;
+                continue;
+            }
             // A partition may end in records never delivered (transaction
             // markers): its position, not its last message, says it is done.
             let position = consumer.position().map_err(kafka)?;

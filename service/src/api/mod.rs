@@ -69,20 +69,26 @@ pub fn status_of(e: RegistryError) -> Status {
     }
 }
 
-/// Serves the API on `config.listen` until `shutdown`; returns once the
-/// listener is bound (`bound` receives the address) and the server ends.
+/// Binds `listen` for [`serve`]: done before anything else starts, so an
+/// address in use fails start-up at once.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ApiError> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ApiError::Listen {
+            address: listen.to_owned(),
+            source,
+        })
+}
+
+/// Serves the API on `listener` until `shutdown`, with `config`'s limits,
+/// token and TLS.
 pub async fn serve(
+    listener: tokio::net::TcpListener,
     config: &GrpcConfig,
     registry: Arc<ModelRegistry>,
     engine: Engine,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| ApiError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
     let address = listener.local_addr().map_err(|source| ApiError::Listen {
         address: config.listen.clone(),
         source,
