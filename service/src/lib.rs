@@ -7,7 +7,8 @@
 //! their own names ([`model`], [`features`], [`detector`], ...). This crate
 //! is the service around it:
 //! - [`commands`]: the work behind each CLI command; [`bench`](mod@bench) measures
-//!   scoring, [`pipeline_bench`] the streaming service against a broker.
+//!   scoring, [`pipeline_bench`] the streaming service against a broker,
+//!   [`state_bench`] the memory of per-key state at scale.
 //! - [`pipeline`]: the streaming service — Kafka batches in, alerts/DLQ out,
 //!   offsets committed only after the broker acknowledged the output
 //!   ([`kafka`], [`alerts`], [`dlq`], [`metrics`], [`config`]); it scores
@@ -54,3 +55,4 @@ pub mod pipeline;
 pub mod pipeline_bench;
 pub mod registry;
 pub mod service;
+pub mod state_bench;

@@ -30,6 +30,10 @@ enum BenchTarget {
     /// topic, records/s end to end through a pipeline, and produce-to-alert
     /// latency at an offered rate. Creates fresh `isoflow-bench-*` topics.
     Pipeline(isoflow::pipeline_bench::PipelineBenchOptions),
+    /// The memory of per-key state: a model's detector fed records that
+    /// each bring new keys; prints keys held, evictions, resident memory
+    /// and bytes per key.
+    State(isoflow::state_bench::StateBenchOptions),
 }
 
 #[derive(Subcommand)]
@@ -501,6 +505,14 @@ fn run() -> anyhow::Result<()> {
             let report = runtime
                 .block_on(isoflow::pipeline_bench::run(options, runtime.handles()))
                 .context("isoflow bench pipeline failed")?;
+            println!("{report}");
+        }
+        Command::Bench {
+            target: Some(BenchTarget::State(options)),
+            ..
+        } => {
+            let report =
+                isoflow::state_bench::run(&options).context("isoflow bench state failed")?;
             println!("{report}");
         }
         Command::Bench {
