@@ -322,7 +322,7 @@ fn adapters_are_listed() {
 fn bench_report_shows_agreement() {
     context();
     // ISOFLOW_BENCH_ROWS lets a developer run the full-size report here:
-    // cargo test --release --test gpu_parity bench_report -- --nocapture
+    // cargo test --release --test integration gpu_parity::bench_report -- --nocapture
     let rows = std::env::var("ISOFLOW_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
