@@ -912,6 +912,22 @@ fn trains_on_a_topics_history_with_the_service_feature_code() {
         ],
     );
     assert!(err.contains("--features"), "{err}");
+    // A topic that is not there is named, not trained on as empty.
+    let err = util::fails(
+        "isoflow-train",
+        &[
+            "fit",
+            "--brokers",
+            &addr,
+            "--topic",
+            "no-such-history",
+            "--features",
+            spec.to_str().unwrap(),
+            "--out",
+            dir.path().join("absent.isoflow").to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("'no-such-history' does not exist"), "{err}");
 }
 
 #[test]
