@@ -846,6 +846,20 @@ fn start_up_errors_say_what_is_wrong() {
     );
     let err = run("[kafka]\nbrokers = \"x\"\n");
     assert!(err.contains("pipeline"), "{err}");
+    // An API address already taken fails the start, before any pipeline.
+    broker.create_topic("alerts", 1);
+    broker.create_topic("dlq", 1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let err = run(&format!(
+        "{}[grpc]\nlisten = \"{address}\"\nmodels_dir = \"{}\"\n",
+        config(&broker.addr(), &model),
+        dir.path().join("models").display()
+    ));
+    assert!(
+        err.contains(&format!("grpc.listen {address}: cannot listen")),
+        "{err}"
+    );
 }
 
 #[test]
