@@ -47,6 +47,8 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # Alone, the detector crate builds without its `gpu` feature (a workspace
 # build turns it on for the service), and the trainer builds on that.
 cargo clippy --release -p isoflow-core -p isoflow-train --all-targets -- -D warnings
+# Every public item is documented and every doc link resolves.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The end-to-end tests run the `isoflow` and `isoflow-train` binaries of the
 # other workspace crates; cargo builds a package's binaries only for that
 # package's own tests, so build them all first.

@@ -61,7 +61,7 @@ pub enum HistoryKind {
     Lag {
         /// Records back (1 ..= [`MAX_LAG`]).
         lag: u32,
-        /// Report x − x[lag].
+        /// Report `x − x[lag]`.
         delta: bool,
     },
     /// EWMA standard deviation, the record included.

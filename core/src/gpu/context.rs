@@ -112,7 +112,7 @@ pub(crate) struct Kernel {
 ///
 /// Built once and shared (`Arc`) by every scorer and z-engine, of the
 /// pipelines and of API requests alike. Each scoring call runs in error
-/// scopes of its own ([`Self::scoped`]; wgpu keeps them per thread), so a
+/// scopes of its own (`Self::scoped`; wgpu keeps them per thread), so a
 /// call's validation or out-of-memory error is that call's alone. A lost
 /// device fails every call from then on.
 pub struct GpuContext {

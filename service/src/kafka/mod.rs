@@ -1,7 +1,8 @@
 //! Kafka clients (rdkafka): consumer and producer settings that give
 //! at-least-once delivery, start-up checks with clear errors, and topic
-//! creation. [`record`] holds consumed records (one owned record, or a batch
-//! in one buffer); [`read`] reads a topic whole, outside any group.
+//! creation. Submodule `record` holds consumed records ([`Record`], one
+//! owned; [`RecordBatch`], a batch in one buffer); `read` reads a topic
+//! whole, outside any group ([`consumer_from_start`], [`read_topic`]).
 
 mod read;
 mod record;
