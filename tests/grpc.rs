@@ -26,8 +26,8 @@ const TOKEN: &str = "test-token-1234";
 /// One `isoflow run` process, stopped on drop.
 struct Replica {
     child: Child,
-    log: std::path::PathBuf,
-    address: std::sync::OnceLock<String>,
+    /// The API's port: it listens on port 0, and the system picks one.
+    port: util::LoggedPort,
 }
 
 impl Replica {
@@ -107,29 +107,14 @@ max_request_bytes = 1048576
             .expect("isoflow run starts");
         Replica {
             child,
-            log: log_path,
-            address: std::sync::OnceLock::new(),
+            port: util::LoggedPort::new(log_path, "serving gRPC"),
         }
     }
 
-    /// The API's address, once the replica has logged the port it bound
-    /// (it listens on port 0: the system picks a free one).
-    fn address(&self) -> &str {
-        self.address.get_or_init(|| {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                if let Some(port) = util::bound_port(&log, "serving gRPC") {
-                    return format!("http://127.0.0.1:{port}");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never served gRPC:\n{log}",
-                    self.log.display()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
+    /// The API's address, once the replica has logged the port it bound.
+    fn address(&self) -> String {
+        let port = self.port.wait(Duration::from_secs(60));
+        format!("http://127.0.0.1:{port}")
     }
 }
 
@@ -224,7 +209,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
         .unwrap();
     let a = Replica::start(dir.path(), "a", &brokers);
     let b = Replica::start(dir.path(), "b", &brokers);
-    let (ca, cb) = (channel(a.address()).await, channel(b.address()).await);
+    let (ca, cb) = (channel(&a.address()).await, channel(&b.address()).await);
 
     // Health is open and SERVING; everything else needs the token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ca.clone());
@@ -580,7 +565,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     let remote_score = |input: &Path, out: &str| {
         let out = dir.path().join(out);
         #[rustfmt::skip]
-        util::ok("isoflow", &["score", "--grpc", a.address(), "--token", TOKEN, "--pipeline", "fraud",
+        util::ok("isoflow", &["score", "--grpc", &a.address(), "--token", TOKEN, "--pipeline", "fraud",
                               "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
         std::fs::read_to_string(out).unwrap()
     };
@@ -588,7 +573,7 @@ async fn grpc_api_end_to_end_on_two_replicas() {
     assert_eq!(from_jsonl.lines().count(), 301, "{from_jsonl}");
     assert_eq!(remote_score(&csv_path, "remote-csv.out"), from_jsonl);
 
-    python_client(dir.path(), b.address(), &brokers);
+    python_client(dir.path(), &b.address(), &brokers);
     eprintln!("grpc end to end in {:?}", started.elapsed());
     drop((a, b));
 }
@@ -657,7 +642,7 @@ async fn a_restart_scores_with_the_replayed_model_from_the_first_record() {
         .unwrap();
     let new_id = {
         let a = Replica::start(dir.path(), "a", &brokers);
-        let channel = channel(a.address()).await;
+        let channel = channel(&a.address()).await;
         let mut models = ModelServiceClient::new(channel.clone());
         let put = put_fraud(&mut models).await;
         models
@@ -690,7 +675,7 @@ async fn a_restart_scores_with_the_replayed_model_from_the_first_record() {
         ],
     );
     let a = Replica::start(dir.path(), "a", &brokers);
-    let scoring = ScoringServiceClient::new(channel(a.address()).await);
+    let scoring = ScoringServiceClient::new(channel(&a.address()).await);
     wait_for("every record scored", Duration::from_secs(60), || {
         let mut c = scoring.clone();
         async move { status(&mut c).await.scored >= 3000 }
@@ -734,7 +719,7 @@ async fn a_model_gone_from_the_registry_topic_does_not_come_back_from_its_cache(
     };
     let put_version = {
         let a = Replica::start(dir.path(), "a", &brokers);
-        let mut models = ModelServiceClient::new(channel(a.address()).await);
+        let mut models = ModelServiceClient::new(channel(&a.address()).await);
         let put = put_fraud(&mut models).await;
         assert!(versions(models).await.contains(&put.version));
         put.version
@@ -744,7 +729,7 @@ async fn a_model_gone_from_the_registry_topic_does_not_come_back_from_its_cache(
         .await
         .unwrap();
     let a = Replica::start(dir.path(), "a", &brokers);
-    let models = ModelServiceClient::new(channel(a.address()).await);
+    let models = ModelServiceClient::new(channel(&a.address()).await);
     wait_for("the cached copy forgotten", Duration::from_secs(30), || {
         let models = models.clone();
         async move { !versions(models).await.contains(&put_version) }
@@ -788,7 +773,7 @@ async fn score_calls_are_bounded_and_an_open_server_is_warned_about() {
     let extra = "max_concurrent_scores = 1";
     let a = Replica::start_with(dir.path(), "a", &brokers, ("0.0.0.0", extra, None));
     let client =
-        ScoringServiceClient::new(channel(a.address()).await).max_decoding_message_size(64 << 20);
+        ScoringServiceClient::new(channel(&a.address()).await).max_decoding_message_size(64 << 20);
     let calls = (0..8).map(|_| {
         let mut c = client.clone();
         let records = records.clone();
@@ -896,7 +881,7 @@ batch_max_ms = 20
             .await
             .expect("produce");
     }
-    let mut scoring = ScoringServiceClient::new(channel(replica.address()).await);
+    let mut scoring = ScoringServiceClient::new(channel(&replica.address()).await);
     wait_for("every record scored", Duration::from_secs(60), || {
         let mut c = scoring.clone();
         async move { status_of(&mut c, "metrics").await.scored >= 400 }

@@ -144,12 +144,54 @@ pub fn scores_by_offset(scores: &[isoflow::kafka::Record], n: usize) -> Vec<(f32
         .collect()
 }
 
-/// The port of the address logged on the first line with `message` (the
-/// service logs what it bound, e.g. `serving gRPC address=127.0.0.1:4242`).
-pub fn bound_port(log: &str, message: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains(message))?;
-    let address = line.split("address=").nth(1)?.split_whitespace().next()?;
-    address.rsplit(':').next()?.parse().ok()
+/// A port that a child process chose itself (it was told port 0) and
+/// logged once bound, e.g. `serving gRPC address=127.0.0.1:4242`: read from
+/// its log on first use, then kept.
+pub struct LoggedPort {
+    log: PathBuf,
+    message: &'static str,
+    port: std::sync::OnceLock<u16>,
+}
+
+impl LoggedPort {
+    /// The port logged in `log` on the first line with `message`.
+    pub fn new(log: PathBuf, message: &'static str) -> Self {
+        Self {
+            log,
+            message,
+            port: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The port, once the log has said it.
+    pub fn get(&self) -> Option<u16> {
+        if let Some(port) = self.port.get() {
+            return Some(*port);
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let line = log.lines().find(|l| l.contains(self.message))?;
+        let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+        let port = address.rsplit(':').next()?.parse().ok()?;
+        Some(*self.port.get_or_init(|| port))
+    }
+
+    /// The port, waiting at most `timeout` for the log to say it.
+    pub fn wait(&self, timeout: std::time::Duration) -> u16 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(port) = self.get() {
+                return port;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never logged '{}':\n{}",
+                self.log.display(),
+                self.message,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 /// A TCP port on loopback that nothing listened on when asked: for a broker
@@ -470,8 +512,8 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut()
 pub struct Service {
     /// The process.
     pub child: std::process::Child,
-    /// Port of `/metrics`, once the log has said which it bound.
-    metrics_port: std::sync::OnceLock<u16>,
+    /// Port of `/metrics`, as the service logs it.
+    metrics_port: LoggedPort,
     /// Where its stderr goes.
     pub log: PathBuf,
 }
@@ -500,24 +542,15 @@ impl Service {
             .expect("start isoflow run");
         Service {
             child,
-            metrics_port: std::sync::OnceLock::new(),
+            metrics_port: LoggedPort::new(log.clone(), "serving /metrics"),
             log,
         }
-    }
-
-    /// The `/metrics` port, once the service has logged it.
-    fn metrics_port(&self) -> Option<u16> {
-        if let Some(port) = self.metrics_port.get() {
-            return Some(*port);
-        }
-        let port = bound_port(&self.log_text(), "serving /metrics")?;
-        Some(*self.metrics_port.get_or_init(|| port))
     }
 
     /// Sum of a metric over its label sets (0 when absent or unreachable).
     pub fn metric(&self, name: &str) -> f64 {
         use std::io::{Read, Write};
-        let Some(port) = self.metrics_port() else {
+        let Some(port) = self.metrics_port.get() else {
             return 0.0;
         };
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {

@@ -72,6 +72,8 @@ pub fn copy_topic(
     let io = |e: std::io::Error| TrainError::Data(format!("cannot write {}: {e}", path.display()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut copied = 0;
+    // One line's bytes, reused from record to record.
+    let mut line = Vec::new();
     consumer.assign(&assignment).map_err(kafka)?;
     let mut last = Instant::now();
     let mut reading = true;
@@ -106,14 +108,16 @@ pub fn copy_topic(
         }
         // A value with a raw newline is malformed JSON anyway; keeping it on
         // one line lets the reader set it aside like the service would.
-        let value: Vec<u8> = message
-            .payload()
-            .unwrap_or_default()
-            .iter()
-            .map(|&b| if b == b'\n' { b' ' } else { b })
-            .collect();
-        out.write_all(&value).map_err(io)?;
-        out.write_all(b"\n").map_err(io)?;
+        line.clear();
+        line.extend(message.payload().unwrap_or_default().iter().map(|&b| {
+            if b == b'\n' {
+                b' '
+            } else {
+                b
+            }
+        }));
+        line.push(b'\n');
+        out.write_all(&line).map_err(io)?;
         copied += 1;
     }
     out.flush().map_err(io)?;
