@@ -13,6 +13,7 @@
 use crate::decision;
 use crate::engine::Engine;
 use crate::features::slots::{owner_of, KeyHash, Owner, SlotTable};
+use crate::features::state::{layout_hash, Restored, StateChanges, SMOOTHER_TABLE};
 use crate::features::{FeaturePipeline, ZEngine};
 use crate::forest::PackedForest;
 use crate::input::Columns;
@@ -57,6 +58,9 @@ pub struct DetectorOptions {
     pub seed: Option<u64>,
     /// Keys of state per keyed feature.
     pub slot_capacity: usize,
+    /// Note the keys whose state changes, for a changelog
+    /// ([`Detector::take_state`]).
+    pub track_state: bool,
 }
 
 enum Forest {
@@ -235,6 +239,13 @@ impl Detector {
             };
             RateThreshold::new(alerting.alert_rate, window.max(4))
         });
+        let mut smoother = smoother;
+        if options.track_state {
+            pipeline.track_changes();
+            if let Some(s) = smoother.as_mut() {
+                s.slots.track_changes();
+            }
+        }
         let risk_columns = if alerting.risk_outside_forest {
             pipeline.risk_columns()
         } else {
@@ -334,6 +345,71 @@ impl Detector {
             .as_mut()
             .map_or(0, |s| s.slots.release(&owners));
         self.pipeline.release_partitions(partitions) + smoothed
+    }
+
+    /// The layout of the state of `table` ([`Self::take_state`]): a stable
+    /// hash of what the state means, which changes with the feature spec
+    /// (and for the score smoother, the alerting settings). State recorded
+    /// under another layout must not be restored.
+    pub fn state_layout(&self, table: u16) -> u64 {
+        use prost::Message;
+        let spec = self
+            .model
+            .feature_spec
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default();
+        let alerting = match table {
+            SMOOTHER_TABLE => self
+                .model
+                .alerting
+                .as_ref()
+                .map(Message::encode_to_vec)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        layout_hash(&[b"isoflow state 1", &spec, &alerting])
+    }
+
+    /// The state of every key changed (or evicted) since last asked, for a
+    /// changelog: features, then the score smoother
+    /// ([`SMOOTHER_TABLE`]). Empty unless built with
+    /// [`DetectorOptions::track_state`]. Label risk is not included: the
+    /// feedback it learns from is a topic of its own, read again on start.
+    pub fn take_state(&mut self) -> Result<StateChanges, DetectError> {
+        let mut out = StateChanges::default();
+        self.pipeline.take_state(self.z_engine.as_mut(), &mut out)?;
+        if let Some(s) = self.smoother.as_mut() {
+            let state = &s.state;
+            out.add_table(SMOOTHER_TABLE, &mut s.slots, |slot, bytes| {
+                let v = state.get(slot).copied().unwrap_or_default();
+                bytes.extend_from_slice(&v.to_le_bytes());
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes back keys' state as [`Self::take_state`] gave it (records of
+    /// the current [`Self::state_layout`] only). Returns the records taken.
+    pub fn restore_state(&mut self, records: &[Restored<'_>]) -> Result<usize, DetectError> {
+        let mut taken = self
+            .pipeline
+            .restore_state(records, self.z_engine.as_mut())?;
+        if let Some(s) = self.smoother.as_mut() {
+            for r in records.iter().filter(|r| r.table == SMOOTHER_TABLE) {
+                let Ok(v) = <[u8; 8]>::try_from(r.value) else {
+                    continue;
+                };
+                let (slot, _) = s.slots.restore(r.owner, r.key);
+                let i = slot as usize;
+                if i >= s.state.len() {
+                    s.state.resize(i + 1, 0.0);
+                }
+                s.state[i] = f64::from_le_bytes(v);
+                taken += 1;
+            }
+        }
+        Ok(taken)
     }
 
     /// Backend name.
@@ -574,6 +650,7 @@ mod tests {
                 learn,
                 seed: None,
                 slot_capacity: 1024,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -586,6 +663,206 @@ mod tests {
             cols.push_json(&wanted, r, i + 1, None).unwrap();
         }
         d.score(&cols).unwrap()
+    }
+
+    /// A detector keyed by `device` with every kind of per-key state a
+    /// changelog carries, a fixed forest and a score smoother.
+    fn stateful(engine: Engine) -> Detector {
+        let spec = crate::features::spec::SpecFile::parse(
+            r#"
+key_field = "device"
+time_field = "ts"
+[[feature]]
+name = "value"
+kind = "field"
+source = "value"
+[[feature]]
+name = "value_z"
+kind = "key_zscore"
+source = "value"
+alpha = 0.05
+warmup = 5
+[[feature]]
+name = "gap"
+kind = "key_gap"
+[[feature]]
+name = "rate"
+kind = "key_rate"
+window_s = 30.0
+[[feature]]
+name = "prev"
+kind = "key_lag"
+source = "value"
+lag = 3
+[[feature]]
+name = "dev"
+kind = "key_deviation"
+source = "value"
+alpha = 0.1
+bucket_s = 10.0
+season_s = 40.0
+"#,
+            "test",
+        )
+        .unwrap()
+        .to_proto()
+        .unwrap();
+        let mut model = crate::random::random_model(6, 20, 64, 3);
+        model.feature_spec = Some(spec);
+        model.alerting = Some(pb::Alerting {
+            score_half_life: 3.0,
+            ..Default::default()
+        });
+        let options = DetectorOptions {
+            slot_capacity: 1024,
+            track_state: true,
+            ..Default::default()
+        };
+        Detector::new(model, engine, &options).unwrap()
+    }
+
+    /// Records of many devices, each on a partition of its own.
+    fn devices(range: std::ops::Range<usize>) -> Vec<(serde_json::Value, i32)> {
+        range
+            .map(|i| {
+                let device = i * 7 % 13;
+                let record = serde_json::json!({
+                    "device": format!("d{device}"),
+                    "ts": (i / 3) as f64,
+                    "value": 10.0 + (i * 31 % 17) as f64 * 0.5,
+                });
+                (record, (device % 4) as i32)
+            })
+            .collect()
+    }
+
+    fn score_on(d: &mut Detector, records: &[(serde_json::Value, i32)]) -> Scored {
+        let wanted = d.pipeline().wanted().clone();
+        let mut cols = Columns::new(&wanted);
+        for (i, (r, partition)) in records.iter().enumerate() {
+            cols.push_json(&wanted, r, i + 1, None).unwrap();
+            cols.partition.push(*partition);
+        }
+        d.score(&cols).unwrap()
+    }
+
+    /// What a compacted changelog holds after `changes`: each key's last
+    /// state, evicted keys gone.
+    fn compacted(
+        changes: &[StateChanges],
+    ) -> std::collections::BTreeMap<(u16, u16, u128), Vec<u8>> {
+        let mut log = std::collections::BTreeMap::new();
+        for c in changes {
+            for r in &c.records {
+                let at = (r.owner, r.table, r.key);
+                match c.value(r) {
+                    Some(v) => log.insert(at, v.to_vec()),
+                    None => log.remove(&at),
+                };
+            }
+        }
+        log
+    }
+
+    /// A detector given the changelog's state of some partitions scores
+    /// their next records exactly as the detector that wrote it, whose
+    /// state was never lost: z past warm-up, gaps, rates, lags, seasonal
+    /// baselines and smoothed scores all carry over.
+    fn restored_state_scores_as_the_uninterrupted_detector(engine: Engine) {
+        let mut writer = stateful(engine.clone());
+        let mut changes = Vec::new();
+        for chunk in devices(0..600).chunks(70) {
+            score_on(&mut writer, chunk);
+            changes.push(writer.take_state().unwrap());
+        }
+        assert!(writer.take_state().unwrap().is_empty(), "nothing new");
+        let log = compacted(&changes);
+        // Five tables (z, gap, rate, lag, smoother) for 13 devices, and the
+        // deviation's four season buckets each.
+        assert_eq!(log.len(), (5 + 4) * 13);
+        let mut reader = stateful(engine.clone());
+        let records: Vec<Restored<'_>> = log
+            .iter()
+            .map(|(&(owner, table, key), value)| Restored {
+                owner,
+                table,
+                key,
+                value,
+            })
+            .collect();
+        assert_eq!(reader.restore_state(&records).unwrap(), log.len());
+        assert!(
+            reader.take_state().unwrap().is_empty(),
+            "restored, not changed"
+        );
+        let next = devices(600..700);
+        let expected = score_on(&mut writer, &next);
+        let got = score_on(&mut reader, &next);
+        assert_eq!(got.matrix, expected.matrix);
+        assert_eq!(got.scores, expected.scores);
+        // Against a detector that never saw the first records.
+        let fresh = score_on(&mut stateful(engine), &next);
+        assert_ne!(fresh.matrix, expected.matrix);
+        // Restored keys belong to their partitions: releasing one drops them.
+        assert_eq!(reader.release_partitions(&[1]), (5 + 4) * 3);
+    }
+
+    #[test]
+    fn restored_state_scores_as_the_uninterrupted_detector_on_the_cpu() {
+        restored_state_scores_as_the_uninterrupted_detector(Engine::Cpu);
+    }
+
+    /// The GPU keeps z-score state on the device: it is read back for the
+    /// changelog and written back on restore.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn restored_state_scores_as_the_uninterrupted_detector_on_the_gpu() {
+        let engine = Engine::select(crate::engine::Backend::Gpu)
+            .expect("GPU tests need an adapter (lavapipe in CI)");
+        restored_state_scores_as_the_uninterrupted_detector(engine);
+    }
+
+    /// Evicted keys are reported without state, so a changelog can drop
+    /// them (tombstones); a released partition's keys are not reported.
+    #[test]
+    fn evicted_keys_leave_the_changelog_and_released_keys_are_not_written() {
+        let keys = ["device".to_owned()];
+        let model = Preset::Metrics
+            .cold_model(&keys, "ts", &["value".to_owned()], 5)
+            .unwrap();
+        let options = DetectorOptions {
+            learn: true,
+            slot_capacity: 4,
+            track_state: true,
+            ..Default::default()
+        };
+        let mut d = Detector::new(model, Engine::Cpu, &options).unwrap();
+        score_on(&mut d, &devices(0..4));
+        let first = d.take_state().unwrap();
+        assert!(first.records.iter().all(|r| r.value.is_some()));
+        score_on(&mut d, &devices(4..40));
+        let second = d.take_state().unwrap();
+        assert!(
+            second.records.iter().any(|r| r.value.is_none()),
+            "tombstones"
+        );
+        let log = compacted(&[first, second]);
+        let tables = log
+            .keys()
+            .map(|&(_, t, _)| t)
+            .collect::<std::collections::BTreeSet<_>>();
+        for t in tables {
+            let held = log.keys().filter(|&&(_, table, _)| table == t).count();
+            assert!(held <= 4, "table {t}: {held} keys in a table of 4");
+        }
+        score_on(&mut d, &devices(40..60));
+        d.release_partitions(&[0, 1, 2, 3]);
+        assert!(d
+            .take_state()
+            .unwrap()
+            .records
+            .iter()
+            .all(|r| r.value.is_none()));
     }
 
     /// A replay cut into other batches, or `isoflow score --learn` over the
@@ -627,6 +904,7 @@ mod tests {
             learn: true,
             seed: None,
             slot_capacity: 2,
+            ..Default::default()
         };
         let mut d = Detector::new(model, Engine::Cpu, &options).unwrap();
         let records: Vec<serde_json::Value> = (0..30)

@@ -147,6 +147,7 @@ pub fn score_file(opts: &ScoreOptions) -> Result<ScoreSummary, CommandError> {
             learn: opts.learn,
             seed: opts.seed,
             slot_capacity: DEFAULT_SLOT_CAPACITY,
+            ..Default::default()
         },
     )?;
     if let Some(path) = &opts.feedback {

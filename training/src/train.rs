@@ -167,6 +167,7 @@ pub fn fit(opts: &FitOptions, on_tree: &(dyn Fn() + Sync)) -> Result<FitOutcome,
                 learn: false,
                 seed: None,
                 slot_capacity: DEFAULT_SLOT_CAPACITY,
+                ..Default::default()
             },
         )?;
         detector
@@ -268,6 +269,7 @@ pub fn evaluate_file(
             learn: false,
             seed: None,
             slot_capacity: DEFAULT_SLOT_CAPACITY,
+            ..Default::default()
         },
     )?;
     let columns = input::read_path(input_path, detector.pipeline().wanted())?;
@@ -328,6 +330,7 @@ pub fn evaluate_stream(
             learn,
             seed,
             slot_capacity: DEFAULT_SLOT_CAPACITY,
+            ..Default::default()
         },
     )?;
     if let Some(path) = feedback {

@@ -7,7 +7,8 @@
 //! score` and the service. A record's value is computed from the state
 //! before the record updates it, so it depends only on earlier records.
 
-use super::slots::{KeyHash, SlotTable};
+use super::slots::{Fingerprint, KeyHash, Owner, SlotTable};
+use super::state::{f64s, put_f64s, StateChanges};
 
 /// Deviations beyond this many standard deviations are reported as this:
 /// the forest needs finite columns, and past it every split isolates alike.
@@ -126,6 +127,36 @@ impl HistoryFeature {
     /// release a partition's keys.
     pub fn table_mut(&mut self) -> &mut SlotTable {
         &mut self.slots
+    }
+
+    /// Adds the keys changed since last asked to `out`, as table `id`.
+    pub fn take_state(&mut self, id: u16, out: &mut StateChanges) {
+        let (state, stride) = (&self.state, self.kind.stride());
+        out.add_table(id, &mut self.slots, |slot, bytes| {
+            let base = slot * stride;
+            match state.get(base..base + stride) {
+                Some(s) => put_f64s(bytes, s),
+                None => put_f64s(bytes, &vec![0.0; stride]),
+            }
+        });
+    }
+
+    /// Takes back the state of one key as [`Self::take_state`] wrote it;
+    /// false (and nothing changed) when `value` is not such a state.
+    pub fn restore(&mut self, owner: Owner, key: Fingerprint, value: &[u8]) -> bool {
+        let stride = self.kind.stride();
+        let Some(values) = f64s(value, stride) else {
+            return false;
+        };
+        let (slot, _) = self.slots.restore(owner, key);
+        let base = slot as usize * stride;
+        if self.state.len() < base + stride {
+            self.state.resize(base + stride, 0.0);
+        }
+        for (s, v) in self.state[base..base + stride].iter_mut().zip(values) {
+            *s = v;
+        }
+        true
     }
 
     /// Starts loading the state index entry of `key`.

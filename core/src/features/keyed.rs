@@ -5,7 +5,8 @@
 //! event times in seconds. Counts are kept as of each key's latest event
 //! time, so a late record adds its decayed weight and never a negative gap.
 
-use super::slots::{key_hash, KeyHash, SlotTable};
+use super::slots::{key_hash, Fingerprint, KeyHash, Owner, SlotTable};
+use super::state::{f64s, put_f64s, StateChanges};
 
 /// What a keyed feature measures.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +58,33 @@ impl KeyedFeature {
     /// release a partition's keys.
     pub fn table_mut(&mut self) -> &mut SlotTable {
         &mut self.slots
+    }
+
+    /// Adds the keys changed since last asked to `out`, as table `id`.
+    pub fn take_state(&mut self, id: u16, out: &mut StateChanges) {
+        let state = &self.state;
+        out.add_table(id, &mut self.slots, |slot, bytes| {
+            let s = state.get(slot).copied().unwrap_or_default();
+            put_f64s(bytes, &[s.last_t, s.count]);
+        });
+    }
+
+    /// Takes back the state of one key as [`Self::take_state`] wrote it;
+    /// false (and nothing changed) when `value` is not such a state.
+    pub fn restore(&mut self, owner: Owner, key: Fingerprint, value: &[u8]) -> bool {
+        let Some(mut v) = f64s(value, 2) else {
+            return false;
+        };
+        let (slot, _) = self.slots.restore(owner, key);
+        let i = slot as usize;
+        if i >= self.state.len() {
+            self.state.resize(i + 1, KeyState::default());
+        }
+        self.state[i] = KeyState {
+            last_t: v.next().expect("two values"),
+            count: v.next().expect("two values"),
+        };
+        true
     }
 
     /// The feature value of a record of `key` at time `t`, updating the state.

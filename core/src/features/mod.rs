@@ -10,6 +10,7 @@ pub mod history;
 pub mod keyed;
 pub mod slots;
 pub mod spec;
+pub mod state;
 pub mod zscore;
 
 use crate::input::{Columns, Wanted};
@@ -19,6 +20,7 @@ use feedback::{Label, LabelQueue, LabelRisk};
 use history::{Direction, HistoryFeature, HistoryKind, WindowStat};
 use keyed::{KeyedFeature, KeyedKind};
 use slots::{combine, key_hash, owner_of, KeyHash, Owner, SlotTable};
+use state::{Restored, StateChanges};
 use zscore::{KeySlotTable, ZEntry, ZParams, ZState};
 
 /// Default bound on keyed state slots.
@@ -38,6 +40,17 @@ pub trait ZEngine: Send {
         entries: &[ZEntry],
         slots: usize,
         out: &mut [f32],
+    ) -> Result<(), ScoreError>;
+
+    /// The state of each of `slots` (of `allocated` so far), in order: what
+    /// a changelog records of them.
+    fn read_states(&mut self, slots: &[u32], allocated: usize) -> Result<Vec<ZState>, ScoreError>;
+
+    /// Sets the state of slots (of `allocated` so far): restored keys.
+    fn write_states(
+        &mut self,
+        states: &[(u32, ZState)],
+        allocated: usize,
     ) -> Result<(), ScoreError>;
 }
 
@@ -60,6 +73,27 @@ impl ZEngine for CpuZEngine {
             self.states.resize(slots, ZState::default());
         }
         zscore::run_cpu(&mut self.states, params, entries, out);
+        Ok(())
+    }
+
+    fn read_states(&mut self, slots: &[u32], _: usize) -> Result<Vec<ZState>, ScoreError> {
+        let state = |&s: &u32| self.states.get(s as usize).copied().unwrap_or_default();
+        Ok(slots.iter().map(state).collect())
+    }
+
+    fn write_states(
+        &mut self,
+        states: &[(u32, ZState)],
+        allocated: usize,
+    ) -> Result<(), ScoreError> {
+        if self.states.len() < allocated {
+            self.states.resize(allocated, ZState::default());
+        }
+        for &(slot, state) in states {
+            if let Some(s) = self.states.get_mut(slot as usize) {
+                *s = state;
+            }
+        }
         Ok(())
     }
 }
@@ -434,6 +468,82 @@ impl FeaturePipeline {
     pub fn release_partitions(&mut self, partitions: &[i32]) -> usize {
         let owners: Vec<Owner> = partitions.iter().map(|&p| owner_of(p)).collect();
         self.tables_mut().map(|t| t.release(&owners)).sum()
+    }
+
+    /// Starts noting the keys whose state changes, for
+    /// [`Self::take_state`]: in every table but label risk's, which the
+    /// feedback topic rebuilds.
+    pub fn track_changes(&mut self) {
+        self.slots.table_mut().track_changes();
+        self.keyed
+            .iter_mut()
+            .for_each(|k| k.feature.table_mut().track_changes());
+        self.history
+            .iter_mut()
+            .for_each(|h| h.feature.table_mut().track_changes());
+    }
+
+    /// Adds the state of the keys changed since last asked to `out`:
+    /// z-scores (table 0, their state read from `engine`), then each rate,
+    /// gap or repeat, then each history feature (tables 1, 2, ...).
+    pub fn take_state(
+        &mut self,
+        engine: &mut dyn ZEngine,
+        out: &mut StateChanges,
+    ) -> Result<(), ScoreError> {
+        let changes = self.slots.take_changes();
+        let slots: Vec<u32> = changes.iter().filter_map(|c| c.slot).collect();
+        let states = engine.read_states(&slots, self.slots.allocated())?;
+        let mut states = states.into_iter();
+        let table = &self.slots;
+        out.add_changes(0, changes, |slot, bytes| {
+            let s = states.next().expect("one state per slot");
+            bytes.extend_from_slice(&table.origin(slot as u32).to_le_bytes());
+            bytes.extend_from_slice(bytemuck::bytes_of(&s));
+        });
+        for (i, k) in self.keyed.iter_mut().enumerate() {
+            k.feature.take_state(1 + i as u16, out);
+        }
+        let first = 1 + self.keyed.len();
+        for (i, h) in self.history.iter_mut().enumerate() {
+            h.feature.take_state((first + i) as u16, out);
+        }
+        Ok(())
+    }
+
+    /// Takes back keys' state as [`Self::take_state`] wrote it, z-score
+    /// state into `engine`. Returns the records taken; one for a table the
+    /// pipeline does not have, or of the wrong size, is passed over.
+    pub fn restore_state(
+        &mut self,
+        records: &[Restored<'_>],
+        engine: &mut dyn ZEngine,
+    ) -> Result<usize, ScoreError> {
+        let (nk, nh) = (self.keyed.len(), self.history.len());
+        let mut z = Vec::new();
+        let mut taken = 0;
+        for r in records {
+            let table = usize::from(r.table);
+            let ok = match table {
+                0 => match r.value.len() == 8 + std::mem::size_of::<ZState>() {
+                    true => {
+                        let origin = f64::from_le_bytes(r.value[..8].try_into().expect("8 bytes"));
+                        let state: ZState = bytemuck::pod_read_unaligned(&r.value[8..]);
+                        z.push((self.slots.restore(r.owner, r.key, origin), state));
+                        true
+                    }
+                    false => false,
+                },
+                t if t <= nk => self.keyed[t - 1].feature.restore(r.owner, r.key, r.value),
+                t if t <= nk + nh => self.history[t - 1 - nk]
+                    .feature
+                    .restore(r.owner, r.key, r.value),
+                _ => false,
+            };
+            taken += usize::from(ok);
+        }
+        engine.write_states(&z, self.slots.allocated())?;
+        Ok(taken)
     }
 
     /// Makes the keys looked up next belong to `owner`, in every table.

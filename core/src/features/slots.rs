@@ -17,7 +17,7 @@
 /// probability 2⁻⁸⁰ per pair (about 4·10⁻¹³ over a million keys), and the
 /// per-process seeds keep input from steering them there. 80 bits leave
 /// room for the owner and the slot in a 16-byte bucket.
-type Fingerprint = u128;
+pub type Fingerprint = u128;
 
 /// The input partition a key's state belongs to, as the table holds it:
 /// the partition number's low 16 bits (partitions 65,536 apart share an
@@ -47,6 +47,8 @@ type Bucket = u128;
 
 /// Where a bucket's fingerprint starts.
 const FINGERPRINT_SHIFT: u32 = 48;
+/// The bits a fingerprint may have.
+const FINGERPRINT_MASK: Fingerprint = (1 << (128 - FINGERPRINT_SHIFT)) - 1;
 /// Where a bucket's owner starts.
 const OWNER_SHIFT: u32 = 32;
 /// The bits of a bucket that hold its owner.
@@ -110,6 +112,62 @@ pub struct SlotTable {
     free: Vec<u32>,
     /// The owner of the keys looked up from now on.
     owner: Owner,
+    /// Keys changed since last taken, when a changelog follows the table.
+    changes: Option<Box<Changes>>,
+}
+
+/// What changed in a table since its changes were last taken: the keys
+/// used (each once, as it is now) and the keys evicted.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Per slot, its place in `used`, or [`UNMARKED`].
+    marks: Vec<u32>,
+    /// Buckets of the keys used, as of their latest use.
+    used: Vec<Bucket>,
+    /// Evicted keys with their owner.
+    evicted: Vec<(Owner, Fingerprint)>,
+}
+
+/// A slot not in [`Changes::used`].
+const UNMARKED: u32 = u32::MAX;
+
+impl Changes {
+    #[inline]
+    fn mark(&mut self, slot: usize, bucket: Bucket) {
+        if slot >= self.marks.len() {
+            self.marks.resize(slot + 1, UNMARKED);
+        }
+        match self.marks[slot] {
+            UNMARKED => {
+                self.marks[slot] = self.used.len() as u32;
+                self.used.push(bucket);
+            }
+            // The key of the slot now: after an eviction, the new one.
+            at => self.used[at as usize] = bucket,
+        }
+    }
+
+    /// Forgets the changes of keys owned by one of `owners`.
+    fn forget(&mut self, owners: &[Owner]) {
+        self.evicted.retain(|(o, _)| !owners.contains(o));
+        let used = std::mem::take(&mut self.used);
+        self.marks.fill(UNMARKED);
+        for bucket in used.into_iter().filter(|b| !owners.contains(&owner_in(*b))) {
+            let slot = slot_of(bucket).expect("a used bucket holds a slot");
+            self.mark(slot, bucket);
+        }
+    }
+}
+
+/// A key whose state changed, as [`SlotTable::take_changes`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The partition owning the key.
+    pub owner: Owner,
+    /// The key's fingerprint (its namespace mixed in).
+    pub key: Fingerprint,
+    /// Its slot; `None` when the key was evicted and holds no state.
+    pub slot: Option<u32>,
 }
 
 impl SlotTable {
@@ -124,7 +182,61 @@ impl SlotTable {
             evictions: 0,
             free: Vec::new(),
             owner: 0,
+            changes: None,
         }
+    }
+
+    /// Starts noting which keys change, for [`Self::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Default::default);
+    }
+
+    /// The keys used (and so possibly changed) and the keys evicted since
+    /// last asked, evictions first, each key once; empty unless
+    /// [`Self::track_changes`] was called. A key evicted and back since is
+    /// reported both ways, in that order.
+    pub fn take_changes(&mut self) -> Vec<Changed> {
+        let Some(changes) = self.changes.as_mut() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Changed> = changes
+            .evicted
+            .drain(..)
+            .map(|(owner, key)| Changed {
+                owner,
+                key,
+                slot: None,
+            })
+            .collect();
+        for bucket in changes.used.drain(..) {
+            let slot = slot_of(bucket).expect("a used bucket holds a slot");
+            changes.marks[slot] = UNMARKED;
+            out.push(Changed {
+                owner: owner_in(bucket),
+                key: fingerprint_of(bucket),
+                slot: Some(slot as u32),
+            });
+        }
+        out
+    }
+
+    /// The slot of the key with fingerprint `key` (as [`Changed::key`]
+    /// gives it), now owned by `owner`, and whether it is fresh: how
+    /// restored state finds its place. Not reported as a change.
+    pub fn restore(&mut self, owner: Owner, key: Fingerprint) -> (u32, bool) {
+        let before = std::mem::replace(&mut self.owner, owner);
+        let used = self.changes.as_ref().map_or(0, |c| c.used.len());
+        let placed = self.slot_fingerprint(key & FINGERPRINT_MASK);
+        self.owner = before;
+        // The changelog holds it as restored; a key evicted to make room
+        // stays reported.
+        if let Some(changes) = self.changes.as_mut() {
+            if changes.used.len() > used {
+                changes.used.pop();
+                changes.marks[placed.0 as usize] = UNMARKED;
+            }
+        }
+        placed
     }
 
     /// Keys holding a slot.
@@ -165,6 +277,9 @@ impl SlotTable {
         }
         self.len -= released;
         self.hand = 0;
+        if let Some(changes) = self.changes.as_mut() {
+            changes.forget(owners);
+        }
         released
     }
 
@@ -191,11 +306,18 @@ impl SlotTable {
 
     /// [`Self::slot`] for a key already hashed with [`key_hash`].
     pub fn slot_hashed(&mut self, namespace: u32, key: KeyHash) -> (u32, bool) {
-        let fingerprint = fingerprint(namespace, key);
+        self.slot_fingerprint(fingerprint(namespace, key))
+    }
+
+    #[inline]
+    fn slot_fingerprint(&mut self, fingerprint: Fingerprint) -> (u32, bool) {
         let at = self.probe(fingerprint);
         let found = &mut self.buckets[at];
         if let Some(slot) = slot_of(*found) {
             *found = (*found & !OWNER_BITS) | (u128::from(self.owner) << OWNER_SHIFT) | REFERENCED;
+            if let Some(changes) = self.changes.as_mut() {
+                changes.mark(slot, *found);
+            }
             return (slot as u32, false);
         }
         let slot = if let Some(slot) = self.free.pop() {
@@ -210,7 +332,11 @@ impl SlotTable {
             self.grow();
         }
         // An eviction or a growth moves buckets: probe again.
-        self.place(bucket(fingerprint, self.owner, slot));
+        let placed = bucket(fingerprint, self.owner, slot);
+        self.place(placed);
+        if let Some(changes) = self.changes.as_mut() {
+            changes.mark(slot, placed);
+        }
         self.len += 1;
         (slot as u32, true)
     }
@@ -288,9 +414,13 @@ impl SlotTable {
                 *bucket &= !REFERENCED;
                 continue;
             }
+            let gone = *bucket;
             self.remove(at);
             self.len -= 1;
             self.evictions += 1;
+            if let Some(changes) = self.changes.as_mut() {
+                changes.evicted.push((owner_in(gone), fingerprint_of(gone)));
+            }
             return slot;
         }
     }

@@ -7,7 +7,7 @@
 //! arrival order; slots are independent, which is what lets the GPU run one
 //! invocation per slot.
 
-use super::slots::{key_hash, KeyHash, SlotTable};
+use super::slots::{key_hash, Changed, Fingerprint, KeyHash, Owner, SlotTable};
 use crate::score::ScoreError;
 use bytemuck::{Pod, Zeroable};
 
@@ -162,6 +162,28 @@ impl KeySlotTable {
     /// release a partition's keys.
     pub fn table_mut(&mut self) -> &mut SlotTable {
         &mut self.slots
+    }
+
+    /// Keys used or evicted since last asked ([`SlotTable::take_changes`]).
+    pub fn take_changes(&mut self) -> Vec<Changed> {
+        self.slots.take_changes()
+    }
+
+    /// The first value `slot` saw, which its state is shifted by.
+    pub fn origin(&self, slot: u32) -> f64 {
+        self.origin.get(slot as usize).copied().unwrap_or(0.0)
+    }
+
+    /// The slot of a restored key, owned by `owner`, whose state is
+    /// shifted by `origin`.
+    pub fn restore(&mut self, owner: Owner, key: Fingerprint, origin: f64) -> u32 {
+        let (slot, _) = self.slots.restore(owner, key);
+        let i = slot as usize;
+        if i >= self.origin.len() {
+            self.origin.resize(i + 1, 0.0);
+        }
+        self.origin[i] = origin;
+        slot
     }
 
     /// Maps one record to an entry: its slot, reset flag and shifted value.

@@ -301,4 +301,90 @@ impl ZEngine for GpuZEngine {
             Ok(())
         })
     }
+
+    fn read_states(&mut self, slots: &[u32], allocated: usize) -> Result<Vec<ZState>, ScoreError> {
+        let Some(&last) = slots.iter().max() else {
+            return Ok(Vec::new());
+        };
+        let ctx = self.ctx.clone();
+        ctx.scoped(|| {
+            self.ensure_states(allocated.max(last as usize + 1))?;
+            // The span the slots cover, read back in one copy: a checkpoint
+            // asks for the keys of a few batches, which sit close together
+            // in a table filled in arrival order.
+            let first = *slots.iter().min().expect("not empty") as u64;
+            let unit = size_of::<ZState>() as u64;
+            let bytes = (u64::from(last) + 1 - first) * unit;
+            let device = &self.ctx.device;
+            self.staging
+                .ensure(device, bytes, self.ctx.limits.max_buffer_size & !3);
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("zscore read states"),
+            });
+            encoder.copy_buffer_to_buffer(
+                &self.states,
+                first * unit,
+                self.staging.buffer(),
+                0,
+                bytes,
+            );
+            let idx = self.ctx.queue.submit([encoder.finish()]);
+            let staging = self.staging.buffer();
+            self.ctx.map_read(staging, bytes, idx)?;
+            let states = {
+                let view = staging
+                    .get_mapped_range(..bytes)
+                    .map_err(|e| ScoreError::Device(format!("reading z-score state: {e}")))?;
+                let span: &[ZState] = bytemuck::cast_slice(&view);
+                slots
+                    .iter()
+                    .map(|&s| span[(u64::from(s) - first) as usize])
+                    .collect()
+            };
+            staging.unmap();
+            Ok(states)
+        })
+    }
+
+    fn write_states(
+        &mut self,
+        states: &[(u32, ZState)],
+        allocated: usize,
+    ) -> Result<(), ScoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        ctx.scoped(|| {
+            self.ensure_states(allocated)?;
+            // Slots in runs, one write each: a restore fills a fresh
+            // table from slot 0 up.
+            // Reversed, so that of a slot written twice the stable sort
+            // puts the later state first, which the dedup keeps.
+            let mut sorted: Vec<(u32, ZState)> = states.iter().rev().copied().collect();
+            sorted.sort_by_key(|&(slot, _)| slot);
+            sorted.dedup_by_key(|&mut (slot, _)| slot);
+            let unit = size_of::<ZState>() as u64;
+            let mut run: Vec<ZState> = Vec::new();
+            let mut start = 0;
+            for (i, &(slot, state)) in sorted.iter().enumerate() {
+                if i > 0 && slot != sorted[i - 1].0 + 1 {
+                    let at = u64::from(start) * unit;
+                    self.ctx
+                        .queue
+                        .write_buffer(&self.states, at, bytemuck::cast_slice(&run));
+                    run.clear();
+                }
+                if run.is_empty() {
+                    start = slot;
+                }
+                run.push(state);
+            }
+            let at = u64::from(start) * unit;
+            self.ctx
+                .queue
+                .write_buffer(&self.states, at, bytemuck::cast_slice(&run));
+            self.ctx.check()
+        })
+    }
 }
