@@ -249,7 +249,29 @@ pub struct PipelineConfig {
     /// With `preset`: the numeric fields to learn from.
     #[serde(default)]
     pub fields: Vec<String>,
+    /// Keep per-key state in the compacted changelog topic
+    /// `<group_id>.<name>.state` (created by the service), restored when a
+    /// partition is assigned: restarts, rebalances and new replicas go on
+    /// with the state the partition had.
+    #[serde(default = "default_state_changelog")]
+    pub state_changelog: bool,
+    /// With `state_changelog`: how often (ms) the state of the keys
+    /// changed since the last checkpoint is written, and the input offsets
+    /// it covers committed.
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_ms: u64,
 }
+
+fn default_state_changelog() -> bool {
+    true
+}
+
+fn default_checkpoint_ms() -> u64 {
+    1000
+}
+
+/// Bounds of `checkpoint_ms`.
+pub const CHECKPOINT_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
 
 impl PipelineConfig {
     /// Pipeline `name` scoring `input_topic` with `model` into
@@ -278,6 +300,8 @@ impl PipelineConfig {
             key: Vec::new(),
             time: String::new(),
             fields: Vec::new(),
+            state_changelog: default_state_changelog(),
+            checkpoint_ms: default_checkpoint_ms(),
         }
     }
 
@@ -673,6 +697,15 @@ impl Config {
                         p.name
                     ));
                 }
+            }
+            if !CHECKPOINT_MS.contains(&p.checkpoint_ms) {
+                return bad(format!(
+                    "pipeline '{}': checkpoint_ms {}: expected {} to {}",
+                    p.name,
+                    p.checkpoint_ms,
+                    CHECKPOINT_MS.start(),
+                    CHECKPOINT_MS.end()
+                ));
             }
             let outputs = [
                 ("alerts_topic", &p.alerts_topic),

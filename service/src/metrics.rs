@@ -105,6 +105,20 @@ pub struct PipelineMetrics {
     /// Per-key state entries released because their partitions went to
     /// another consumer.
     pub state_released: AtomicU64,
+    /// Restores of gained partitions' state from the changelog.
+    pub state_restores: AtomicU64,
+    /// Keys read back from the changelog, over all restores.
+    pub state_restored_keys: AtomicU64,
+    /// Changelog bytes read back, over all restores.
+    pub state_restored_bytes: AtomicU64,
+    /// How long the last restore took, seconds as `f64` bits.
+    pub state_restore_seconds: AtomicU64,
+    /// Records passed over because the restored state already held them.
+    pub state_covered: AtomicU64,
+    /// Checkpoints written to the changelog.
+    pub checkpoints: AtomicU64,
+    /// Changelog messages written (key states, tombstones, markers).
+    pub changelog_messages: AtomicU64,
     /// Labels taken from the feedback topic.
     pub feedback_labels: AtomicU64,
     /// Feedback records that were not labels (not JSON, a field missing).
@@ -135,6 +149,13 @@ impl Default for PipelineMetrics {
             redelivered: AtomicU64::new(0),
             offset_resets: AtomicU64::new(0),
             state_released: AtomicU64::new(0),
+            state_restores: AtomicU64::new(0),
+            state_restored_keys: AtomicU64::new(0),
+            state_restored_bytes: AtomicU64::new(0),
+            state_restore_seconds: AtomicU64::new(0f64.to_bits()),
+            state_covered: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            changelog_messages: AtomicU64::new(0),
             feedback_labels: AtomicU64::new(0),
             feedback_refused: AtomicU64::new(0),
             state_fill: AtomicU64::new(0f64.to_bits()),
@@ -199,7 +220,7 @@ impl Metrics {
             "# TYPE isoflow_backend_info gauge\nisoflow_backend_info{{backend=\"{backend}\"}} 1"
         );
         let pipelines = self.pipelines.lock().expect("metrics lock");
-        let counters: [(&str, &str, CounterOf); 11] = [
+        let counters: [(&str, &str, CounterOf); 17] = [
             ("isoflow_shadow_alerts_total", "counter", |m| {
                 m.shadow_alerts.load(Relaxed)
             }),
@@ -226,6 +247,24 @@ impl Metrics {
             }),
             ("isoflow_state_released_total", "counter", |m| {
                 m.state_released.load(Relaxed)
+            }),
+            ("isoflow_state_restores_total", "counter", |m| {
+                m.state_restores.load(Relaxed)
+            }),
+            ("isoflow_state_restored_keys_total", "counter", |m| {
+                m.state_restored_keys.load(Relaxed)
+            }),
+            ("isoflow_state_restored_bytes_total", "counter", |m| {
+                m.state_restored_bytes.load(Relaxed)
+            }),
+            ("isoflow_records_covered_by_state_total", "counter", |m| {
+                m.state_covered.load(Relaxed)
+            }),
+            ("isoflow_checkpoints_total", "counter", |m| {
+                m.checkpoints.load(Relaxed)
+            }),
+            ("isoflow_changelog_messages_total", "counter", |m| {
+                m.changelog_messages.load(Relaxed)
             }),
             ("isoflow_feedback_labels_total", "counter", |m| {
                 m.feedback_labels.load(Relaxed)
@@ -272,6 +311,14 @@ impl Metrics {
                 out,
                 "isoflow_state_fill_ratio{{pipeline=\"{p}\"}} {}",
                 f64::from_bits(m.state_fill.load(Relaxed))
+            );
+        }
+        let _ = writeln!(out, "# TYPE isoflow_state_restore_seconds gauge");
+        for (p, m) in pipelines.iter() {
+            let _ = writeln!(
+                out,
+                "isoflow_state_restore_seconds{{pipeline=\"{p}\"}} {}",
+                f64::from_bits(m.state_restore_seconds.load(Relaxed))
             );
         }
         // Alert on a stalled pipeline with

@@ -300,7 +300,7 @@ impl ModelRegistry {
         let topic = if topic.is_empty() {
             None
         } else {
-            create_compacted(cluster, topic).await?;
+            kafka::create_compacted_topic(cluster, topic, 1).await?;
             Some(Topic {
                 name: topic.to_owned(),
                 cluster: cluster.clone(),
@@ -777,39 +777,6 @@ impl ModelRegistry {
         let settings = [("fetch.wait.max.ms", "50")];
         Ok(kafka::consumer_from_start(cluster, topic, &settings)?)
     }
-}
-
-/// Creates the registry topic with one partition (one total order of
-/// changes) and `cleanup.policy=compact`; falls back to a plain topic when
-/// the broker refuses the setting.
-async fn create_compacted(cluster: &kafka::Cluster, topic: &str) -> Result<(), RegistryError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        cluster.client_config().create().map_err(KafkaError::from)?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for compact in [true, false] {
-        let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        if compact {
-            new = new.set("cleanup.policy", "compact");
-        }
-        let results = admin
-            .create_topics(&[new], &opts)
-            .await
-            .map_err(KafkaError::from)?;
-        match results.into_iter().next() {
-            Some(Ok(_)) => return Ok(()),
-            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
-            Some(Err((_, code))) if compact => {
-                tracing::warn!(topic, error = %code, "broker refused a compacted registry topic; creating a plain one");
-            }
-            Some(Err((_, code))) => {
-                return Err(KafkaError::Client(rdkafka::error::KafkaError::AdminOp(code)).into())
-            }
-            None => return Ok(()),
-        }
-    }
-    Ok(())
 }
 
 fn now_ms() -> i64 {

@@ -46,6 +46,14 @@ pub fn key_seeds() -> KeySeeds {
     SEEDS.get_or_init(|| hashers(random_key_seeds())).0
 }
 
+/// The seeds this process hashes keys with, or would if it hashed one now
+/// (random, not yet fixed): what it proposes to others that must agree.
+pub fn proposed_key_seeds() -> KeySeeds {
+    SEEDS
+        .get()
+        .map_or_else(random_key_seeds, |(seeds, _)| *seeds)
+}
+
 /// Makes this process hash keys with `seeds`. Refused, with the seeds in
 /// use, once a key was hashed or other seeds were pinned.
 pub fn pin_key_seeds(seeds: KeySeeds) -> Result<(), KeySeeds> {

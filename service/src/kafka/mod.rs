@@ -287,3 +287,36 @@ pub async fn create_topics_on(
     }
     Ok(())
 }
+
+/// Creates `topic` with `partitions` partitions and
+/// `cleanup.policy=compact` unless it exists; falls back to a plain topic
+/// when the broker refuses the setting (its retention then bounds what is
+/// kept). For the model registry and the changelogs of per-key state.
+pub async fn create_compacted_topic(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = cluster.client_config().create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for compact in [true, false] {
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        if compact {
+            new = new.set("cleanup.policy", "compact");
+        }
+        let results = admin.create_topics(&[new], &opts).await?;
+        match results.into_iter().next() {
+            Some(Ok(_)) | None => return Ok(()),
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((_, code))) if compact => {
+                tracing::warn!(topic, error = %code, "broker refused a compacted topic; creating a plain one");
+            }
+            Some(Err((_, code))) => {
+                return Err(KafkaError::Client(rdkafka::error::KafkaError::AdminOp(
+                    code,
+                )))
+            }
+        }
+    }
+    Ok(())
+}

@@ -52,7 +52,7 @@ pub(super) async fn process(
         flushed_at: started,
         parse_time,
         next_offsets,
-        released,
+        moves,
         ..
     } = parsed;
     let wanted = state.detector.pipeline().wanted().clone();
@@ -70,15 +70,8 @@ pub(super) async fn process(
     let metrics = ctx.metrics.clone();
     let pipeline = name.clone();
     let (state_back, shadow_back, scored, columns) = tokio::task::spawn_blocking(move || {
-        if !released.is_empty() {
-            let keys = state.detector.release_partitions(&released);
-            metrics.state_released.fetch_add(keys as u64, Relaxed);
-            tracing::info!(
-                pipeline = %pipeline,
-                partitions = ?released,
-                keys,
-                "per-key state of partitions given up is released"
-            );
+        if let Err(source) = move_state(&mut state, moves, &metrics, &pipeline) {
+            return (state, shadow, Err(source), columns);
         }
         let result = score(&mut state, shadow.as_mut(), &columns);
         (state, shadow, result, columns)
@@ -261,6 +254,35 @@ pub(super) async fn process(
     *state_slot = Some(state);
     recycle(batch, columns);
     Ok(sent)
+}
+
+/// Releases the state of partitions given up, then takes back the state of
+/// partitions gained.
+fn move_state(
+    state: &mut ScoringState,
+    moves: super::changelog::StateMoves,
+    metrics: &crate::metrics::PipelineMetrics,
+    pipeline: &str,
+) -> Result<(), DetectError> {
+    if !moves.released.is_empty() {
+        let keys = state.detector.release_partitions(&moves.released);
+        metrics.state_released.fetch_add(keys as u64, Relaxed);
+        tracing::info!(
+            pipeline = %pipeline,
+            partitions = ?moves.released,
+            keys,
+            "per-key state of partitions given up is released"
+        );
+    }
+    let detector = &mut state.detector;
+    let layout_of = super::changelog::layouts(detector);
+    for partition in &moves.restored {
+        let records = partition.records(&layout_of);
+        let stale = partition.keys.len() - records.len();
+        let taken = detector.restore_state(&records)?;
+        tracing::info!(pipeline = %pipeline, partition = partition.partition, keys = taken, stale, "per-key state restored");
+    }
+    Ok(())
 }
 
 fn score(

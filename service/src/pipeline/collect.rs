@@ -11,7 +11,8 @@
 //! nothing else does, and reading them costs the client an allocation per
 //! header.
 
-use super::fetch::{Incoming, MessageQueue, PipelineConsumer};
+use super::changelog::{Changelog, StateMoves};
+use super::fetch::{Incoming, MessageQueue, PipelineConsumer, Rebalanced};
 use super::parse::{LiveModel, ParsedBatch, Parser, Parsing};
 use crate::input::Columns;
 use crate::kafka::RecordBatch;
@@ -46,7 +47,7 @@ impl Collector {
         (max_records, max_wait, max_bytes): (usize, Duration, usize),
         parser: Parser,
         live: LiveModel,
-        metrics: Arc<PipelineMetrics>,
+        (metrics, changelog): (Arc<PipelineMetrics>, Option<Changelog>),
     ) -> std::io::Result<Self> {
         let pipeline = name.to_owned();
         Self::start(name, move |tx, recycled, stop| {
@@ -56,6 +57,7 @@ impl Collector {
                 pipeline: &pipeline,
                 consumer: &consumer,
                 metrics: &metrics,
+                changelog: changelog.as_ref(),
             };
             collect(&source, parsing, (tx, recycled), limits, stop)
         })
@@ -159,9 +161,10 @@ struct Forming<'a> {
     /// read in one go are bounded so the batch overshoots by little).
     max_bytes: usize,
     record_bytes: usize,
-    /// Partitions whose per-key state goes before this batch's records
-    /// are scored: given up by a rebalance before the batch's first record.
-    release: Vec<i32>,
+    /// Per-key state released or restored before this batch's records
+    /// are scored: partitions a rebalance gave up or gained before the
+    /// batch's first record.
+    moves: StateMoves,
 }
 
 impl Forming<'_> {
@@ -192,6 +195,10 @@ impl Forming<'_> {
         };
         match self.handed.check(seen, |p| context.committed(p)) {
             Verdict::New => {}
+            Verdict::Covered => {
+                source.metrics.state_covered.fetch_add(1, Relaxed);
+                return;
+            }
             Verdict::Redelivered => {
                 source.metrics.redelivered.fetch_add(1, Relaxed);
                 return;
@@ -241,6 +248,49 @@ struct Source<'a> {
     pipeline: &'a str,
     consumer: &'a PipelineConsumer,
     metrics: &'a PipelineMetrics,
+    /// Where gained partitions' state is read back from.
+    changelog: Option<&'a Changelog>,
+}
+
+impl Source<'_> {
+    /// The state moves of a rebalance: gained partitions' state read back
+    /// from the changelog (none without one), their records up to what it
+    /// covers marked in `handed` to be passed over.
+    fn moves(&self, rebalanced: Rebalanced, handed: &mut Handed) -> StateMoves {
+        let Rebalanced { released, gained } = rebalanced;
+        let restored = match (self.changelog, gained.is_empty()) {
+            (Some(changelog), false) => {
+                let started = Instant::now();
+                match changelog.restore(&gained) {
+                    Ok(restored) => {
+                        let seconds = started.elapsed().as_secs_f64();
+                        let keys: usize = restored.iter().map(|r| r.keys.len()).sum();
+                        let bytes: usize = restored.iter().map(|r| r.bytes).sum();
+                        let m = self.metrics;
+                        m.state_restores.fetch_add(1, Relaxed);
+                        m.state_restored_keys.fetch_add(keys as u64, Relaxed);
+                        m.state_restored_bytes.fetch_add(bytes as u64, Relaxed);
+                        m.state_restore_seconds.store(seconds.to_bits(), Relaxed);
+                        for r in &restored {
+                            handed.restored(r.partition, r.covered);
+                        }
+                        let covered: Vec<(i32, Option<i64>)> =
+                            restored.iter().map(|r| (r.partition, r.covered)).collect();
+                        tracing::info!(pipeline = %self.pipeline, topic = %changelog.topic, partitions = ?gained, covered = ?covered, keys, bytes, seconds, "per-key state read back from the changelog");
+                        restored
+                    }
+                    Err(e) => {
+                        // Not fatal: the partition starts with no state, as
+                        // it would with no changelog.
+                        tracing::error!(pipeline = %self.pipeline, topic = %changelog.topic, partitions = ?gained, error = %e, "reading per-key state back failed; these partitions start afresh");
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        StateMoves { released, restored }
+    }
 }
 
 /// A record as the consumer delivered it.
@@ -257,6 +307,9 @@ struct Seen {
 enum Verdict {
     /// Not handed over before: take it.
     New,
+    /// Below what the partition's restored state covers: its output was
+    /// acknowledged before the changelog was written.
+    Covered,
     /// Handed over before (a rebalance resumes from the last commit, which
     /// may be behind): those records are done or in flight, and feeding
     /// them to the per-key state twice would corrupt gaps, rates and
@@ -276,12 +329,39 @@ enum Verdict {
 #[derive(Default)]
 struct Handed {
     next: Vec<Option<(i64, u64)>>,
+    /// Per partition restored from the changelog, the next offset its
+    /// state covers.
+    covered: std::collections::HashMap<i32, i64>,
 }
 
 impl Handed {
+    /// Forgets what was handed over of `partition`, whose state is gone.
+    fn forget(&mut self, partition: i32) {
+        if let Some(next) = self.next.get_mut(usize::try_from(partition).unwrap_or(0)) {
+            *next = None;
+        }
+        self.covered.remove(&partition);
+    }
+
+    /// `partition`'s state was restored, covering the records before
+    /// `covered`: those are passed over, every later one is new to it.
+    fn restored(&mut self, partition: i32, covered: Option<i64>) {
+        self.forget(partition);
+        if let Some(c) = covered {
+            self.covered.insert(partition, c);
+        }
+    }
+
     /// Classifies `seen` and, unless redelivered, marks it handed over.
     /// `committed` gives this consumer's last commit of a partition.
     fn check(&mut self, seen: Seen, committed: impl FnOnce(i32) -> Option<i64>) -> Verdict {
+        if self
+            .covered
+            .get(&seen.partition)
+            .is_some_and(|&c| seen.offset < c)
+        {
+            return Verdict::Covered;
+        }
         let at = usize::try_from(seen.partition).unwrap_or(0);
         if self.next.len() <= at {
             self.next.resize(at + 1, None);
@@ -328,10 +408,11 @@ fn collect(
     let mut handed = Handed::default();
     // The last batch's size: the next one will likely need as much room.
     let mut bytes_hint = 0;
-    // A rebalance that gave partitions up while a batch was being formed
-    // ends that batch, whose records came before it: the release goes with
-    // the next one, together with the message that poll returned.
-    let mut next_release = Vec::new();
+    // A rebalance that gave partitions up or gained some while a batch was
+    // being formed ends that batch, whose records came before it: the
+    // state moves go with the next one, together with the message that
+    // poll returned.
+    let mut next_moves = StateMoves::default();
     let mut carried = None;
     loop {
         let (batch, spare) = match recycled.try_recv() {
@@ -351,7 +432,7 @@ fn collect(
             max_wait,
             max_bytes,
             record_bytes: record_bytes_limit,
-            release: std::mem::take(&mut next_release),
+            moves: std::mem::take(&mut next_moves),
         };
         if let Some(polled) = carried.take() {
             serve(&mut forming, polled);
@@ -364,14 +445,15 @@ fn collect(
             // Rebalances, commit replies and client errors; a message here
             // was fetched before its partition was forwarded.
             let polled = consumer.poll(Duration::ZERO);
-            let given_up = consumer.context().take_released();
-            if !given_up.is_empty() {
+            let rebalanced = consumer.context().take_rebalanced();
+            if !rebalanced.is_empty() {
+                let moves = source.moves(rebalanced, forming.handed);
                 if forming.parsing.is_some() {
-                    next_release = given_up;
+                    next_moves = moves;
                     carried = Some(polled);
                     break;
                 }
-                forming.release.extend(given_up);
+                forming.moves.extend(moves);
             }
             serve(&mut forming, polled);
             let wait = forming
@@ -394,7 +476,7 @@ fn collect(
         let Forming {
             batch,
             parsing,
-            release,
+            moves,
             ..
         } = forming;
         bytes_hint = batch.bytes();
@@ -402,14 +484,14 @@ fn collect(
         // Parsing starts with a batch's first record: none means no record.
         if let Some(parsing) = parsing {
             let mut parsed = parsing.finish(batch, Instant::now());
-            parsed.released = release;
+            parsed.moves = moves;
             if tx.blocking_send(parsed).is_err() {
                 return;
             }
         } else {
             // No record came, so no rebalance ended the batch early and
-            // nothing waits in `next_release`: the release waits instead.
-            next_release = release;
+            // nothing waits in `next_moves`: these moves wait instead.
+            next_moves = moves;
         }
         if stopping {
             return;

@@ -13,11 +13,13 @@
 //! own fetches. A crash replays at most that much more, which at-least-once
 //! with stable alert ids allows; a drain commits the last batch.
 
+use super::changelog::{Changelog, StateMessage};
 use super::PipelineError;
 use crate::config::PipelineConfig;
 use crate::pipeline::PipelineHandle;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::producer::DeliveryFuture;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -104,29 +106,58 @@ pub(super) struct Sent {
     pub(super) phases: [Duration; 3],
 }
 
+/// The state of the keys changed since the last checkpoint, as changelog
+/// messages, as of the end of the batch handed over before it.
+pub(super) struct Checkpoint {
+    pub(super) messages: Vec<StateMessage>,
+}
+
+/// What the committer is handed, in order.
+enum Finishing {
+    Batch(Sent),
+    Checkpoint(Checkpoint),
+}
+
 /// The task finishing batches of one pipeline.
 pub(super) struct Committer {
-    tx: mpsc::Sender<Sent>,
+    tx: mpsc::Sender<Finishing>,
     task: JoinHandle<Result<(), PipelineError>>,
+}
+
+/// Where a pipeline's checkpoints go.
+pub(super) struct StateOutput {
+    pub(super) changelog: Changelog,
+    pub(super) producer: FutureProducer,
 }
 
 impl Committer {
     /// Starts the task for `handle`'s pipeline (configured as `config`) on
     /// `consumer`.
+    /// With a changelog (`state`), offsets are committed only once a
+    /// checkpoint covering them is written.
     pub(super) fn spawn(
         handle: PipelineHandle,
         config: &PipelineConfig,
         consumer: Arc<super::fetch::PipelineConsumer>,
+        state: Option<StateOutput>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        let task = tokio::spawn(finish_all(handle, config.clone(), consumer, rx));
+        let task = tokio::spawn(finish_all(handle, config.clone(), consumer, state, rx));
         Self { tx, task }
     }
 
     /// Hands over a sent batch; waits while [`IN_FLIGHT`] batches are
     /// pending. An error means the task stopped: [`Self::close`] says why.
     pub(super) async fn push(&mut self, sent: Sent) -> Result<(), ()> {
-        self.tx.send(sent).await.map_err(|_| ())
+        self.tx.send(Finishing::Batch(sent)).await.map_err(|_| ())
+    }
+
+    /// Hands over a checkpoint of the state as of the last batch pushed:
+    /// written once every batch before it is acknowledged, then their
+    /// offsets are committed.
+    pub(super) async fn checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), ()> {
+        let item = Finishing::Checkpoint(checkpoint);
+        self.tx.send(item).await.map_err(|_| ())
     }
 
     /// Waits until every handed-over batch is finished, or the first failure.
@@ -142,14 +173,17 @@ async fn finish_all(
     handle: PipelineHandle,
     config: PipelineConfig,
     consumer: Arc<super::fetch::PipelineConsumer>,
-    mut rx: mpsc::Receiver<Sent>,
+    state: Option<StateOutput>,
+    mut rx: mpsc::Receiver<Finishing>,
 ) -> Result<(), PipelineError> {
     let mut offsets = Offsets::default();
+    // With a changelog, offsets wait for the checkpoint that covers them.
+    let timed = state.is_none();
     loop {
-        let sent = match offsets.due() {
+        let item = match offsets.due().filter(|_| timed) {
             // Offsets wait for the next batch, or for their time.
             Some(due) => tokio::select! {
-                sent = rx.recv() => sent,
+                item = rx.recv() => item,
                 _ = tokio::time::sleep_until(due.into()) => {
                     offsets.commit(&handle, &consumer);
                     continue;
@@ -157,21 +191,100 @@ async fn finish_all(
             },
             None => rx.recv().await,
         };
-        let Some(sent) = sent else {
-            // Asynchronous like the others: closing the consumer waits for
-            // the replies of commits in flight.
-            offsets.commit(&handle, &consumer);
-            return Ok(());
+        let sent = match item {
+            Some(Finishing::Batch(sent)) => sent,
+            Some(Finishing::Checkpoint(checkpoint)) => {
+                let output = state.as_ref().expect("checkpoints come with a changelog");
+                write_checkpoint(&handle, output, checkpoint, &offsets).await?;
+                offsets.commit(&handle, &consumer);
+                continue;
+            }
+            None => {
+                // Asynchronous like the others: closing the consumer waits
+                // for the replies of commits in flight. With a changelog,
+                // the last checkpoint committed what it covers.
+                if timed {
+                    offsets.commit(&handle, &consumer);
+                }
+                return Ok(());
+            }
         };
         if let Err(e) = finish(&handle, &config, sent, &mut offsets).await {
             // The batches before the failed one were acknowledged.
-            offsets.commit(&handle, &consumer);
+            if timed {
+                offsets.commit(&handle, &consumer);
+            }
             return Err(e);
         }
-        if offsets.due().is_some_and(|due| due <= Instant::now()) {
+        if timed && offsets.due().is_some_and(|due| due <= Instant::now()) {
             offsets.commit(&handle, &consumer);
         }
     }
+}
+
+/// Writes a checkpoint: the changed keys' state, then, once that is
+/// acknowledged, a marker per partition with the offsets to commit (the
+/// producer may reorder retried messages: a marker must never land
+/// before the state it vouches for). Batches before it were acknowledged
+/// already.
+async fn write_checkpoint(
+    handle: &PipelineHandle,
+    output: &StateOutput,
+    checkpoint: Checkpoint,
+    offsets: &Offsets,
+) -> Result<(), PipelineError> {
+    let changelog = &output.changelog;
+    let markers: Vec<StateMessage> = offsets
+        .next
+        .iter()
+        .map(|(&partition, &next)| changelog.marker(partition, next))
+        .collect();
+    let written = checkpoint.messages.len() + markers.len();
+    for messages in [checkpoint.messages, markers] {
+        produce_all(output, &messages)
+            .await
+            .map_err(|message| PipelineError::Delivery {
+                pipeline: handle.name.clone(),
+                topic: changelog.topic.clone(),
+                message: format!("checkpoint: {message}"),
+            })?;
+    }
+    let m = &handle.metrics;
+    m.checkpoints.fetch_add(1, Relaxed);
+    m.changelog_messages.fetch_add(written as u64, Relaxed);
+    Ok(())
+}
+
+/// Produces `messages` to the changelog and waits for every
+/// acknowledgement; the first failure's text.
+async fn produce_all(output: &StateOutput, messages: &[StateMessage]) -> Result<(), String> {
+    let mut futures = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut record = FutureRecord::to(&output.changelog.topic)
+            .partition(m.partition)
+            .key(&m.key[..]);
+        if let Some(value) = &m.value {
+            record = record.payload(&value[..]);
+        }
+        loop {
+            match output.producer.send_result(record) {
+                Ok(delivery) => break futures.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    record = back;
+                }
+                Err((e, _)) => return Err(e.to_string()),
+            }
+        }
+    }
+    for future in futures {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.to_string()),
+            Err(_) => return Err("producer dropped the message".into()),
+        }
+    }
+    Ok(())
 }
 
 /// Offsets of finished batches not committed yet.

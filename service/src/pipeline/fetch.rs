@@ -41,34 +41,73 @@ pub(crate) struct Forwarding {
     ownership: Mutex<Ownership>,
 }
 
-/// What rebalances took away. A partition revoked and assigned again in
-/// the same rebalance (an eager rebalance revokes everything first) went to
-/// nobody else, so its state is still right; one not assigned again, or
-/// revoked because the assignment was lost (the session expired: another
-/// consumer may have read it meanwhile), is released.
+/// What rebalances took away and gave. A partition revoked and assigned
+/// again in the same rebalance (an eager rebalance revokes everything
+/// first) went to nobody else, so its state is still right; one not
+/// assigned again, or revoked because the assignment was lost (the session
+/// expired: another consumer may have read it meanwhile), is released. A
+/// partition assigned that was not held is gained: its state is to be
+/// restored.
 #[derive(Default)]
 struct Ownership {
+    /// Partitions whose state this consumer holds.
+    held: std::collections::BTreeSet<i32>,
     /// Revoked by the rebalance under way.
     revoked: Vec<i32>,
-    /// Given up, not yet taken by [`Forwarding::take_released`].
+    /// Given up, not yet taken by [`Forwarding::take_rebalanced`].
     released: Vec<i32>,
+    /// Gained, not yet taken.
+    gained: Vec<i32>,
 }
 
 impl Ownership {
     /// `partitions` were revoked; `lost` when the assignment was lost.
     fn revoke(&mut self, partitions: impl IntoIterator<Item = i32>, lost: bool) {
         if lost {
-            self.released.extend(partitions);
+            for p in partitions {
+                self.give_up(p);
+            }
         } else {
             self.revoked.extend(partitions);
         }
     }
 
+    fn give_up(&mut self, partition: i32) {
+        self.held.remove(&partition);
+        self.gained.retain(|&g| g != partition);
+        self.released.push(partition);
+    }
+
     /// `partitions` were assigned: what was revoked and is not among them
-    /// is given up.
+    /// is given up; what was not held is gained.
     fn assign(&mut self, partitions: &[i32]) {
-        let Self { revoked, released } = self;
-        released.extend(revoked.drain(..).filter(|p| !partitions.contains(p)));
+        for p in std::mem::take(&mut self.revoked) {
+            if !partitions.contains(&p) {
+                self.give_up(p);
+            }
+        }
+        for &p in partitions {
+            if self.held.insert(p) {
+                self.gained.push(p);
+            }
+        }
+    }
+}
+
+/// What rebalances changed since last asked ([`Forwarding::take_rebalanced`]).
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Rebalanced {
+    /// Partitions given up, whose per-key state is stale from now on.
+    pub(super) released: Vec<i32>,
+    /// Partitions gained, whose state is to be restored before their
+    /// records are scored.
+    pub(super) gained: Vec<i32>,
+}
+
+impl Rebalanced {
+    /// True when nothing changed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.released.is_empty() && self.gained.is_empty()
     }
 }
 
@@ -94,11 +133,16 @@ impl Forwarding {
         self.assignments.load(Ordering::Acquire)
     }
 
-    /// Partitions given up since last asked, whose per-key state is stale
-    /// from now on. Rebalances run inside the consumer's poll, so after a
-    /// poll this holds what that poll's rebalance gave up.
-    pub(super) fn take_released(&self) -> Vec<i32> {
-        std::mem::take(&mut self.ownership.lock().expect("ownership lock").released)
+    /// Partitions given up and gained since last asked. Rebalances run
+    /// inside the consumer's poll, so after a poll this holds what that
+    /// poll's rebalance changed. A partition given up and gained again
+    /// since is in both, and is to be restored.
+    pub(super) fn take_rebalanced(&self) -> Rebalanced {
+        let mut ownership = self.ownership.lock().expect("ownership lock");
+        Rebalanced {
+            released: std::mem::take(&mut ownership.released),
+            gained: std::mem::take(&mut ownership.gained),
+        }
     }
 }
 
@@ -323,23 +367,41 @@ mod tests {
 
     /// An eager rebalance revokes everything, then assigns: only what did
     /// not come back is given up. A cooperative one revokes what moves and
-    /// assigns what is new. A lost assignment is given up whole.
+    /// assigns what is new. A lost assignment is given up whole. What was
+    /// not held is gained.
     #[test]
     fn partitions_are_given_up_when_they_go_elsewhere() {
         let mut o = Ownership::default();
+        let take = |o: &mut Ownership| {
+            (
+                std::mem::take(&mut o.released),
+                std::mem::take(&mut o.gained),
+            )
+        };
+        o.assign(&[0, 1, 2, 3]);
+        assert_eq!(take(&mut o), (vec![], vec![0, 1, 2, 3]));
         o.revoke([0, 1, 2, 3], false);
-        assert!(o.released.is_empty(), "nothing until the assignment");
+        assert_eq!(
+            take(&mut o),
+            (vec![], vec![]),
+            "nothing until the assignment"
+        );
         o.assign(&[0, 2]);
-        assert_eq!(std::mem::take(&mut o.released), [1, 3]);
+        assert_eq!(take(&mut o), (vec![1, 3], vec![]));
         o.revoke([0, 2], false);
         o.assign(&[0, 2, 1]);
-        assert!(o.released.is_empty(), "kept through the rebalance");
+        assert_eq!(
+            take(&mut o),
+            (vec![], vec![1]),
+            "0 and 2 kept through the rebalance"
+        );
         o.revoke([2], false);
         o.assign(&[]);
-        assert_eq!(std::mem::take(&mut o.released), [2]);
+        assert_eq!(take(&mut o), (vec![2], vec![]));
         o.revoke([0, 1], true);
-        assert_eq!(std::mem::take(&mut o.released), [0, 1]);
+        assert_eq!(take(&mut o), (vec![0, 1], vec![]));
         o.assign(&[0, 1]);
-        assert!(o.released.is_empty() && o.revoked.is_empty());
+        assert_eq!(take(&mut o), (vec![], vec![0, 1]));
+        assert!(o.revoked.is_empty());
     }
 }

@@ -12,6 +12,7 @@
 //! stable across replays.
 
 mod batch;
+mod changelog;
 mod collect;
 mod commit;
 mod control;
@@ -222,6 +223,8 @@ pub(crate) struct PipelineContext {
     /// The producer's largest message (`message.max.bytes`): DLQ copies are
     /// bounded by it.
     pub(crate) produce_limit: usize,
+    /// Where per-key state is kept, when it is.
+    pub(crate) changelog: Option<changelog::Changelog>,
 }
 
 /// Runs every configured pipeline until `shutdown` is cancelled (then drains:
@@ -293,11 +296,24 @@ pub async fn run(
     let drain = Duration::from_secs(config.service.drain_timeout_s);
     let failed = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
-    for (p, model) in config.pipelines.iter().zip(states) {
+    // Changelogs first: their seeds must be pinned before any key is hashed.
+    let mut changelogs = Vec::new();
+    for p in &config.pipelines {
+        changelogs.push(match p.state_changelog {
+            true => {
+                let cluster = config.kafka.cluster();
+                let group = &config.kafka.group_id;
+                changelog::Changelog::open(&cluster, group, &p.name, &p.input_topic).await?
+            }
+            false => None,
+        });
+    }
+    for ((p, model), changelog) in config.pipelines.iter().zip(states).zip(changelogs) {
         let options = DetectorOptions {
             learn: p.learn,
             seed: p.seed,
             slot_capacity: config.service.slot_capacity,
+            track_state: changelog.is_some(),
         };
         let state = ScoringState::new(Arc::new(model), &engine, &options).map_err(|source| {
             PipelineError::Detect {
@@ -346,6 +362,7 @@ pub async fn run(
             metrics,
             max_message_bytes: config.service.max_message_bytes,
             produce_limit,
+            changelog,
         };
         tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model().name, version = state.model().version, learn = p.learn, backend = engine.name(), "pipeline starting");
         let stop = failed.clone();
@@ -456,19 +473,34 @@ async fn run_pipeline(
         ),
         parser,
         ctx.handle.live_receiver(),
-        ctx.handle.metrics.clone(),
+        (ctx.handle.metrics.clone(), ctx.changelog.clone()),
     )
     .map_err(|source| PipelineError::Thread {
         pipeline: ctx.config.name.clone(),
         source,
     })?;
-    let mut committer = commit::Committer::spawn(ctx.handle.clone(), &ctx.config, consumer.clone());
+    let state_output = ctx.changelog.clone().map(|changelog| commit::StateOutput {
+        changelog,
+        producer: ctx.producer.clone(),
+    });
+    let mut committer = commit::Committer::spawn(
+        ctx.handle.clone(),
+        &ctx.config,
+        consumer.clone(),
+        state_output,
+    );
+    let interval = Duration::from_millis(ctx.config.checkpoint_ms);
+    // Batches handed to the committer since the last checkpoint, and when
+    // that was.
+    let mut unchecked = 0usize;
+    let mut checked_at = Instant::now();
     // Set when shutdown is asked for: everything after it, whatever the
     // pipeline is doing (scoring, waiting on a full producer queue or on
     // acknowledgements), must end by then.
     let mut deadline: Option<Instant> = None;
     let name = ctx.config.name.as_str();
     loop {
+        let checkpoint_due = ctx.changelog.is_some() && unchecked > 0;
         let batch = if deadline.is_some() {
             collector.next().await
         } else {
@@ -478,6 +510,14 @@ async fn run_pipeline(
                     begin_drain(&mut deadline, drain, name);
                     // Drain: the collector hands over what it holds, then ends.
                     collector.stop();
+                    continue;
+                }
+                // No batch for a while: what was done is checkpointed anyway.
+                _ = tokio::time::sleep_until(checked_at + interval), if checkpoint_due => {
+                    if checkpoint(&ctx, &mut state, &mut committer).await?.is_err() {
+                        break;
+                    }
+                    (unchecked, checked_at) = (0, Instant::now());
                     continue;
                 }
                 batch = collector.next() => batch,
@@ -559,6 +599,26 @@ async fn run_pipeline(
             // The committer stopped on a failed delivery; close says which.
             break;
         }
+        unchecked += 1;
+        if ctx.changelog.is_some() && checked_at.elapsed() >= interval {
+            let done = checkpoint(&ctx, &mut state, &mut committer);
+            if within_drain(done, &shutdown, &mut deadline, drain, name)
+                .await??
+                .is_err()
+            {
+                break;
+            }
+            (unchecked, checked_at) = (0, Instant::now());
+        }
+    }
+    // What the last checkpoint did not cover: its offsets wait for it.
+    if ctx.changelog.is_some() && unchecked > 0 {
+        let until = deadline.unwrap_or_else(|| Instant::now() + drain);
+        let done = checkpoint(&ctx, &mut state, &mut committer);
+        tokio::time::timeout_at(until, done)
+            .await
+            .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??
+            .ok();
     }
     let until = deadline.unwrap_or_else(|| Instant::now() + drain);
     tokio::time::timeout_at(until, committer.close())
@@ -574,6 +634,34 @@ async fn run_pipeline(
         "pipeline drained and stopped"
     );
     Ok(())
+}
+
+/// Hands the committer a checkpoint of the state as of the last batch
+/// handed over: the keys changed since the last one. `Err(())` inside when
+/// the committer stopped (its close says why).
+async fn checkpoint(
+    ctx: &PipelineContext,
+    state: &mut Option<Box<ScoringState>>,
+    committer: &mut commit::Committer,
+) -> Result<Result<(), ()>, PipelineError> {
+    let changelog = ctx.changelog.clone().expect("checkpoints need a changelog");
+    let mut s = state.take().expect("state is home between batches");
+    // On a blocking thread: the GPU's z-score state is read back.
+    let (s, messages) = tokio::task::spawn_blocking(move || {
+        let messages = s
+            .detector
+            .take_state()
+            .map(|changes| changelog.messages(&changes, changelog::layouts(&s.detector)));
+        (s, messages)
+    })
+    .await
+    .expect("taking the state does not panic");
+    *state = Some(s);
+    let messages = messages.map_err(|source| PipelineError::Detect {
+        pipeline: ctx.config.name.clone(),
+        source,
+    })?;
+    Ok(committer.checkpoint(commit::Checkpoint { messages }).await)
 }
 
 /// Starts the drain clock, once.

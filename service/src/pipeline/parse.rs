@@ -37,9 +37,9 @@ pub(super) struct ParsedBatch {
     /// When the batch was complete, and how long parsing took (estimated).
     pub(super) flushed_at: Instant,
     pub(super) parse_time: Duration,
-    /// Partitions given up before these records came, whose per-key state
-    /// is released before they are scored.
-    pub(super) released: Vec<i32>,
+    /// Partitions given up or gained before these records came: their
+    /// per-key state is released or restored before they are scored.
+    pub(super) moves: super::changelog::StateMoves,
 }
 
 impl Parser {
@@ -73,10 +73,10 @@ impl ParsedBatch {
             reader: Arc::new(RowReader::new(wanted)),
             max_bytes,
         };
-        let (parse_time, released) = (self.parse_time, self.released);
+        let (parse_time, moves) = (self.parse_time, self.moves);
         let mut again = parse(&parser, self.records, self.flushed_at);
         again.parse_time += parse_time;
-        again.released = released;
+        again.moves = moves;
         again
     }
 }
@@ -172,7 +172,7 @@ impl Parsing {
             reader: self.reader,
             flushed_at,
             parse_time: self.spent,
-            released: Vec::new(),
+            moves: Default::default(),
         }
     }
 }
