@@ -125,7 +125,7 @@ fn produce(
         .collect()
 }
 
-fn read_all(addr: &str, topic: &str) -> Vec<Record> {
+pub(crate) fn read_all(addr: &str, topic: &str) -> Vec<Record> {
     read_topic(addr, topic, usize::MAX, Duration::from_secs(3)).expect("read topic")
 }
 
@@ -404,7 +404,7 @@ fn hundred_thousand_records_with_ten_percent_corrupt() {
 }
 
 /// Sends SIGTERM and waits for the exit, at most `limit`.
-fn terminate(service: &mut Service, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn terminate(service: &mut Service, limit: Duration) -> std::process::ExitStatus {
     let pid = service.child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -1207,7 +1207,11 @@ fn produce_readings(addr: &str, topic: &str, readings: &[(&str, i32, f64)]) {
 }
 
 /// Produces `(key, partition, value)` records to `topic`, in order.
-fn produce_to(addr: &str, topic: &str, records: impl IntoIterator<Item = (String, i32, String)>) {
+pub(crate) fn produce_to(
+    addr: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, i32, String)>,
+) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -12,6 +12,7 @@ mod gpu_cli;
 mod gpu_parity;
 mod grpc;
 mod layout;
+mod state;
 mod streaming;
 mod util;
 mod zscore_nab;
