@@ -45,6 +45,9 @@ fn setup(
         // One score message per record, replays included: spread over the
         // input's partitions so no partition nears the mock cluster's limit.
         ("scores", partitions),
+        // The pipeline's changelog: the mock cluster takes no admin
+        // request, so the service cannot create it there.
+        ("e2e.fraud.state", partitions),
     ] {
         create(topic, n);
     }
@@ -1103,7 +1106,7 @@ async fn a_model_reading_other_fields_goes_live_with_the_records_parsed_for_it()
         models.push(model);
     }
     let mock = Mock::new();
-    for topic in [INPUT, "alerts", "dlq", "scores"] {
+    for topic in [INPUT, "alerts", "dlq", "scores", "swap.swap.state"] {
         mock.create()(topic, 1);
     }
     let mut config = isoflow::config::Config::default();

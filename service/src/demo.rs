@@ -112,31 +112,31 @@ pub async fn run(
         .map(|r| (r.id.clone(), (r.label, r.kind)))
         .collect();
     let topic_of = |s: Scenario| format!("{PREFIX}.{}", s.topic_suffix());
-    let mut topics: Vec<String> = MODELS.iter().map(|(s, _, _)| topic_of(*s)).collect();
-    topics.extend([ALERTS.to_owned(), DLQ.to_owned()]);
-
     // The security model keys one feature by destination while the topic is
     // keyed by source: only a single partition keeps that feature exact.
-    let partitions = |t: &str| {
-        if t == topic_of(Scenario::Security) {
-            1
-        } else {
-            4
-        }
-    };
+    let partitions = |s: Scenario| if s == Scenario::Security { 1 } else { 4 };
+    let group = format!("isoflow-demo-{}", std::process::id());
+    let mut topics: Vec<(String, i32)> = Vec::new();
+    for (scenario, name, _) in MODELS {
+        topics.push((topic_of(scenario), partitions(scenario)));
+        // Each pipeline's changelog: the embedded cluster takes no admin
+        // request, so the service cannot create it there itself.
+        topics.push((format!("{group}.{name}.state"), partitions(scenario)));
+    }
+    topics.extend([(ALERTS.to_owned(), 4), (DLQ.to_owned(), 4)]);
     // Keep the mock cluster alive for the whole run.
     let mock;
     let brokers = match &opts.brokers {
         Some(b) => {
-            for t in &topics {
-                crate::kafka::create_topics(b, &[t.as_str()], partitions(t)).await?;
+            for (t, n) in &topics {
+                crate::kafka::create_topics(b, &[t.as_str()], *n).await?;
             }
             b.clone()
         }
         None => {
             mock = crate::kafka::EmbeddedCluster::start()?;
-            for t in &topics {
-                mock.create_topic(t, partitions(t))?;
+            for (t, n) in &topics {
+                mock.create_topic(t, *n)?;
             }
             mock.bootstrap_servers()
         }
@@ -166,7 +166,7 @@ pub async fn run(
     let config = Config {
         kafka: KafkaConfig {
             brokers: brokers.clone(),
-            group_id: format!("isoflow-demo-{}", std::process::id()),
+            group_id: group,
             session_timeout_ms: 6000,
             properties: BTreeMap::new(),
         },

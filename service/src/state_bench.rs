@@ -14,6 +14,7 @@ use crate::engine::Engine;
 use crate::features::FeaturePipeline;
 use crate::input::InputError;
 use crate::model::ModelError;
+use crate::pipeline::changelog::{layouts, StateMessage};
 use crate::random::SplitMix64;
 use std::fmt;
 use std::io::Write as _;
@@ -38,6 +39,32 @@ pub struct StateBenchOptions {
     /// Seed of the records' numeric values.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also keep the state in a changelog topic on these brokers, as a
+    /// pipeline does (each batch's changed keys written as a checkpoint),
+    /// then time reading it back into an empty detector: the restore a
+    /// partition's assignment does.
+    #[arg(long)]
+    pub brokers: Option<String>,
+}
+
+/// What keeping the state in a changelog cost, and reading it back.
+#[derive(Debug)]
+pub struct RestoreReport {
+    /// The changelog topic.
+    pub topic: String,
+    /// Messages written (key states and tombstones).
+    pub messages: usize,
+    /// Time spent writing them, batch after batch.
+    pub write: Duration,
+    /// Keys read back, and their bytes.
+    pub keys: usize,
+    pub bytes: usize,
+    /// Time to read the changelog partition back.
+    pub read: Duration,
+    /// Time to put the keys into the empty detector.
+    pub apply: Duration,
+    /// Keys the detector took.
+    pub restored: usize,
 }
 
 /// Why the bench could not run.
@@ -58,6 +85,59 @@ pub enum StateBenchError {
     /// Bad options.
     #[error("{0}")]
     Options(String),
+    /// The changelog could not be written or read.
+    #[error("changelog: {0}")]
+    Broker(String),
+}
+
+/// A changelog of the bench's own on a broker, and what writes to it.
+struct Changelog {
+    log: crate::pipeline::changelog::Changelog,
+    producer: rdkafka::producer::FutureProducer,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Changelog {
+    /// A new one-partition changelog on `brokers`, named for this run.
+    fn start(brokers: &str) -> Result<Self, StateBenchError> {
+        let broker = |e: crate::kafka::KafkaError| StateBenchError::Broker(e.to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StateBenchError::Broker(e.to_string()))?;
+        let cluster = crate::kafka::Cluster::plain(brokers);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let input = format!("isoflow-bench-state-{stamp}");
+        let log = runtime.block_on(async {
+            crate::kafka::create_topics_on(&cluster, &[&input], 1).await?;
+            crate::pipeline::changelog::Changelog::open(&cluster, &input, "bench", &input).await
+        });
+        let log = log.map_err(broker)?.ok_or_else(|| {
+            StateBenchError::Broker(
+                "keys were hashed before the changelog's seeds were read".into(),
+            )
+        })?;
+        let producer = crate::kafka::producer(brokers, &Default::default()).map_err(broker)?;
+        Ok(Self {
+            log,
+            producer,
+            runtime,
+        })
+    }
+
+    /// Writes `messages`, waiting for the broker's acknowledgements.
+    fn write(&self, messages: &[StateMessage]) -> Result<(), StateBenchError> {
+        let topic = &self.log.topic;
+        self.runtime
+            .block_on(crate::pipeline::changelog::produce(
+                &self.producer,
+                topic,
+                messages,
+            ))
+            .map_err(StateBenchError::Broker)
+    }
 }
 
 /// What one run measured.
@@ -83,6 +163,8 @@ pub struct StateReport {
     pub rss_peak: u64,
     /// Time to score every record.
     pub elapsed: Duration,
+    /// With `--brokers`: the changelog's figures.
+    pub restore: Option<RestoreReport>,
 }
 
 impl StateReport {
@@ -111,14 +193,19 @@ pub fn run(options: &StateBenchOptions) -> Result<StateReport, StateBenchError> 
     let model = crate::model::load(&options.model)?;
     let wanted = FeaturePipeline::wanted_for(&model);
     let name = model.name.clone();
-    let mut detector = Detector::new(
-        model,
-        Engine::Cpu,
-        &DetectorOptions {
-            slot_capacity: options.slot_capacity,
-            ..DetectorOptions::default()
-        },
-    )?;
+    // The changelog first: it fixes how keys are hashed.
+    let changelog = match &options.brokers {
+        Some(brokers) => Some(Changelog::start(brokers)?),
+        None => None,
+    };
+    let detector_options = DetectorOptions {
+        slot_capacity: options.slot_capacity,
+        // As a pipeline with a changelog (the default) notes changed keys.
+        track_state: true,
+        ..DetectorOptions::default()
+    };
+    let mut detector = Detector::new(model.clone(), Engine::Cpu, &detector_options)?;
+    let (mut messages, mut write) = (0, Duration::ZERO);
     let mut rng = SplitMix64::new(options.seed);
     let mut text = Vec::new();
     let rss_empty = resident()?;
@@ -154,19 +241,58 @@ pub fn run(options: &StateBenchOptions) -> Result<StateReport, StateBenchError> 
         }
         let columns = crate::input::read_jsonl(text.as_slice(), &wanted)?;
         detector.score(&columns)?;
+        // A checkpoint per batch: the changed keys leave the list.
+        let changes = detector.take_state()?;
+        if let Some(c) = &changelog {
+            let batch = c.log.messages(&changes, layouts(&detector));
+            let at = Instant::now();
+            c.write(&batch)?;
+            write += at.elapsed();
+            messages += batch.len();
+        }
         fed += rows;
     }
     let elapsed = started.elapsed();
     drop(text);
+    let (fill, evictions, rss_full) = (detector.state_fill(), detector.evictions(), resident()?);
+    let restore = match changelog {
+        Some(c) => {
+            drop(detector);
+            let at = Instant::now();
+            let read = c
+                .log
+                .restore(&[0])
+                .map_err(|e| StateBenchError::Broker(e.to_string()))?;
+            let read_time = at.elapsed();
+            let mut empty = Detector::new(model, Engine::Cpu, &detector_options)?;
+            let at = Instant::now();
+            let mut restored = 0;
+            for partition in &read {
+                restored += empty.restore_state(&partition.records(layouts(&empty)))?;
+            }
+            Some(RestoreReport {
+                topic: c.log.topic.clone(),
+                messages,
+                write,
+                keys: read.iter().map(|r| r.keys.len()).sum(),
+                bytes: read.iter().map(|r| r.bytes).sum(),
+                read: read_time,
+                apply: at.elapsed(),
+                restored,
+            })
+        }
+        None => None,
+    };
     Ok(StateReport {
+        restore,
         model: name,
         keys: options.keys,
         key_fields: wanted.keys.clone(),
         slot_capacity: options.slot_capacity,
-        fill: detector.state_fill(),
-        evictions: detector.evictions(),
+        fill,
+        evictions,
         rss_empty,
-        rss_full: resident()?,
+        rss_full,
         rss_peak: peak_resident().unwrap_or(0),
         elapsed,
     })
@@ -227,7 +353,28 @@ impl fmt::Display for StateReport {
             "  {:.2} µs per record ({:.0} records/s)",
             self.elapsed.as_secs_f64() * 1e6 / self.keys as f64,
             self.keys as f64 / self.elapsed.as_secs_f64().max(1e-9)
-        )
+        )?;
+        if let Some(r) = &self.restore {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "  changelog {}: {} messages written in {:.2} s",
+                r.topic,
+                r.messages,
+                r.write.as_secs_f64()
+            )?;
+            write!(
+                f,
+                "  restore: {} keys ({:.1} MiB) read back in {:.2} s, restored in {:.2} s ({} taken): {:.2} s in all",
+                r.keys,
+                mib(r.bytes as u64),
+                r.read.as_secs_f64(),
+                r.apply.as_secs_f64(),
+                r.restored,
+                (r.read + r.apply).as_secs_f64()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -245,6 +392,7 @@ mod tests {
             slot_capacity: capacity,
             batch_size: 1000,
             seed: 1,
+            brokers: None,
         }
     }
 

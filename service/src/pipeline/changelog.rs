@@ -28,8 +28,9 @@ use crate::features::state::{Restored, StateChanges, SMOOTHER_TABLE};
 use crate::input::key::{self, KeySeeds};
 use crate::kafka::{Cluster, KafkaError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,12 @@ impl Changelog {
         let partitions = tokio::task::spawn_blocking(move || partition_count(&c, &t))
             .await
             .expect("reading metadata does not panic")?;
-        crate::kafka::create_compacted_topic(cluster, &topic, partitions.max(1)).await?;
+        // Made beforehand where the broker takes no admin requests
+        // (librdkafka's mock cluster of `isoflow demo`).
+        let exists = crate::kafka::check_topics_on(cluster, &[&topic], Duration::from_secs(10));
+        if exists.is_err() {
+            crate::kafka::create_compacted_topic(cluster, &topic, partitions.max(1)).await?;
+        }
         let (c, t) = (cluster.clone(), topic.clone());
         let (seeds, partitions) = tokio::task::spawn_blocking(move || {
             Ok::<_, KafkaError>((agreed_seeds(&c, &t)?, partition_count(&c, &t)?))
@@ -250,6 +256,42 @@ pub(crate) fn layouts(detector: &Detector) -> impl Fn(u16) -> u64 {
         SMOOTHER_TABLE => smoother,
         _ => features,
     }
+}
+
+/// Produces `messages` to `topic` and waits for every acknowledgement; the
+/// first failure's text. A full local queue is waited out.
+pub(crate) async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[StateMessage],
+) -> Result<(), String> {
+    let mut futures = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut record = FutureRecord::to(topic)
+            .partition(m.partition)
+            .key(&m.key[..]);
+        if let Some(value) = &m.value {
+            record = record.payload(&value[..]);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break futures.push(delivery),
+                Err((ClientError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    record = back;
+                }
+                Err((e, _)) => return Err(e.to_string()),
+            }
+        }
+    }
+    for future in futures {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.to_string()),
+            Err(_) => return Err("producer dropped the message".into()),
+        }
+    }
+    Ok(())
 }
 
 /// Applies one changelog message to the partitions being restored.

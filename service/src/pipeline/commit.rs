@@ -7,19 +7,22 @@
 //! meanwhile. Batches are finished strictly in order, so a committed offset
 //! still only ever covers records whose output the broker acknowledged.
 //!
-//! Offsets are committed at most every [`COMMIT_INTERVAL`], not per batch:
-//! each commit is a request the broker (the group coordinator) serves, and
-//! at a batch every few milliseconds those cost it more than the records'
-//! own fetches. A crash replays at most that much more, which at-least-once
-//! with stable alert ids allows; a drain commits the last batch.
+//! With a changelog, offsets are committed only after a checkpoint that
+//! covers them (the state of the keys the batches changed, then markers of
+//! the offsets) is acknowledged: a restore then knows exactly which records
+//! its state holds. Without one, offsets are committed at most every
+//! [`COMMIT_INTERVAL`], not per batch: each commit is a request the broker
+//! (the group coordinator) serves, and at a batch every few milliseconds
+//! those cost it more than the records' own fetches. A crash replays at
+//! most that much more, which at-least-once with stable alert ids allows; a
+//! drain commits the last batch.
 
 use super::changelog::{Changelog, StateMessage};
 use super::PipelineError;
 use crate::config::PipelineConfig;
 use crate::pipeline::PipelineHandle;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -114,7 +117,7 @@ pub(super) struct Checkpoint {
 
 /// What the committer is handed, in order.
 enum Finishing {
-    Batch(Sent),
+    Batch(Box<Sent>),
     Checkpoint(Checkpoint),
 }
 
@@ -149,7 +152,7 @@ impl Committer {
     /// Hands over a sent batch; waits while [`IN_FLIGHT`] batches are
     /// pending. An error means the task stopped: [`Self::close`] says why.
     pub(super) async fn push(&mut self, sent: Sent) -> Result<(), ()> {
-        self.tx.send(Finishing::Batch(sent)).await.map_err(|_| ())
+        self.tx.send(Finishing::Batch(Box::new(sent))).await.map_err(|_| ())
     }
 
     /// Hands over a checkpoint of the state as of the last batch pushed:
@@ -192,7 +195,7 @@ async fn finish_all(
             None => rx.recv().await,
         };
         let sent = match item {
-            Some(Finishing::Batch(sent)) => sent,
+            Some(Finishing::Batch(sent)) => *sent,
             Some(Finishing::Checkpoint(checkpoint)) => {
                 let output = state.as_ref().expect("checkpoints come with a changelog");
                 write_checkpoint(&handle, output, checkpoint, &offsets).await?;
@@ -241,7 +244,8 @@ async fn write_checkpoint(
         .collect();
     let written = checkpoint.messages.len() + markers.len();
     for messages in [checkpoint.messages, markers] {
-        produce_all(output, &messages)
+        let (producer, topic) = (&output.producer, &changelog.topic);
+        super::changelog::produce(producer, topic, &messages)
             .await
             .map_err(|message| PipelineError::Delivery {
                 pipeline: handle.name.clone(),
@@ -252,38 +256,6 @@ async fn write_checkpoint(
     let m = &handle.metrics;
     m.checkpoints.fetch_add(1, Relaxed);
     m.changelog_messages.fetch_add(written as u64, Relaxed);
-    Ok(())
-}
-
-/// Produces `messages` to the changelog and waits for every
-/// acknowledgement; the first failure's text.
-async fn produce_all(output: &StateOutput, messages: &[StateMessage]) -> Result<(), String> {
-    let mut futures = Vec::with_capacity(messages.len());
-    for m in messages {
-        let mut record = FutureRecord::to(&output.changelog.topic)
-            .partition(m.partition)
-            .key(&m.key[..]);
-        if let Some(value) = &m.value {
-            record = record.payload(&value[..]);
-        }
-        loop {
-            match output.producer.send_result(record) {
-                Ok(delivery) => break futures.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    record = back;
-                }
-                Err((e, _)) => return Err(e.to_string()),
-            }
-        }
-    }
-    for future in futures {
-        match future.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e.to_string()),
-            Err(_) => return Err("producer dropped the message".into()),
-        }
-    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 //! stable across replays.
 
 mod batch;
-mod changelog;
+pub(crate) mod changelog;
 mod collect;
 mod commit;
 mod control;
