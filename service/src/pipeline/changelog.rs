@@ -97,8 +97,13 @@ pub(crate) struct RestoredPartition {
     pub(crate) partition: i32,
     /// The next input offset the state covers, if a checkpoint was written.
     pub(crate) covered: Option<i64>,
-    /// Each key's latest state: (table, fingerprint) → layout and state.
-    pub(crate) keys: HashMap<(u16, Fingerprint), Vec<u8>>,
+    /// Each key's latest state: (table, fingerprint) → where its layout
+    /// and state lie in `values`.
+    pub(crate) keys: HashMap<(u16, Fingerprint), std::ops::Range<usize>>,
+    /// The values read, back to back: one buffer, not an allocation per
+    /// key (a restore of millions of keys would double its memory).
+    /// Values replaced or removed stay, unreferenced, until the restore ends.
+    values: Vec<u8>,
     /// Bytes read.
     pub(crate) bytes: usize,
 }
@@ -110,7 +115,8 @@ impl RestoredPartition {
         let owner = crate::features::slots::owner_of(self.partition);
         self.keys
             .iter()
-            .filter_map(|(&(table, key), value)| {
+            .filter_map(|(&(table, key), at)| {
+                let value = &self.values[at.clone()];
                 let layout = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
                 (layout == layout_of(table)).then(|| Restored {
                     owner,
@@ -316,7 +322,11 @@ fn apply(restored: &mut HashMap<i32, RestoredPartition>, key: &[u8], value: Opti
             fingerprint[16 - FINGERPRINT_BYTES..].copy_from_slice(&key[7..]);
             let at = (table, u128::from_be_bytes(fingerprint));
             match value {
-                Some(v) => r.keys.insert(at, v.to_vec()),
+                Some(v) => {
+                    let start = r.values.len();
+                    r.values.extend_from_slice(v);
+                    r.keys.insert(at, start..r.values.len())
+                }
                 None => r.keys.remove(&at),
             };
         }
@@ -422,7 +432,11 @@ fn read_partition(
         format!("isoflow-restore-{}", std::process::id()),
     )
     .set("enable.auto.commit", "false")
-    .set("fetch.wait.max.ms", "10");
+    .set("fetch.wait.max.ms", "10")
+    // A restore reads one partition flat out: large fetches, few requests.
+    .set("max.partition.fetch.bytes", "16777216")
+    .set("fetch.max.bytes", "67108864")
+    .set("queued.max.messages.kbytes", "65536");
     let consumer: BaseConsumer = c.create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
