@@ -59,6 +59,7 @@ ISOFLOW_BENCH_ROWS=${ISOFLOW_BENCH_ROWS:-2000} cargo test --release --workspace 
 # for behaviour; tansu has quirks, see DESIGN.md).
 ISOFLOW_BROKER=kafka cargo test --release --test integration -- grpc:: \
   streaming::every_record hundred_thousand poison_pill offset_reset kafka_properties given_up \
-  learning_pipelines feedback_topic start_up_errors trains_on_a_topics bench_pipeline tabular_rows
+  learning_pipelines feedback_topic start_up_errors trains_on_a_topics bench_pipeline tabular_rows \
+  state::
 # Every fuzz target for a bounded time (ISOFLOW_FUZZ_SECONDS each).
 scripts/fuzz.sh "${ISOFLOW_FUZZ_SECONDS:-30}"

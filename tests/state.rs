@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Devices, two to a partition of the two.
+/// Devices of the restart and crash tests, two to a partition of the two.
 const DEVICES: usize = 4;
 
 /// A model of a device's readings: the value, its z-score against the
@@ -64,9 +64,9 @@ fn value(i: usize) -> f64 {
     10.0 + (i * 37 % 23) as f64 * 0.05
 }
 
-/// A device's partition.
-fn partition_of(device: usize) -> i32 {
-    (device % 2) as i32
+/// A device's partition of `partitions`.
+fn partition_of(device: usize, partitions: usize) -> i32 {
+    (device % partitions) as i32
 }
 
 /// The service's configuration: one pipeline over `readings` (two
@@ -100,22 +100,93 @@ checkpoint_ms = 200
     config
 }
 
-/// A broker with the pipeline's topics.
-fn broker() -> Broker {
+/// A broker with the pipeline's topics, the input and scores of
+/// `partitions` partitions.
+fn broker(partitions: u32) -> Broker {
     let broker = Broker::memory();
-    for (topic, n) in [("readings", 2), ("alerts", 1), ("dlq", 1), ("scores", 2)] {
+    for (topic, n) in [
+        ("readings", partitions),
+        ("alerts", 1),
+        ("dlq", 1),
+        ("scores", partitions),
+    ] {
         broker.create_topic(topic, n);
     }
     broker
 }
 
-/// `{"device", "ts", "value"}` records to their devices' partitions.
-fn produce(addr: &str, readings: &[(usize, f64, f64)]) {
+/// `{"device", "ts", "value"}` records to their devices' partitions of
+/// `partitions`.
+fn produce(addr: &str, readings: &[(usize, f64, f64)], partitions: usize) {
     let records = readings.iter().map(|&(device, ts, value)| {
         let line = format!(r#"{{"device":"d{device}","ts":{ts},"value":{value}}}"#);
-        (format!("d{device}"), partition_of(device), line)
+        (format!("d{device}"), partition_of(device, partitions), line)
     });
     produce_to(addr, "readings", records);
+}
+
+/// `total` readings of `devices` devices, every 397th a spike.
+fn stream(total: usize, devices: usize) -> Vec<(usize, f64, f64)> {
+    (0..total)
+        .map(|i| {
+            let v = if i % 397 == 0 { 30.0 } else { value(i) };
+            (i % devices, ((i / devices) * 10) as f64, v)
+        })
+        .collect()
+}
+
+/// `isoflow score`'s scores of `readings` in one uninterrupted pass, by
+/// (partition, offset) as [`produce`] places them on a fresh topic: each
+/// record's place in its partition is its offset.
+fn offline(
+    dir: &Path,
+    model: &Path,
+    readings: &[(usize, f64, f64)],
+    partitions: usize,
+) -> HashMap<(i32, i64), (f32, bool)> {
+    let input = dir.join("readings.jsonl");
+    let mut lines = String::new();
+    let mut at = Vec::new();
+    let mut next = vec![0i64; partitions];
+    for &(device, ts, v) in readings {
+        lines += &format!("{{\"device\":\"d{device}\",\"ts\":{ts},\"value\":{v}}}\n");
+        let p = partition_of(device, partitions);
+        at.push((p, next[p as usize]));
+        next[p as usize] += 1;
+    }
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.join("offline.csv");
+    #[rustfmt::skip]
+    ok("isoflow", &["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
+        "--backend", "cpu", "--output", out.to_str().unwrap()]);
+    at.into_iter().zip(scores_of_file(&out)).collect()
+}
+
+/// Asserts that every record was scored, each time as `offline` scores it.
+fn assert_scored_as(
+    got: &HashMap<(i32, i64), Vec<(f32, bool)>>,
+    offline: &HashMap<(i32, i64), (f32, bool)>,
+    log: &str,
+) {
+    let keys: HashSet<&(i32, i64)> = got.keys().collect();
+    assert_eq!(keys, offline.keys().collect(), "every record scored");
+    let mut differ = Vec::new();
+    for (at, each) in got {
+        for scored in each {
+            if *scored != offline[at] {
+                differ.push((*at, *scored, offline[at]));
+            }
+        }
+    }
+    differ.sort_by_key(|d| d.0);
+    assert!(
+        differ.is_empty(),
+        "{} scores differ from an uninterrupted pass, first {:?}\n{log}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+    let replayed = got.values().filter(|v| v.len() > 1).count();
+    eprintln!("records scored more than once (replayed after a checkpoint): {replayed}");
 }
 
 /// Score messages by their record's (partition, offset): each score and
@@ -172,7 +243,7 @@ fn alerts(addr: &str) -> Vec<(String, String)> {
 #[test]
 fn a_restarted_service_goes_on_with_the_state_it_had() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
+    let broker = broker(2);
     let addr = broker.addr();
     let model = device_model(dir.path());
     let config = config(dir.path(), &addr, &model, "restart");
@@ -182,7 +253,7 @@ fn a_restarted_service_goes_on_with_the_state_it_had() {
     for i in 0..60 * DEVICES {
         before.push((i % DEVICES, ((i / DEVICES) * 10) as f64, value(i)));
     }
-    produce(&addr, &before);
+    produce(&addr, &before, 2);
     wait_scored(&addr, before.len());
     assert!(terminate(&mut first, Duration::from_secs(30)).success());
     let log = first.log_text();
@@ -202,7 +273,7 @@ fn a_restarted_service_goes_on_with_the_state_it_had() {
         (2, 600.0, 60.0),
         (3, 600.0, value(3)),
     ];
-    produce(&addr, &after);
+    produce(&addr, &after, 2);
     wait_scored(&addr, before.len() + after.len());
     let log = second.log_text();
     let restored = second.metric("isoflow_state_restored_keys_total");
@@ -235,41 +306,18 @@ fn a_restarted_service_goes_on_with_the_state_it_had() {
 #[test]
 fn scores_are_the_same_across_a_kill_9_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker();
+    let broker = broker(2);
     let addr = broker.addr();
     let model = device_model(dir.path());
     let config = config(dir.path(), &addr, &model, "crash");
     let total = 12_000;
-    let readings: Vec<(usize, f64, f64)> = (0..total)
-        .map(|i| {
-            let v = if i % 397 == 0 { 30.0 } else { value(i) };
-            (i % DEVICES, ((i / DEVICES) * 10) as f64, v)
-        })
-        .collect();
-    // Offline, in the order produced: per device, the order of its
-    // partition. Each record's place in its partition is its offset.
-    let input = dir.path().join("readings.jsonl");
-    let mut lines = String::new();
-    let mut at = Vec::new();
-    let mut next = [0i64; 2];
-    for &(device, ts, v) in &readings {
-        lines += &format!("{{\"device\":\"d{device}\",\"ts\":{ts},\"value\":{v}}}\n");
-        let p = partition_of(device);
-        at.push((p, next[p as usize]));
-        next[p as usize] += 1;
-    }
-    std::fs::write(&input, lines).unwrap();
-    let out = dir.path().join("offline.csv");
-    #[rustfmt::skip]
-    ok("isoflow", &["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-        "--backend", "cpu", "--output", out.to_str().unwrap()]);
-    let offline: HashMap<(i32, i64), (f32, bool)> =
-        at.iter().copied().zip(scores_of_file(&out)).collect();
+    let readings = stream(total, DEVICES);
+    let offline = offline(dir.path(), &model, &readings, 2);
 
     // A first part, checkpointed; the rest arrives while the service runs,
     // and it is killed in the middle of it.
     let first_part = total / 6;
-    produce(&addr, &readings[..first_part]);
+    produce(&addr, &readings[..first_part], 2);
     {
         let mut first = Service::start(&config);
         let scored = |n: usize| {
@@ -285,7 +333,7 @@ fn scores_are_the_same_across_a_kill_9_and_a_restart() {
         let rest = readings[first_part..].to_vec();
         let producing = {
             let addr = addr.clone();
-            std::thread::spawn(move || produce(&addr, &rest))
+            std::thread::spawn(move || produce(&addr, &rest, 2))
         };
         wait_for(
             "some of the rest scored",
@@ -303,24 +351,77 @@ fn scores_are_the_same_across_a_kill_9_and_a_restart() {
     let log = second.log_text();
     assert!(terminate(&mut second, Duration::from_secs(30)).success());
     assert!(log.contains("per-key state read back"), "{log}");
-    let got = scores(&addr);
-    let keys: HashSet<&(i32, i64)> = got.keys().collect();
-    assert_eq!(keys, offline.keys().collect(), "every record scored");
-    let mut differ = Vec::new();
-    for (at, each) in &got {
-        for scored in each {
-            if *scored != offline[at] {
-                differ.push((*at, *scored, offline[at]));
-            }
-        }
+    assert_scored_as(&scores(&addr), &offline, &log);
+}
+
+/// One stream scored by a group whose members come and go gets the scores
+/// of one uninterrupted pass, record for record: three processes share
+/// four partitions; one is killed with -9, one is stopped with SIGTERM and
+/// started again, and a fourth joins later. Each part of the stream
+/// arrives after one such change, so partitions and their state move
+/// while records wait for them.
+#[test]
+fn a_group_whose_members_crash_restart_and_join_scores_as_one_pass() {
+    const PARTITIONS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(PARTITIONS as u32);
+    if !broker.is_kafka() {
+        // With tansu 0.6, after a member was killed with -9 the survivors
+        // had not scored the next records of its partitions 90 s later
+        // (seen, cause not known); the Apache Kafka pass of
+        // scripts/test.sh runs this test.
+        eprintln!("skipped on tansu: run with ISOFLOW_BROKER=kafka");
+        return;
     }
-    differ.sort_by_key(|d| d.0);
-    assert!(
-        differ.is_empty(),
-        "{} scores differ from an uninterrupted pass, first {:?}\n{log}",
-        differ.len(),
-        &differ[..differ.len().min(5)]
+    let addr = broker.addr();
+    let model = device_model(dir.path());
+    let config = config(dir.path(), &addr, &model, "group");
+    let total = 8000;
+    let readings = stream(total, 2 * PARTITIONS);
+    let offline = offline(dir.path(), &model, &readings, PARTITIONS);
+    let parts: Vec<&[(usize, f64, f64)]> = readings.chunks(total / 4).collect();
+    let assigned = |members: &[&Service], n: f64| {
+        wait_for(
+            &format!("{n} partitions assigned over the group"),
+            Duration::from_secs(90),
+            || {
+                members
+                    .iter()
+                    .map(|s| s.metric("isoflow_assigned_partitions"))
+                    .sum::<f64>()
+                    == n
+            },
+        )
+    };
+    let mut sent = 0;
+    let mut part = |i: usize| {
+        produce(&addr, parts[i], PARTITIONS);
+        sent += parts[i].len();
+        wait_scored(&addr, sent);
+    };
+
+    let mut a = Service::start(&config);
+    let mut b = Service::start(&config);
+    let mut c = Service::start(&config);
+    assigned(&[&a, &b, &c], 4.0);
+    part(0);
+    a.child.kill().unwrap(); // SIGKILL: its partitions wait for the session timeout
+    a.child.wait().unwrap();
+    part(1);
+    assert!(terminate(&mut b, Duration::from_secs(30)).success());
+    let mut b2 = Service::start(&config);
+    part(2);
+    let mut d = Service::start(&config);
+    wait_for(
+        "the fourth member gets a partition",
+        Duration::from_secs(90),
+        || d.metric("isoflow_assigned_partitions") > 0.0,
     );
-    let replayed = got.values().filter(|v| v.len() > 1).count();
-    eprintln!("records scored twice (after the last checkpoint before the kill): {replayed}");
+    part(3);
+    let logs: String = [&c, &b2, &d].iter().map(|s| s.log_text()).collect();
+    for s in [&mut c, &mut b2, &mut d] {
+        assert!(terminate(s, Duration::from_secs(30)).success());
+    }
+    assert!(logs.contains("per-key state read back"), "{logs}");
+    assert_scored_as(&scores(&addr), &offline, &logs);
 }

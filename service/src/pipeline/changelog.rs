@@ -77,6 +77,9 @@ pub(crate) struct StateMoves {
     /// Partitions gained, with their state read back (after `released`:
     /// a partition may be in both).
     pub(crate) restored: Vec<RestoredPartition>,
+    /// Releases taken from the consumer these moves hold
+    /// (`Forwarding::releases_applied` once applied).
+    pub(crate) releases: usize,
 }
 
 impl StateMoves {
@@ -86,6 +89,7 @@ impl StateMoves {
         self.restored
             .retain(|r| !later.released.contains(&r.partition));
         self.released.extend(later.released);
+        self.releases += later.releases;
         self.restored.extend(later.restored);
     }
 }

@@ -258,6 +258,7 @@ impl Source<'_> {
     /// covers marked in `handed` to be passed over.
     fn moves(&self, rebalanced: Rebalanced, handed: &mut Handed) -> StateMoves {
         let Rebalanced { released, gained } = rebalanced;
+        let releases = usize::from(!released.is_empty());
         let restored = match (self.changelog, gained.is_empty()) {
             (Some(changelog), false) => {
                 let started = Instant::now();
@@ -289,7 +290,11 @@ impl Source<'_> {
             }
             _ => Vec::new(),
         };
-        StateMoves { released, restored }
+        StateMoves {
+            released,
+            restored,
+            releases,
+        }
     }
 }
 

@@ -152,7 +152,10 @@ impl Committer {
     /// Hands over a sent batch; waits while [`IN_FLIGHT`] batches are
     /// pending. An error means the task stopped: [`Self::close`] says why.
     pub(super) async fn push(&mut self, sent: Sent) -> Result<(), ()> {
-        self.tx.send(Finishing::Batch(Box::new(sent))).await.map_err(|_| ())
+        self.tx
+            .send(Finishing::Batch(Box::new(sent)))
+            .await
+            .map_err(|_| ())
     }
 
     /// Hands over a checkpoint of the state as of the last batch pushed:
@@ -198,7 +201,13 @@ async fn finish_all(
             Some(Finishing::Batch(sent)) => *sent,
             Some(Finishing::Checkpoint(checkpoint)) => {
                 let output = state.as_ref().expect("checkpoints come with a changelog");
-                write_checkpoint(&handle, output, checkpoint, &offsets).await?;
+                // Partitions given up since: their state was released
+                // unwritten, so neither a marker nor a commit may claim it.
+                let context = consumer.context();
+                offsets.next.retain(|&p, _| context.holds(p));
+                let written = write_checkpoint(&handle, output, checkpoint, &offsets).await;
+                consumer.context().checkpoint_written();
+                written?;
                 offsets.commit(&handle, &consumer);
                 continue;
             }
@@ -290,11 +299,11 @@ impl Offsets {
             tpl.add_partition_offset(&handle.input_topic, partition, Offset::Offset(offset))
                 .expect("valid offset");
         }
-        match consumer.commit(&tpl, CommitMode::Async) {
-            Ok(()) => consumer.context().mark_committed(&tpl),
+        // Its outcome comes to the consumer's commit callback.
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             // Not fatal: the next commit carries later offsets; a crash before
             // it replays these batches, which at-least-once allows.
-            Err(e) => tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed"),
+            tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed");
         }
     }
 }

@@ -31,15 +31,21 @@ pub(crate) type PipelineConsumer = BaseConsumer<Forwarding>;
 #[derive(Default)]
 pub(crate) struct Forwarding {
     queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
-    /// Per partition, the last offset this consumer committed. Marked when
-    /// the commit is sent: librdkafka reports an asynchronous commit's
-    /// outcome only to a native callback, and a failed one is logged.
+    /// Per partition, the last offset this consumer committed, marked when
+    /// the broker confirms the commit (a commit sent during a rebalance
+    /// fails, and the group then resumes below it: records there are a
+    /// replay, not an offset reset).
     committed: Mutex<HashMap<i32, i64>>,
     /// Assignments so far: within one, a partition's offsets only go up.
     assignments: AtomicU64,
     /// Partitions given up, whose per-key state is to be released.
     ownership: Mutex<Ownership>,
+    /// Signalled when a checkpoint is written.
+    written: std::sync::Condvar,
 }
+
+/// Longest a revocation waits for checkpoints in flight.
+const REVOKE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What rebalances took away and gave. A partition revoked and assigned
 /// again in the same rebalance (an eager rebalance revokes everything
@@ -58,6 +64,10 @@ struct Ownership {
     released: Vec<i32>,
     /// Gained, not yet taken.
     gained: Vec<i32>,
+    /// Releases taken by the collector, not yet applied to the state.
+    releases_in_flight: usize,
+    /// Checkpoints taken, not yet written.
+    checkpoints: usize,
 }
 
 impl Ownership {
@@ -118,8 +128,8 @@ impl Forwarding {
         committed.get(&partition).copied()
     }
 
-    /// Marks the offsets of a commit this consumer sent.
-    pub(super) fn mark_committed(&self, offsets: &TopicPartitionList) {
+    /// Marks the offsets of a commit the broker confirmed.
+    fn mark_committed(&self, offsets: &TopicPartitionList) {
         let mut committed = self.committed.lock().expect("commit marks lock");
         for p in offsets.elements() {
             if let Offset::Offset(offset) = p.offset() {
@@ -139,16 +149,65 @@ impl Forwarding {
     /// since is in both, and is to be restored.
     pub(super) fn take_rebalanced(&self) -> Rebalanced {
         let mut ownership = self.ownership.lock().expect("ownership lock");
+        let released = std::mem::take(&mut ownership.released);
+        ownership.releases_in_flight += usize::from(!released.is_empty());
         Rebalanced {
-            released: std::mem::take(&mut ownership.released),
+            released,
             gained: std::mem::take(&mut ownership.gained),
         }
+    }
+
+    /// `n` releases taken by [`Self::take_rebalanced`] are applied to the
+    /// per-key state.
+    pub(super) fn releases_applied(&self, n: usize) {
+        let mut ownership = self.ownership.lock().expect("ownership lock");
+        ownership.releases_in_flight = ownership.releases_in_flight.saturating_sub(n);
+    }
+
+    /// Whether a checkpoint may be taken now; if so it counts as in flight
+    /// until [`Self::checkpoint_written`]. Not while a rebalance is under
+    /// way or its releases are not yet applied: the state would hold
+    /// partitions another member may be restoring, and a checkpoint of
+    /// them written after that member read the changelog would mix two
+    /// owners' state. A revocation waits for the checkpoints in flight.
+    pub(super) fn begin_checkpoint(&self) -> bool {
+        let mut o = self.ownership.lock().expect("ownership lock");
+        let settled = o.revoked.is_empty() && o.released.is_empty() && o.releases_in_flight == 0;
+        o.checkpoints += usize::from(settled);
+        settled
+    }
+
+    /// Whether this consumer holds `partition`'s state: assigned, not being
+    /// revoked.
+    pub(super) fn holds(&self, partition: i32) -> bool {
+        let o = self.ownership.lock().expect("ownership lock");
+        o.held.contains(&partition) && !o.revoked.contains(&partition)
+    }
+
+    /// A checkpoint from [`Self::begin_checkpoint`] is written (or failed).
+    pub(super) fn checkpoint_written(&self) {
+        let mut o = self.ownership.lock().expect("ownership lock");
+        o.checkpoints = o.checkpoints.saturating_sub(1);
+        self.written.notify_all();
     }
 }
 
 impl ClientContext for Forwarding {}
 
 impl ConsumerContext for Forwarding {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        match result {
+            Ok(()) => self.mark_committed(offsets),
+            // Not fatal: the next commit carries later offsets; a crash
+            // before it replays these batches, which at-least-once allows.
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             let revoked = partitions
@@ -158,6 +217,18 @@ impl ConsumerContext for Forwarding {
                 .collect::<Vec<_>>();
             let mut ownership = self.ownership.lock().expect("ownership lock");
             ownership.revoke(revoked, consumer.assignment_lost());
+            // Whoever gets these partitions reads their changelog: what
+            // this member checkpointed must be there in whole by then.
+            let (ownership, waited) = self
+                .written
+                .wait_timeout_while(ownership, REVOKE_WAIT, |o| o.checkpoints > 0)
+                .expect("ownership lock");
+            if waited.timed_out() {
+                tracing::warn!(
+                    checkpoints = ownership.checkpoints,
+                    "revocation went on with checkpoints still in flight"
+                );
+            }
             return;
         }
         // Before the assignment, so no fetch for these partitions starts

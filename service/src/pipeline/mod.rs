@@ -514,10 +514,12 @@ async fn run_pipeline(
                 }
                 // No batch for a while: what was done is checkpointed anyway.
                 _ = tokio::time::sleep_until(checked_at + interval), if checkpoint_due => {
-                    if checkpoint(&ctx, &mut state, &mut committer).await?.is_err() {
+                    let Ok(taken) = checkpoint(&ctx, consumer, &mut state, &mut committer).await? else {
                         break;
-                    }
-                    (unchecked, checked_at) = (0, Instant::now());
+                    };
+                    // Not taken: tried again an interval later.
+                    unchecked = if taken { 0 } else { unchecked };
+                    checked_at = Instant::now();
                     continue;
                 }
                 batch = collector.next() => batch,
@@ -586,10 +588,12 @@ async fn run_pipeline(
                 s.detector.add_feedback(&labels);
             }
         }
+        let releases = batch.moves.releases;
         let work = batch::process(&ctx, &mut state, &mut shadow, batch, |b, c| {
             collector.recycle(b, c)
         });
         let sent = within_drain(work, &shutdown, &mut deadline, drain, name).await??;
+        consumer.context().releases_applied(releases);
         let pushed =
             within_drain(committer.push(sent), &shutdown, &mut deadline, drain, name).await?;
         if deadline.is_some() {
@@ -601,20 +605,19 @@ async fn run_pipeline(
         }
         unchecked += 1;
         if ctx.changelog.is_some() && checked_at.elapsed() >= interval {
-            let done = checkpoint(&ctx, &mut state, &mut committer);
-            if within_drain(done, &shutdown, &mut deadline, drain, name)
-                .await??
-                .is_err()
-            {
+            let done = checkpoint(&ctx, consumer, &mut state, &mut committer);
+            let Ok(taken) = within_drain(done, &shutdown, &mut deadline, drain, name).await??
+            else {
                 break;
-            }
-            (unchecked, checked_at) = (0, Instant::now());
+            };
+            unchecked = if taken { 0 } else { unchecked };
+            checked_at = Instant::now();
         }
     }
     // What the last checkpoint did not cover: its offsets wait for it.
     if ctx.changelog.is_some() && unchecked > 0 {
         let until = deadline.unwrap_or_else(|| Instant::now() + drain);
-        let done = checkpoint(&ctx, &mut state, &mut committer);
+        let done = checkpoint(&ctx, consumer, &mut state, &mut committer);
         tokio::time::timeout_at(until, done)
             .await
             .map_err(|_| PipelineError::DrainTimeout(ctx.config.name.clone()))??
@@ -637,13 +640,19 @@ async fn run_pipeline(
 }
 
 /// Hands the committer a checkpoint of the state as of the last batch
-/// handed over: the keys changed since the last one. `Err(())` inside when
-/// the committer stopped (its close says why).
+/// handed over: the keys changed since the last one. Inside: whether one
+/// was taken (none while a rebalance is under way), `Err(())` when the
+/// committer stopped (its close says why).
 async fn checkpoint(
     ctx: &PipelineContext,
+    consumer: &fetch::PipelineConsumer,
     state: &mut Option<Box<ScoringState>>,
     committer: &mut commit::Committer,
-) -> Result<Result<(), ()>, PipelineError> {
+) -> Result<Result<bool, ()>, PipelineError> {
+    if !consumer.context().begin_checkpoint() {
+        // A rebalance is under way: the next batch tries again.
+        return Ok(Ok(false));
+    }
     let changelog = ctx.changelog.clone().expect("checkpoints need a changelog");
     let mut s = state.take().expect("state is home between batches");
     // On a blocking thread: the GPU's z-score state is read back.
@@ -661,7 +670,10 @@ async fn checkpoint(
         pipeline: ctx.config.name.clone(),
         source,
     })?;
-    Ok(committer.checkpoint(commit::Checkpoint { messages }).await)
+    Ok(committer
+        .checkpoint(commit::Checkpoint { messages })
+        .await
+        .map(|()| true))
 }
 
 /// Starts the drain clock, once.
