@@ -303,23 +303,21 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{pipeline=\"{p}\"}} {}", get(m));
             }
         }
-        // Near 1, new keys are about to evict old ones: raise
-        // `slot_capacity` before evictions make keyed features forget.
-        let _ = writeln!(out, "# TYPE isoflow_state_fill_ratio gauge");
-        for (p, m) in pipelines.iter() {
-            let _ = writeln!(
-                out,
-                "isoflow_state_fill_ratio{{pipeline=\"{p}\"}} {}",
-                f64::from_bits(m.state_fill.load(Relaxed))
-            );
-        }
-        let _ = writeln!(out, "# TYPE isoflow_state_restore_seconds gauge");
-        for (p, m) in pipelines.iter() {
-            let _ = writeln!(
-                out,
-                "isoflow_state_restore_seconds{{pipeline=\"{p}\"}} {}",
-                f64::from_bits(m.state_restore_seconds.load(Relaxed))
-            );
+        // f64 gauges, kept as bits. Near 1, the fill ratio says new keys
+        // are about to evict old ones: raise `slot_capacity` before
+        // evictions make keyed features forget.
+        let ratios: [(&str, fn(&PipelineMetrics) -> &AtomicU64); 2] = [
+            ("isoflow_state_fill_ratio", |m| &m.state_fill),
+            ("isoflow_state_restore_seconds", |m| {
+                &m.state_restore_seconds
+            }),
+        ];
+        for (name, get) in ratios {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (p, m) in pipelines.iter() {
+                let value = f64::from_bits(get(m).load(Relaxed));
+                let _ = writeln!(out, "{name}{{pipeline=\"{p}\"}} {value}");
+            }
         }
         // Alert on a stalled pipeline with
         // `time() - isoflow_last_batch_timestamp_seconds > N and (isoflow_consumer_lag > 0 or isoflow_assigned_partitions == 0)`.
