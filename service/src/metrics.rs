@@ -185,6 +185,8 @@ impl PipelineMetrics {
 /// Reads one counter of a pipeline.
 type CounterOf = fn(&PipelineMetrics) -> u64;
 /// Reads one gauge of a pipeline.
+/// Reads an `f64` gauge kept as bits.
+type BitsOf = fn(&PipelineMetrics) -> &AtomicU64;
 type GaugeOf = fn(&PipelineMetrics) -> i64;
 /// Picks one histogram of a pipeline.
 type HistogramOf = fn(&PipelineMetrics) -> &Histogram;
@@ -306,7 +308,7 @@ impl Metrics {
         // f64 gauges, kept as bits. Near 1, the fill ratio says new keys
         // are about to evict old ones: raise `slot_capacity` before
         // evictions make keyed features forget.
-        let ratios: [(&str, fn(&PipelineMetrics) -> &AtomicU64); 2] = [
+        let ratios: [(&str, BitsOf); 2] = [
             ("isoflow_state_fill_ratio", |m| &m.state_fill),
             ("isoflow_state_restore_seconds", |m| {
                 &m.state_restore_seconds
