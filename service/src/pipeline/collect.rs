@@ -193,7 +193,10 @@ impl Forming<'_> {
             offset: m.offset(),
             assignment: context.assignments(),
         };
-        match self.handed.check(seen, |p| context.committed(p)) {
+        match self
+            .handed
+            .check(seen, |p| context.committed_before(p, seen.assignment))
+        {
             Verdict::New => {}
             Verdict::Covered => {
                 source.metrics.state_covered.fetch_add(1, Relaxed);
@@ -358,7 +361,8 @@ impl Handed {
     }
 
     /// Classifies `seen` and, unless redelivered, marks it handed over.
-    /// `committed` gives this consumer's last commit of a partition.
+    /// `committed` gives this consumer's last commit of a partition
+    /// confirmed and sent before `seen`'s assignment.
     fn check(&mut self, seen: Seen, committed: impl FnOnce(i32) -> Option<i64>) -> Verdict {
         if self
             .covered

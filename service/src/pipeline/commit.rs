@@ -21,7 +21,7 @@ use super::changelog::{Changelog, StateMessage};
 use super::PipelineError;
 use crate::config::PipelineConfig;
 use crate::pipeline::PipelineHandle;
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -300,7 +300,7 @@ impl Offsets {
                 .expect("valid offset");
         }
         // Its outcome comes to the consumer's commit callback.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = super::fetch::commit_async(consumer, &tpl) {
             // Not fatal: the next commit carries later offsets; a crash before
             // it replays these batches, which at-least-once allows.
             tracing::warn!(pipeline = %handle.name, error = %e, "offset commit failed");

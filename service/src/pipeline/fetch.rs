@@ -31,17 +31,126 @@ pub(crate) type PipelineConsumer = BaseConsumer<Forwarding>;
 #[derive(Default)]
 pub(crate) struct Forwarding {
     queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
-    /// Per partition, the last offset this consumer committed, marked when
-    /// the broker confirms the commit (a commit sent during a rebalance
-    /// fails, and the group then resumes below it: records there are a
-    /// replay, not an offset reset).
-    committed: Mutex<HashMap<i32, i64>>,
+    /// This consumer's commits, sent and confirmed.
+    commits: Mutex<Commits>,
     /// Assignments so far: within one, a partition's offsets only go up.
+    /// Raised under the `commits` lock, before the assignment is applied.
     assignments: AtomicU64,
     /// Partitions given up, whose per-key state is to be released.
     ownership: Mutex<Ownership>,
     /// Signalled when a checkpoint is written.
     written: std::sync::Condvar,
+}
+
+/// Commits `offsets` without waiting; the broker's answer comes to
+/// [`Forwarding`]'s commit callback on the consumer's next poll.
+/// librdkafka answers a plain asynchronous commit (`rd_kafka_commit`) only
+/// to an `offset_commit_cb`, never as an event, so this one names the
+/// consumer's queue as where the answer goes.
+pub(crate) fn commit_async(
+    consumer: &PipelineConsumer,
+    offsets: &TopicPartitionList,
+) -> rdkafka::error::KafkaResult<()> {
+    let context = consumer.context();
+    // Held until the commit is queued: an assignment that starts meanwhile
+    // waits, so a commit counted as sent before it was queued before it.
+    let mut commits = context.commits.lock().expect("commits lock");
+    let rk = consumer.client().native_ptr();
+    // SAFETY: the client is live; the queue reference taken here is
+    // released here, and librdkafka keeps its own for the reply.
+    let err = unsafe {
+        let queue = rdsys::rd_kafka_queue_get_consumer(rk);
+        if queue.is_null() {
+            // No group: nothing answers, and a null queue would wait.
+            rdsys::rd_kafka_commit(rk, offsets.ptr(), 1)
+        } else {
+            let err = rdsys::rd_kafka_commit_queue(rk, offsets.ptr(), queue, None, ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(queue);
+            err
+        }
+    };
+    if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        commits.sent(context.assignments(), offsets);
+        Ok(())
+    } else {
+        Err(rdkafka::error::KafkaError::ConsumerCommit(err.into()))
+    }
+}
+
+/// Commits sent and not yet answered, at most this many: an answer that
+/// never comes (the client closing) is forgotten with the oldest.
+const PENDING_COMMITS: usize = 256;
+
+/// This consumer's commits, to tell a rebalance's replay from an offset
+/// reset. An assignment starts each partition at the group's committed
+/// offset, which librdkafka fetches only once the commits queued before
+/// the assignment are answered. So a commit sent before an assignment and
+/// confirmed is at or below where that assignment starts, unless the
+/// offsets went back. A commit sent later may land after that fetch, and
+/// one the broker refused (sent during a rebalance) does not count.
+#[derive(Default)]
+struct Commits {
+    /// Sent, not yet answered: the assignment each was sent in and its
+    /// offsets, oldest first.
+    pending: std::collections::VecDeque<(u64, Vec<(i32, i64)>)>,
+    /// Per partition, per assignment a commit was sent in, the last
+    /// offset confirmed (only the last few assignments are kept).
+    confirmed: HashMap<i32, std::collections::BTreeMap<u64, i64>>,
+}
+
+/// Assignments a partition's confirmed commits are kept for.
+const CONFIRMED_ASSIGNMENTS: usize = 4;
+
+impl Commits {
+    fn sent(&mut self, assignment: u64, offsets: &TopicPartitionList) {
+        if self.pending.len() == PENDING_COMMITS {
+            self.pending.pop_front();
+        }
+        let mut listed: Vec<(i32, i64)> = Self::listed(offsets).map(|(p, o, _)| (p, o)).collect();
+        listed.sort_unstable();
+        self.pending.push_back((assignment, listed));
+    }
+
+    /// The broker answered the commit of `offsets`: where `ok`, the
+    /// partitions without an error of their own are confirmed.
+    fn answered(&mut self, ok: bool, offsets: &TopicPartitionList) {
+        let mut listed: Vec<(i32, i64, bool)> = Self::listed(offsets).collect();
+        listed.sort_unstable();
+        let Some(at) = self.pending.iter().position(|(_, sent)| {
+            sent.len() == listed.len() && sent.iter().zip(&listed).all(|(s, l)| *s == (l.0, l.1))
+        }) else {
+            return;
+        };
+        let (assignment, _) = self.pending.remove(at).expect("found");
+        for (partition, offset, _) in listed.into_iter().filter(|l| ok && l.2) {
+            let by_assignment = self.confirmed.entry(partition).or_default();
+            by_assignment.insert(assignment, offset);
+            while by_assignment.len() > CONFIRMED_ASSIGNMENTS {
+                by_assignment.pop_first();
+            }
+        }
+    }
+
+    /// The last confirmed commit of `partition` sent before `assignment`.
+    fn before(&self, partition: i32, assignment: u64) -> Option<i64> {
+        let by_assignment = self.confirmed.get(&partition)?;
+        by_assignment
+            .range(..assignment)
+            .next_back()
+            .map(|(_, &o)| o)
+    }
+
+    /// The partitions of `offsets` with an offset, and whether each is
+    /// free of an error of its own.
+    fn listed(offsets: &TopicPartitionList) -> impl Iterator<Item = (i32, i64, bool)> + '_ {
+        offsets
+            .elements()
+            .into_iter()
+            .filter_map(|p| match p.offset() {
+                Offset::Offset(o) => Some((p.partition(), o, p.error().is_ok())),
+                _ => None,
+            })
+    }
 }
 
 /// Longest a revocation waits for checkpoints in flight.
@@ -122,20 +231,13 @@ impl Rebalanced {
 }
 
 impl Forwarding {
-    /// The last commit of `partition` by this consumer.
-    pub(super) fn committed(&self, partition: i32) -> Option<i64> {
-        let committed = self.committed.lock().expect("commit marks lock");
-        committed.get(&partition).copied()
-    }
-
-    /// Marks the offsets of a commit the broker confirmed.
-    fn mark_committed(&self, offsets: &TopicPartitionList) {
-        let mut committed = self.committed.lock().expect("commit marks lock");
-        for p in offsets.elements() {
-            if let Offset::Offset(offset) = p.offset() {
-                committed.insert(p.partition(), offset);
-            }
-        }
+    /// The last commit of `partition` this consumer sent before
+    /// `assignment` began and the broker confirmed: the group's committed
+    /// offset is at least that when `assignment` starts, unless the
+    /// partition's offsets went back.
+    pub(super) fn committed_before(&self, partition: i32, assignment: u64) -> Option<i64> {
+        let commits = self.commits.lock().expect("commits lock");
+        commits.before(partition, assignment)
     }
 
     /// Assignments served so far.
@@ -200,8 +302,13 @@ impl ConsumerContext for Forwarding {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
+        let ok = result.is_ok();
+        self.commits
+            .lock()
+            .expect("commits lock")
+            .answered(ok, offsets);
         match result {
-            Ok(()) => self.mark_committed(offsets),
+            Ok(()) => {}
             // Not fatal: the next commit carries later offsets; a crash
             // before it replays these batches, which at-least-once allows.
             Err(e) => tracing::warn!(error = %e, "offset commit failed"),
@@ -236,6 +343,10 @@ impl ConsumerContext for Forwarding {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
+        {
+            let _commits = self.commits.lock().expect("commits lock");
+            self.assignments.fetch_add(1, Ordering::AcqRel);
+        }
         let queue = self.queue.load(Ordering::Acquire);
         if queue.is_null() {
             return;
@@ -261,7 +372,6 @@ impl ConsumerContext for Forwarding {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            self.assignments.fetch_add(1, Ordering::AcqRel);
             let assigned: Vec<i32> = partitions
                 .elements()
                 .iter()
@@ -434,7 +544,7 @@ impl Incoming for Fetched<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Ownership;
+    use super::{rdsys, Commits, Offset, Ownership, TopicPartitionList};
 
     /// An eager rebalance revokes everything, then assigns: only what did
     /// not come back is given up. A cooperative one revokes what moves and
@@ -474,5 +584,49 @@ mod tests {
         o.assign(&[0, 1]);
         assert_eq!(take(&mut o), (vec![], vec![0, 1]));
         assert!(o.revoked.is_empty());
+    }
+
+    fn list(offsets: &[(i32, i64)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in offsets {
+            tpl.add_partition_offset("t", p, Offset::Offset(o)).unwrap();
+        }
+        tpl
+    }
+
+    #[test]
+    fn only_confirmed_commits_sent_before_an_assignment_count_for_it() {
+        let mut c = Commits::default();
+        c.sent(1, &list(&[(0, 100), (1, 90)]));
+        assert_eq!(c.before(0, 2), None, "not answered yet");
+        c.answered(true, &list(&[(1, 90), (0, 100)]));
+        assert_eq!((c.before(0, 2), c.before(1, 2)), (Some(100), Some(90)));
+        assert_eq!(c.before(0, 1), None, "sent in assignment 1, not before it");
+        // Refused (sent while the group rebalanced): the last confirmed
+        // one still counts.
+        c.sent(1, &list(&[(0, 150)]));
+        c.answered(false, &list(&[(0, 150)]));
+        assert_eq!(c.before(0, 2), Some(100));
+        // Sent in the new assignment: not before it, whenever answered.
+        c.sent(2, &list(&[(0, 120)]));
+        c.answered(true, &list(&[(0, 120)]));
+        assert_eq!((c.before(0, 2), c.before(0, 3)), (Some(100), Some(120)));
+        // An answer for no commit sent marks nothing.
+        c.answered(true, &list(&[(0, 999)]));
+        assert_eq!(c.before(0, 3), Some(120));
+    }
+
+    #[test]
+    fn a_partition_refused_in_an_accepted_commit_is_not_confirmed() {
+        let mut c = Commits::default();
+        c.sent(1, &list(&[(0, 10), (1, 20)]));
+        let answer = list(&[(0, 10), (1, 20)]);
+        // SAFETY: the list holds two elements, as librdkafka gives them.
+        unsafe {
+            (*(*answer.ptr()).elems.add(1)).err =
+                rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS;
+        }
+        c.answered(true, &answer);
+        assert_eq!((c.before(0, 2), c.before(1, 2)), (Some(10), None));
     }
 }
