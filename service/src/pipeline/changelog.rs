@@ -18,9 +18,11 @@
 //!   then the state; no value for an evicted key;
 //! - `o` + input partition: the next input offset the state covers (i64,
 //!   little-endian);
-//! - `seed`, first message of partition 0: the key-hashing seeds every
-//!   process of the pipeline uses, so that fingerprints mean the same key
-//!   everywhere (the seeds stay as secret as the topic).
+//! - `seed` + 8 bytes naming its writer, in partition 0: the key-hashing
+//!   seeds. The first such message holds the seeds every process of the
+//!   pipeline uses, so that fingerprints mean the same key everywhere (the
+//!   seeds stay as secret as the topic). Each writer's key is its own, so
+//!   compaction never replaces the first seeds by a later writer's.
 
 use crate::detector::Detector;
 use crate::features::slots::{Fingerprint, Owner};
@@ -34,8 +36,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Key of the seed message.
+/// How the key of a seed message starts.
 const SEED_KEY: &[u8] = b"seed";
+/// Bytes of a seed message's key: [`SEED_KEY`] and its writer.
+const SEED_KEY_BYTES: usize = 4 + 8;
 /// Bytes of a state message's key.
 const STATE_KEY_BYTES: usize = 1 + 4 + 2 + 10;
 /// Bytes of a fingerprint in a key.
@@ -373,7 +377,7 @@ fn partition_count(cluster: &Cluster, topic: &str) -> Result<i32, KafkaError> {
         .sum())
 }
 
-/// The seeds of the changelog: its first message, written now (this
+/// The seeds of the changelog: its first seed message, written now (this
 /// process's own) if there is none. Two processes starting on an empty
 /// changelog both write theirs; both then take the first one.
 fn agreed_seeds(cluster: &Cluster, topic: &str) -> Result<KeySeeds, KafkaError> {
@@ -381,15 +385,16 @@ fn agreed_seeds(cluster: &Cluster, topic: &str) -> Result<KeySeeds, KafkaError> 
         return Ok(seeds);
     }
     let producer: BaseProducer = cluster.client_config().create()?;
-    let value: Vec<u8> = key::proposed_key_seeds()
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
+    let proposed = key::proposed_key_seeds();
+    let value: Vec<u8> = proposed.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut writer = SEED_KEY.to_vec();
+    // Random per writer, so two writers' keys differ.
+    writer.extend_from_slice(&key::random_key_seeds()[0].to_be_bytes());
     producer
         .send(
             BaseRecord::to(topic)
                 .partition(0)
-                .key(SEED_KEY)
+                .key(&writer)
                 .payload(&value),
         )
         .map_err(|(e, _)| KafkaError::from(e))?;
@@ -401,24 +406,42 @@ fn agreed_seeds(cluster: &Cluster, topic: &str) -> Result<KeySeeds, KafkaError> 
     })
 }
 
-/// The seeds in the first message of partition 0, if any.
+/// The seeds in the first seed message of partition 0, if any. Every
+/// writer agrees on the seeds before it writes state, so that message
+/// comes first, unless the topic was emptied or made again while a
+/// process went on writing: the state before it was hashed with other
+/// seeds, is not found, and ages out of the table.
 fn first_seeds(cluster: &Cluster, topic: &str) -> Result<Option<KeySeeds>, KafkaError> {
     let mut found = None;
-    let mut first = true;
+    let mut before = 0usize;
     read_partition(cluster, topic, 0, |key, value| {
-        if std::mem::take(&mut first) && key == SEED_KEY {
-            found = value.and_then(|v| {
-                let words: Vec<u64> = v
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
-                <[u64; 4]>::try_from(words).ok()
-            });
+        if !is_seed_key(key) {
+            before += 1;
+            return true;
         }
-        // Only the first message matters.
-        false
+        found = value.and_then(|v| {
+            let words: Vec<u64> = v
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            <[u64; 4]>::try_from(words).ok()
+        });
+        found.is_none()
     })?;
+    if found.is_some() && before > 0 {
+        tracing::warn!(
+            topic,
+            messages = before,
+            "the changelog's first messages came before its seeds (the topic was emptied or made again under a running process): their state is not restored"
+        );
+    }
     Ok(found)
+}
+
+/// Whether `key` is a seed message's.
+/// of it).
+fn is_seed_key(key: &[u8]) -> bool {
+    key.len() == SEED_KEY_BYTES && key.starts_with(SEED_KEY)
 }
 
 /// Reads `partition` of `topic` from its start, handing each message's key
