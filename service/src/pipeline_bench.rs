@@ -52,6 +52,13 @@ pub struct PipelineBenchOptions {
     /// Pipeline linger, ms.
     #[arg(long, default_value_t = 20)]
     pub linger_ms: u64,
+    /// Keep the per-key state in the pipeline's changelog topic, as the
+    /// service does by default (`false` measures what that costs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub state_changelog: bool,
+    /// With the changelog: checkpoint interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_ms: u64,
 }
 
 /// Why the bench could not finish.
@@ -111,14 +118,19 @@ impl std::fmt::Display for PipelineBenchReport {
         let o = &self.options;
         writeln!(
             f,
-            "pipeline: {} records on {} ({} partitions), model {}, backend {}, batch {} / {} ms",
+            "pipeline: {} records on {} ({} partitions), model {}, backend {}, batch {} / {} ms, {}",
             o.records,
             self.topic,
             o.partitions,
             o.model.display(),
             o.backend,
             o.batch_size,
-            o.linger_ms
+            o.linger_ms,
+            if o.state_changelog {
+                format!("state changelog, checkpoint every {} ms", o.checkpoint_ms)
+            } else {
+                "state in memory only".to_string()
+            }
         )?;
         writeln!(
             f,
@@ -181,6 +193,13 @@ pub async fn run(
             "expected --records >= 2, --partitions >= 1 and --rate, --seconds, --batch-size, --linger-ms > 0".into(),
         ));
     }
+    if !crate::config::CHECKPOINT_MS.contains(&o.checkpoint_ms) {
+        return Err(PipelineBenchError::Options(format!(
+            "expected --checkpoint-ms within {}..={}",
+            crate::config::CHECKPOINT_MS.start(),
+            crate::config::CHECKPOINT_MS.end()
+        )));
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -225,6 +244,8 @@ pub async fn run(
     config.pipelines.push(PipelineConfig {
         batch_max_records: options.batch_size,
         batch_max_ms: options.linger_ms,
+        state_changelog: options.state_changelog,
+        checkpoint_ms: options.checkpoint_ms,
         ..PipelineConfig::new(
             "bench",
             &topic,

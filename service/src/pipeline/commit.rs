@@ -112,7 +112,10 @@ pub(super) struct Sent {
 /// The state of the keys changed since the last checkpoint, as changelog
 /// messages, as of the end of the batch handed over before it.
 pub(super) struct Checkpoint {
-    pub(super) messages: Vec<StateMessage>,
+    /// The keys changed since the last checkpoint.
+    pub(super) changes: crate::features::state::StateChanges,
+    /// The layout each table's state is written under.
+    pub(super) layout_of: Box<dyn Fn(u16) -> u64 + Send>,
 }
 
 /// What the committer is handed, in order.
@@ -251,8 +254,15 @@ async fn write_checkpoint(
         .iter()
         .map(|(&partition, &next)| changelog.marker(partition, next))
         .collect();
-    let written = checkpoint.messages.len() + markers.len();
-    for messages in [checkpoint.messages, markers] {
+    // Made here, not by the pipeline task: scoring goes on meanwhile.
+    let made = changelog.clone();
+    let states = tokio::task::spawn_blocking(move || {
+        made.messages(&checkpoint.changes, checkpoint.layout_of)
+    })
+    .await
+    .expect("making the state messages does not panic");
+    let written = states.len() + markers.len();
+    for messages in [states, markers] {
         let (producer, topic) = (&output.producer, &changelog.topic);
         super::changelog::produce(producer, topic, &messages)
             .await

@@ -225,6 +225,10 @@ pub(crate) struct PipelineContext {
     pub(crate) produce_limit: usize,
     /// Where per-key state is kept, when it is.
     pub(crate) changelog: Option<changelog::Changelog>,
+    /// With a changelog, the producer its checkpoints go through: a client
+    /// of their own, so that a checkpoint's burst of state messages does
+    /// not queue the alerts behind it on the outputs' connection.
+    pub(crate) state_producer: Option<FutureProducer>,
 }
 
 /// Runs every configured pipeline until `shutdown` is cancelled (then drains:
@@ -362,6 +366,13 @@ pub async fn run(
             metrics,
             max_message_bytes: config.service.max_message_bytes,
             produce_limit,
+            state_producer: match changelog {
+                Some(_) => Some(kafka::producer(
+                    &config.kafka.brokers,
+                    &config.kafka.properties,
+                )?),
+                None => None,
+            },
             changelog,
         };
         tracing::info!(pipeline = %p.name, topic = %p.input_topic, model = %state.model().name, version = state.model().version, learn = p.learn, backend = engine.name(), "pipeline starting");
@@ -479,10 +490,14 @@ async fn run_pipeline(
         pipeline: ctx.config.name.clone(),
         source,
     })?;
-    let state_output = ctx.changelog.clone().map(|changelog| commit::StateOutput {
-        changelog,
-        producer: ctx.producer.clone(),
-    });
+    let state_output =
+        ctx.changelog
+            .clone()
+            .zip(ctx.state_producer.clone())
+            .map(|(changelog, producer)| commit::StateOutput {
+                changelog,
+                producer,
+            });
     let mut committer = commit::Committer::spawn(
         ctx.handle.clone(),
         &ctx.config,
@@ -653,25 +668,22 @@ async fn checkpoint(
         // A rebalance is under way: the next batch tries again.
         return Ok(Ok(false));
     }
-    let changelog = ctx.changelog.clone().expect("checkpoints need a changelog");
     let mut s = state.take().expect("state is home between batches");
     // On a blocking thread: the GPU's z-score state is read back.
-    let (s, messages) = tokio::task::spawn_blocking(move || {
-        let messages = s
-            .detector
-            .take_state()
-            .map(|changes| changelog.messages(&changes, changelog::layouts(&s.detector)));
-        (s, messages)
+    let (s, changes) = tokio::task::spawn_blocking(move || {
+        let changes = s.detector.take_state();
+        (s, changes)
     })
     .await
     .expect("taking the state does not panic");
+    let layout_of = Box::new(changelog::layouts(&s.detector));
     *state = Some(s);
-    let messages = messages.map_err(|source| PipelineError::Detect {
+    let changes = changes.map_err(|source| PipelineError::Detect {
         pipeline: ctx.config.name.clone(),
         source,
     })?;
     Ok(committer
-        .checkpoint(commit::Checkpoint { messages })
+        .checkpoint(commit::Checkpoint { changes, layout_of })
         .await
         .map(|()| true))
 }
