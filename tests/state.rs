@@ -3,7 +3,7 @@
 //! tansu, or Apache Kafka with `ISOFLOW_BROKER=kafka`.
 
 use crate::streaming::{produce_to, read_all, terminate};
-use crate::util::{ok, scores_of_file, wait_for, Broker, Service};
+use crate::util::{devices_config, fit_model, ok, scores_of_file, wait_for, Broker, Service};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,9 +15,13 @@ const DEVICES: usize = 4;
 /// device's own baseline (30 readings of warm-up), the device's silence
 /// (alerting past 500 s), its reading rate and its previous value.
 fn device_model(dir: &Path) -> PathBuf {
-    let spec = dir.join("spec.toml");
-    std::fs::write(
-        &spec,
+    let mut rows = String::from("device,ts,value\n");
+    for i in 0..600 {
+        rows += &format!("d{},{},{}\n", i % DEVICES, (i / DEVICES) * 10, value(i));
+    }
+    fit_model(
+        dir,
+        "devices",
         r#"key_field = "device"
 time_field = "ts"
 [[feature]]
@@ -44,19 +48,8 @@ kind = "key_lag"
 source = "value"
 lag = 1
 "#,
+        &rows,
     )
-    .unwrap();
-    let train = dir.join("train.csv");
-    let mut rows = String::from("device,ts,value\n");
-    for i in 0..600 {
-        rows += &format!("d{},{},{}\n", i % DEVICES, (i / DEVICES) * 10, value(i));
-    }
-    std::fs::write(&train, rows).unwrap();
-    let model = dir.join("devices.isoflow");
-    #[rustfmt::skip]
-    ok("isoflow-train", &["fit", "--input", train.to_str().unwrap(),
-        "--features", spec.to_str().unwrap(), "--out", model.to_str().unwrap()]);
-    model
 }
 
 /// The value of reading `i`: near 10, never the same twice in a row.
@@ -72,32 +65,8 @@ fn partition_of(device: usize, partitions: usize) -> i32 {
 /// The service's configuration: one pipeline over `readings` (two
 /// partitions), every score to `scores`, checkpoints every 200 ms.
 fn config(dir: &Path, addr: &str, model: &Path, group: &str) -> PathBuf {
-    let config = dir.join(format!("{group}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-brokers = "{addr}"
-group_id = "{group}"
-session_timeout_ms = 6000
-
-[[pipeline]]
-name = "devices"
-input_topic = "readings"
-model = "{}"
-alerts_topic = "alerts"
-dlq_topic = "dlq"
-scores_topic = "scores"
-batch_max_records = 40
-batch_max_ms = 20
-checkpoint_ms = 200
-"#,
-            model.display()
-        ),
-    )
-    .unwrap();
-    config
+    let extra = "batch_max_records = 40\nbatch_max_ms = 20\ncheckpoint_ms = 200\n";
+    devices_config(dir, addr, model, group, extra)
 }
 
 /// A broker with the pipeline's topics, the input and scores of

@@ -9,7 +9,7 @@ use isoflow::kafka::{read_topic, Record};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
-use util::{bin, ok, scores_of_file, wait_for, Broker, Service};
+use util::{bin, devices_config, fit_model, ok, scores_of_file, wait_for, Broker, Service};
 
 const INPUT: &str = "transactions";
 
@@ -1260,10 +1260,11 @@ fn a_partition_given_up_and_back_starts_its_keys_afresh() {
         broker.create_topic(topic, n);
     }
     // A model whose only rule is a device's silence.
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(
-        &spec,
-        r#"key_field = "device"
+    let mut rows = String::from("device,ts,value\n");
+    for i in 0..400 {
+        rows += &format!("d{},{},{}\n", i % 4, i * 5, 1.0 + (i % 7) as f64 * 0.01);
+    }
+    let spec = r#"key_field = "device"
 time_field = "ts"
 [[feature]]
 name = "value"
@@ -1272,43 +1273,10 @@ kind = "field"
 name = "gap_s"
 kind = "key_gap"
 alert_above = 500.0
-"#,
-    )
-    .unwrap();
-    let train = dir.path().join("train.csv");
-    let mut rows = String::from("device,ts,value\n");
-    for i in 0..400 {
-        rows += &format!("d{},{},{}\n", i % 4, i * 5, 1.0 + (i % 7) as f64 * 0.01);
-    }
-    std::fs::write(&train, rows).unwrap();
-    let model = dir.path().join("gap.isoflow");
-    #[rustfmt::skip]
-    ok("isoflow-train", &["fit", "--input", train.to_str().unwrap(),
-        "--features", spec.to_str().unwrap(), "--out", model.to_str().unwrap()]);
-    let config = dir.path().join("isoflow.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-brokers = "{addr}"
-group_id = "moves"
-session_timeout_ms = 6000
-
-[[pipeline]]
-name = "devices"
-input_topic = "readings"
-model = "{}"
-alerts_topic = "alerts"
-dlq_topic = "dlq"
-scores_topic = "scores"
-batch_max_records = 50
-batch_max_ms = 20
-"#,
-            model.display()
-        ),
-    )
-    .unwrap();
+"#;
+    let model = fit_model(dir.path(), "gap", spec, &rows);
+    let extra = "batch_max_records = 50\nbatch_max_ms = 20\n";
+    let config = devices_config(dir.path(), &addr, &model, "moves", extra);
     let readings = |from: f64, to: f64| -> Vec<(&'static str, i32, f64)> {
         let mut out = Vec::new();
         let mut t = from;

@@ -638,13 +638,17 @@ mod tests {
             .collect()
     }
 
-    fn detector(learn: bool) -> Detector {
+    /// The metrics preset's cold model of devices' `value`, five trees.
+    fn cold_device_model() -> pb::Model {
         let keys = ["device".to_owned()];
-        let model = Preset::Metrics
+        Preset::Metrics
             .cold_model(&keys, "ts", &["value".to_owned()], 5)
-            .unwrap();
+            .unwrap()
+    }
+
+    fn detector(learn: bool) -> Detector {
         Detector::new(
-            model,
+            cold_device_model(),
             Engine::Cpu,
             &DetectorOptions {
                 learn,
@@ -826,10 +830,7 @@ season_s = 40.0
     /// them (tombstones); a released partition's keys are not reported.
     #[test]
     fn evicted_keys_leave_the_changelog_and_released_keys_are_not_written() {
-        let keys = ["device".to_owned()];
-        let model = Preset::Metrics
-            .cold_model(&keys, "ts", &["value".to_owned()], 5)
-            .unwrap();
+        let model = cold_device_model();
         let options = DetectorOptions {
             learn: true,
             slot_capacity: 4,
@@ -896,10 +897,7 @@ season_s = 40.0
     /// are the detector's too, so the operator's gauges see them.
     #[test]
     fn the_score_smoothers_keys_count_in_the_state_gauges() {
-        let keys = ["device".to_owned()];
-        let model = Preset::Metrics
-            .cold_model(&keys, "ts", &["value".to_owned()], 5)
-            .unwrap();
+        let model = cold_device_model();
         let options = DetectorOptions {
             learn: true,
             seed: None,
@@ -918,10 +916,7 @@ season_s = 40.0
 
     #[test]
     fn a_cold_model_needs_learning() {
-        let keys = ["device".to_owned()];
-        let model = Preset::Metrics
-            .cold_model(&keys, "ts", &["value".to_owned()], 5)
-            .unwrap();
+        let model = cold_device_model();
         let err = Detector::new(model, Engine::Cpu, &DetectorOptions::default())
             .err()
             .unwrap();

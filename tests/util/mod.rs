@@ -4,6 +4,56 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Fits `spec` (a feature spec's text) on `rows` (CSV with its header)
+/// with `isoflow-train fit`, into `dir/NAME.isoflow`.
+pub fn fit_model(dir: &std::path::Path, name: &str, spec: &str, rows: &str) -> PathBuf {
+    let spec_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&spec_path, spec).unwrap();
+    let train = dir.join(format!("{name}.csv"));
+    std::fs::write(&train, rows).unwrap();
+    let model = dir.join(format!("{name}.isoflow"));
+    #[rustfmt::skip]
+    ok("isoflow-train", &["fit", "--input", train.to_str().unwrap(),
+        "--features", spec_path.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    model
+}
+
+/// Writes `dir/GROUP.toml`: consumer group `group` on `addr`, one pipeline
+/// `devices` over `readings` with `model`, alerts to `alerts`, the DLQ to
+/// `dlq`, every score to `scores`, and `extra` (TOML lines) in the
+/// pipeline's table.
+pub fn devices_config(
+    dir: &std::path::Path,
+    addr: &str,
+    model: &std::path::Path,
+    group: &str,
+    extra: &str,
+) -> PathBuf {
+    let config = dir.join(format!("{group}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "{addr}"
+group_id = "{group}"
+session_timeout_ms = 6000
+
+[[pipeline]]
+name = "devices"
+input_topic = "readings"
+model = "{}"
+alerts_topic = "alerts"
+dlq_topic = "dlq"
+scores_topic = "scores"
+{extra}"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Path of a workspace binary, next to the test executable's `deps/` folder.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
